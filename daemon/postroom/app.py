@@ -1,0 +1,244 @@
+"""The composition root: builds every component from the settings, runs them, handles signals.
+
+Only this module wires. Resources open on one AsyncExitStack; components run in one TaskGroup with
+named tasks; systemd hears READY=1 once every listener is bound. SIGTERM/SIGINT set `stop`: ingress
+closes first, then the group committer flushes what was already acknowledged-in-progress, while the
+delivery worker finishes its batch within its grace period. Correctness never depends on this
+orderly path: leases and the reaper make `kill -9` safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
+
+from postroom.config import Settings
+from postroom.core.clock import Clock, SystemClock
+from postroom.core.types import DeliveryState
+from postroom.delivery.transport import (
+    CaptureTransport,
+    SmarthostTransport,
+    Transport,
+    client_tls_context,
+)
+from postroom.delivery.worker import DeliveryWorker, WorkerOptions
+from postroom.http.messages import MessageRoutes
+from postroom.http.server import HttpServer, build_app
+from postroom.metrics import Metrics
+from postroom.queue.committer import GroupCommitter
+from postroom.queue.retry import RetryPolicy
+from postroom.queue.store import SqlQueueStore
+from postroom.queue.submission import SubmissionService
+from postroom.service_notify import ServiceNotifier
+from postroom.smtp.handlers import Authenticator, MxHandler, SubmissionHandler
+from postroom.smtp.listeners import SmtpListeners, server_tls_context
+from postroom.smtp.throttle import LoginThrottle
+from postroom.store.credentials import SqlApiKeys, SqlSmtpUsers
+from postroom.store.engine import create_engine, translate_errors
+from postroom.store.schema import require_current
+
+logger = logging.getLogger(__name__)
+
+GAUGE_REFRESH_SECONDS = 5.0
+
+
+def build_transport(settings: Settings) -> Transport:
+    delivery = settings.delivery
+    if delivery.mode == "capture":
+        return CaptureTransport(Path(delivery.capture_dir))
+    if delivery.mode == "smarthost":
+        return SmarthostTransport(
+            delivery, settings.smtp.hostname, client_tls_context(delivery.smarthost_verify)
+        )
+    raise AssertionError(f"no transport for mode {delivery.mode}")  # config validation forbids it
+
+
+def worker_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+class QueueGauges:
+    """Refreshes queue depth and oldest age from the database (shared by every daemon)."""
+
+    def __init__(self, store: SqlQueueStore, metrics: Metrics, clock: Clock):
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+
+    async def refresh(self) -> None:
+        depth = await self._store.depth_by_state()
+        for state in DeliveryState:
+            self._metrics.queue_depth.labels(state.value).set(depth.get(state.value, 0))
+        oldest = await self._store.oldest_active_created_at()
+        age = 0.0 if oldest is None else max(0.0, self._clock.now() - oldest)
+        self._metrics.oldest_queued_age.set(age)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.refresh()
+            except Exception as exc:  # a gauge refresh must never take the daemon down
+                logger.warning("queue gauges not refreshed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=GAUGE_REFRESH_SECONDS)
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        registry: CollectorRegistry | None = None,
+        environ: Mapping[str, str] | None = None,
+    ):
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.notifier = ServiceNotifier(os.environ if environ is None else environ)
+        self.ready = asyncio.Event()
+        self.smtp_bound: dict[str, tuple[str, int]] = {}
+        self.http_bound: tuple[str, int] | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        async with contextlib.AsyncExitStack() as stack:
+            engine = create_engine(settings.database)
+            stack.push_async_callback(engine.dispose)
+            await require_current(engine)
+
+            store = SqlQueueStore(engine)
+            worker: DeliveryWorker | None = None
+            if not settings.delivery.hold:
+                worker = DeliveryWorker(
+                    store,
+                    build_transport(settings),
+                    RetryPolicy(
+                        base=settings.delivery.retry_base,
+                        cap=settings.delivery.retry_max,
+                        max_age=settings.delivery.max_age,
+                    ),
+                    self.clock,
+                    self.metrics,
+                    WorkerOptions(
+                        owner=worker_owner(),
+                        batch_size=settings.delivery.batch_size,
+                        lease_seconds=settings.delivery.lease_seconds,
+                        poll_interval=settings.delivery.poll_interval,
+                        drain_grace=settings.delivery.drain_grace,
+                    ),
+                )
+            wake = worker.wake if worker else (lambda: None)
+            committer = GroupCommitter(
+                store,
+                self.clock,
+                on_commit=lambda batch: (self.metrics.commit_batch.observe(len(batch)), wake()),
+            )
+            submissions = SubmissionService(committer, store, self.clock, self.metrics)
+
+            tls: ssl.SSLContext | None = None
+            if settings.smtp.tls_cert:
+                tls = server_tls_context(settings.smtp.tls_cert, settings.smtp.tls_key)
+            listeners = SmtpListeners(
+                settings.smtp,
+                SubmissionHandler(
+                    submit=submissions.submit,
+                    clock=self.clock,
+                    metrics=self.metrics,
+                    hostname=settings.smtp.hostname,
+                    max_recipients=settings.smtp.max_recipients,
+                    trusted_networks=settings.smtp.trusted_networks,
+                ),
+                MxHandler(self.metrics),
+                Authenticator(
+                    SqlSmtpUsers(engine),
+                    LoginThrottle(
+                        self.clock,
+                        settings.smtp.login_failure_limit,
+                        settings.smtp.login_failure_window,
+                    ),
+                    self.metrics,
+                ),
+                self.metrics,
+                tls,
+            )
+
+            async def readiness() -> str | None:
+                if not self.ready.is_set():
+                    return "starting or stopping"
+                try:
+                    with translate_errors("readiness check"):
+                        async with engine.connect() as conn:
+                            await conn.execute(sa.text("SELECT 1"))
+                except Exception as exc:
+                    return f"database unavailable: {exc}"
+                return None
+
+            http = HttpServer(
+                settings.http,
+                build_app(
+                    settings.http,
+                    SqlApiKeys(engine),
+                    MessageRoutes(
+                        submissions, store, self.clock, self.metrics, settings.smtp.hostname
+                    ),
+                    self.metrics,
+                    readiness,
+                ),
+            )
+            await listeners.start()
+            await http.start()
+            self.smtp_bound, self.http_bound = listeners.bound, http.bound
+
+            backend_stop = asyncio.Event()
+            async with asyncio.TaskGroup() as tasks:
+                committer_task = tasks.create_task(committer.run(backend_stop), name="committer")
+                ingress = [
+                    tasks.create_task(listeners.run(stop), name="smtp"),
+                    tasks.create_task(http.run(stop), name="http"),
+                ]
+                if worker is not None:
+                    tasks.create_task(worker.run(stop), name="delivery")
+                tasks.create_task(QueueGauges(store, self.metrics, self.clock).run(stop), name="gauges")
+                tasks.create_task(self.notifier.run_watchdog(stop), name="watchdog")
+                await asyncio.sleep(0)  # let the committer start accepting before READY
+                self.ready.set()
+                self.metrics.ready.set(1)
+                self.notifier.ready(self._status_line())
+                logger.info("postroom ready: %s", self._status_line())
+
+                await stop.wait()
+                self.ready.clear()
+                self.metrics.ready.set(0)
+                self.notifier.stopping()
+                logger.info("stopping: closing ingress, then flushing the queue")
+                await asyncio.wait(ingress)
+                backend_stop.set()
+                await committer_task
+
+    def _status_line(self) -> str:
+        parts = [f"{name} {host}:{port}" for name, (host, port) in self.smtp_bound.items()]
+        if self.http_bound:
+            parts.append(f"http {self.http_bound[0]}:{self.http_bound[1]}")
+        mode = "hold" if self.settings.delivery.hold else self.settings.delivery.mode
+        return ", ".join(parts) + f"; delivery {mode}"
+
+
+def install_signal_handlers(stop: asyncio.Event, on_reload: callable | None = None) -> None:  # type: ignore[valid-type]
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        on_reload or (lambda: logger.info("SIGHUP: nothing to reload in this version")),
+    )

@@ -1,0 +1,469 @@
+"""The `postroom` command. Each subcommand loads the settings, does one thing, and exits with
+0 on success, 1 when the operation failed (not found, database unavailable) and 2 for bad usage or
+an invalid configuration, printing a one-line reason to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from postroom.config import Settings, find_config_path, load_settings
+from postroom.core.clock import SystemClock
+from postroom.core.compose import Draft, address_of, compose
+from postroom.core.errors import ConfigError, PostroomError, SchemaNotCurrentError
+from postroom.core.ids import new_message_id
+from postroom.core.secrets import new_password
+from postroom.core.types import DeliveryState, Submission
+from postroom.queue.store import SqlQueueStore
+from postroom.quickstart import (
+    QUICKSTART_DOMAIN,
+    InitResult,
+    dev_config,
+    load_quickstart,
+    save_quickstart,
+    self_signed_certificate,
+)
+from postroom.smtp.stamping import summarise_headers
+from postroom.store import schema
+from postroom.store.credentials import Role, SqlApiKeys, SqlSmtpUsers
+from postroom.store.engine import create_engine
+
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"postroom: {message}", err=True)
+    sys.exit(code)
+
+
+def settings_from(ctx: click.Context) -> Settings:
+    path = find_config_path(ctx.obj.get("config"), os.environ)
+    try:
+        return load_settings(path, os.environ)
+    except ConfigError as exc:
+        for key, reason in exc.problems:
+            click.echo(f"postroom: config {key}: {reason}", err=True)
+        sys.exit(2)
+
+
+def run_db(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]], migrated: bool = True) -> T:
+    """Run `work` with an engine on a fresh loop, translating errors into exit codes."""
+
+    async def main() -> T:
+        engine = create_engine(settings.database)
+        try:
+            if migrated:
+                await schema.require_current(engine)
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except SchemaNotCurrentError as exc:
+        fail(str(exc))
+    except PostroomError as exc:
+        fail(str(exc))
+    raise AssertionError("unreachable")
+
+
+def when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
+
+
+@click.group()
+@click.option("--config", "config", envvar=None, default=None, help="Path to postroom.toml "
+              "(default: $POSTROOM_CONFIG, ./postroom.toml, /etc/postroom/postroom.toml).")  # fmt: skip
+@click.version_option(package_name="postroom")
+@click.pass_context
+def main(ctx: click.Context, config: str | None) -> None:
+    """postroom: self-hosted email delivery and reports."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Every subcommand also takes --config after its name."""
+
+    def store(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value:
+            ctx.ensure_object(dict)
+            ctx.obj["config"] = value
+
+    return click.option(
+        "--config", expose_value=False, callback=store, is_eager=True, help="Path to postroom.toml."
+    )(func)
+
+
+# -- init, serve, check-config, db ------------------------------------------------------------
+
+
+@main.command()
+@click.option("--dev", is_flag=True, help="Local quickstart: loopback ports, SQLite, capture outbox.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".quickstart",
+              show_default=True, help="Where --dev puts its config, database and outbox.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def init(dev: bool, directory: str, as_json: bool) -> None:
+    """Create a configuration, the database, an admin API key and an SMTP user."""
+    if not dev:
+        fail("only `postroom init --dev` is available; for production copy "
+             "config/postroom.example.toml and run `postroom db upgrade`", 2)  # fmt: skip
+    root = Path(directory)
+    config_path = root / "postroom.toml"
+    existing = load_quickstart(root)
+    if existing is None or not config_path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        self_signed_certificate("localhost", root / "tls" / "cert.pem", root / "tls" / "key.pem")
+        config_path.write_text(dev_config(root))
+    try:
+        settings = load_settings(config_path, os.environ)
+    except ConfigError as exc:
+        fail(f"the quickstart config is invalid: {exc}", 2)
+
+    async def prepare(engine: AsyncEngine) -> InitResult:
+        await schema.upgrade(engine)
+        if existing is not None:
+            return existing
+        now = SystemClock().now()
+        _, token = await SqlApiKeys(engine).create("quickstart admin", Role.ADMIN, now)
+        password = new_password()
+        user = f"app@{QUICKSTART_DOMAIN}"
+        await SqlSmtpUsers(engine).add(user, password, now)
+        return InitResult(
+            config=str(config_path.resolve()),
+            api_key=token,
+            smtp_user=user,
+            smtp_password=password,
+            domain=QUICKSTART_DOMAIN,
+            http=settings.http.listen,
+            submission=settings.smtp.submission_listen,
+            mx=settings.smtp.mx_listen,
+        )
+
+    result = run_db(settings, prepare, migrated=False)
+    result = InitResult(**{**asdict(result), "http": settings.http.listen,
+                           "submission": settings.smtp.submission_listen,
+                           "mx": settings.smtp.mx_listen})  # fmt: skip
+    save_quickstart(root, result)
+    if as_json:
+        click.echo(json.dumps(asdict(result)))
+        return
+    click.echo(quickstart_banner(result, settings))
+
+
+def quickstart_banner(result: InitResult, settings: Settings) -> str:
+    return f"""
+postroom quickstart
+  config       {result.config}
+  HTTP API     http://{result.http}   (API key: {result.api_key})
+  submission   {result.submission}    (STARTTLS; AUTH {result.smtp_user} / {result.smtp_password};
+                                 127.0.0.1 may also send without AUTH)
+  inbound MX   {result.mx}
+  outbox       {settings.delivery.capture_dir}   (capture mode: nothing leaves this machine)
+
+Send a message:
+  curl -s http://{result.http}/v1/messages -H 'Authorization: Bearer {result.api_key}' \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"from": "hello@{result.domain}", "to": "you@example.com", "subject": "Hi", "text": "It works."}}'
+  swaks --server {result.submission} --tls --auth-user {result.smtp_user} \\
+    --auth-password '{result.smtp_password}' --from hello@{result.domain} --to you@example.com
+"""
+
+
+@main.command()
+@config_option
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run the daemon in the foreground (systemd: Type=notify)."""
+    from postroom.app import Daemon, install_signal_handlers
+    from postroom.logs import configure_logging
+
+    settings = settings_from(ctx)
+    configure_logging(settings.log)
+
+    async def main_loop() -> None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        await Daemon(settings).run(stop)
+
+    try:
+        asyncio.run(main_loop())
+    except* SchemaNotCurrentError as group:
+        fail(str(group.exceptions[0]))
+    except* PostroomError as group:
+        fail(f"cannot run: {group.exceptions[0]}")
+    except* OSError as group:
+        fail(f"cannot start: {group.exceptions[0]}")
+
+
+@main.command("check-config")
+@config_option
+@click.pass_context
+def check_config(ctx: click.Context) -> None:
+    """Validate the configuration; print every problem with its key."""
+    path = find_config_path(ctx.obj.get("config"), os.environ)
+    settings_from(ctx)
+    click.echo(f"{path}: ok")
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command()
+@config_option
+@click.pass_context
+def upgrade(ctx: click.Context) -> None:
+    """Create or migrate the database schema to this version."""
+    settings = settings_from(ctx)
+    before, after = run_db(settings, schema.upgrade, migrated=False)
+    if before == after:
+        click.echo(f"database already at revision {after}")
+    else:
+        click.echo(f"database migrated from {before or 'empty'} to revision {after}")
+
+
+# -- send -------------------------------------------------------------------------------------
+
+
+@main.command()
+@config_option
+@click.option("--from", "sender", required=True, help="From address (also the envelope sender).")
+@click.option("--to", "to", multiple=True, required=True, help="Recipient (repeat for several).")
+@click.option("--subject", default="", help="Subject (ignored with --raw).")
+@click.option("--text", default=None, help="Plain text body.")
+@click.option("--html", default=None, help="HTML body.")
+@click.option("--raw", type=click.File("rb"), default=None,
+              help="Queue this RFC 5322 message as it is ('-' for stdin).")  # fmt: skip
+@click.option("--stream", default="transactional", show_default=True)
+@click.pass_context
+def send(ctx: click.Context, sender: str, to: tuple[str, ...], subject: str, text: str | None,
+         html: str | None, raw: Any, stream: str) -> None:  # fmt: skip
+    """Queue a message directly in the database (the daemon delivers it)."""
+    settings = settings_from(ctx)
+    now = time.time()
+    message_id = new_message_id(now)
+    try:
+        mail_from = address_of(sender)
+        recipients = tuple(address_of(r) for r in to)
+        if raw is not None:
+            content = raw.read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            summary = summarise_headers(content)
+            header_from, subject_line = summary.header_from, summary.subject
+        else:
+            draft = Draft(sender=sender, to=to, subject=subject, text=text or ("" if html else " "),
+                          html=html)  # fmt: skip
+            content = compose(draft, message_id=message_id, hostname=settings.smtp.hostname, now=now)
+            header_from, subject_line = sender, subject
+    except PostroomError as exc:
+        fail(str(exc), 2)
+    submission = Submission(
+        mail_from=mail_from, recipients=recipients, content=content, source="cli",
+        submitted_by=f"cli:{os.getenv('USER', 'unknown')}", header_from=header_from,
+        subject=subject_line, stream=stream, message_id=message_id,
+    )  # fmt: skip
+    ids = run_db(settings, lambda engine: SqlQueueStore(engine).insert_many([submission], now))
+    click.echo(ids[0])
+
+
+# -- queue ------------------------------------------------------------------------------------
+
+
+@main.group()
+def queue() -> None:
+    """Inspect and act on the queue."""
+
+
+@queue.command("ls")
+@config_option
+@click.option("--state", type=click.Choice([s.value for s in DeliveryState]), default=None)
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def queue_ls(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
+    """List messages, newest first, with their recipients' states."""
+    settings = settings_from(ctx)
+    found = run_db(settings, lambda e: SqlQueueStore(e).list_messages(limit=limit, state=state))
+    if as_json:
+        click.echo(json.dumps([asdict(s) for s in found]))
+        return
+    if not found:
+        click.echo("queue is empty" if state is None else f"no messages with {state} deliveries")
+        return
+    click.echo(f"{'ID':26}  {'ACCEPTED (UTC)':19}  {'SIZE':>7}  {'FROM':30}  STATES")
+    for s in found:
+        states = " ".join(f"{k}={v}" for k, v in sorted(s.states.items()))
+        click.echo(f"{s.id:26}  {when(s.created_at):19}  {s.size:>7}  {s.mail_from[:30]:30}  {states}")
+
+
+@queue.command("show")
+@config_option
+@click.argument("message_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--content", is_flag=True, help="Print the stored message instead.")
+@click.pass_context
+def queue_show(ctx: click.Context, message_id: str, as_json: bool, content: bool) -> None:
+    """Show one message with every recipient's state and events."""
+    from postroom.http.messages import detail_json
+
+    settings = settings_from(ctx)
+    if content:
+        raw = run_db(settings, lambda e: SqlQueueStore(e).content(message_id))
+        click.echo(raw.decode("utf-8", "replace"))
+        return
+    detail = run_db(settings, lambda e: SqlQueueStore(e).show(message_id))
+    if as_json:
+        click.echo(json.dumps(detail_json(detail), indent=2))
+        return
+    s = detail.summary
+    click.echo(f"message   {s.id}\naccepted  {when(s.created_at)} UTC via {s.source}"
+               f" ({detail.submitted_by})\nfrom      {s.mail_from}\nsubject   {s.subject}\n"
+               f"size      {s.size} bytes, stream {s.stream}")  # fmt: skip
+    if detail.error:
+        click.echo(f"error     {detail.error}")
+    for d in detail.deliveries:
+        click.echo(f"\n  {d.recipient}: {d.state}, {d.attempts} attempt(s)")
+        if d.last_reply:
+            click.echo(f"    last reply: {d.last_reply}")
+        if not d.finished_at and d.state in ("queued", "deferred"):
+            click.echo(f"    next attempt: {when(d.next_attempt_at)} UTC")
+    for e in detail.events:
+        who = f" {e['recipient']}" if e["recipient"] else ""
+        click.echo(f"  {when(e['at'])} {e['type']}{who} {e['detail'].get('reply', '')}")
+
+
+@queue.command("retry")
+@config_option
+@click.argument("message_id", required=False)
+@click.option("--all-dead", is_flag=True, help="Retry every dead delivery.")
+@click.pass_context
+def queue_retry(ctx: click.Context, message_id: str | None, all_dead: bool) -> None:
+    """Make a message's dead or deferred deliveries due now (or every dead one)."""
+    if bool(message_id) == all_dead:
+        fail("give a MESSAGE_ID or --all-dead", 2)
+    settings = settings_from(ctx)
+    count = run_db(settings, lambda e: SqlQueueStore(e).retry(time.time(), message_id))
+    if message_id and count == 0:
+        fail(f"message {message_id} has no dead or deferred deliveries")
+    click.echo(f"{count} deliveries queued again")
+
+
+@queue.command("purge")
+@config_option
+@click.argument("message_id", required=False)
+@click.option("--state", type=click.Choice(["dead", "deferred", "queued", "bounced", "expired",
+                                            "delivered"]), default=None)  # fmt: skip
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def queue_purge(ctx: click.Context, message_id: str | None, state: str | None, yes: bool) -> None:
+    """Delete a message, or every message with a delivery in --state."""
+    if bool(message_id) == bool(state):
+        fail("give a MESSAGE_ID or --state", 2)
+    if not yes and not click.confirm(f"delete {message_id or 'every ' + str(state) + ' message'}?"):
+        fail("nothing deleted", 1)
+    settings = settings_from(ctx)
+    count = run_db(settings, lambda e: SqlQueueStore(e).purge(message_id, state))
+    if message_id and count == 0:
+        fail(f"no message {message_id}")
+    click.echo(f"{count} messages deleted")
+
+
+# -- apikeys, smtp-users ----------------------------------------------------------------------
+
+
+@main.group()
+def apikeys() -> None:
+    """HTTP API keys (roles: admin, sender, viewer)."""
+
+
+@apikeys.command("create")
+@config_option
+@click.option("--name", required=True)
+@click.option("--role", type=click.Choice([r.value for r in Role]), default="sender", show_default=True)
+@click.pass_context
+def apikeys_create(ctx: click.Context, name: str, role: str) -> None:
+    """Create a key and print it (it is shown this once)."""
+    settings = settings_from(ctx)
+    _, token = run_db(settings, lambda e: SqlApiKeys(e).create(name, Role(role), time.time()))
+    click.echo(token)
+
+
+@apikeys.command("ls")
+@config_option
+@click.pass_context
+def apikeys_ls(ctx: click.Context) -> None:
+    settings = settings_from(ctx)
+    keys = run_db(settings, lambda e: SqlApiKeys(e).list())
+    click.echo(f"{'ID':14}  {'ROLE':7}  {'CREATED (UTC)':19}  {'REVOKED':19}  NAME")
+    for k in keys:
+        click.echo(f"{k.id:14}  {k.role.value:7}  {when(k.created_at):19}  {when(k.revoked_at):19}  {k.name}")
+
+
+@apikeys.command("revoke")
+@config_option
+@click.argument("key_id")
+@click.pass_context
+def apikeys_revoke(ctx: click.Context, key_id: str) -> None:
+    settings = settings_from(ctx)
+    run_db(settings, lambda e: SqlApiKeys(e).revoke(key_id, time.time()))
+    click.echo(f"revoked {key_id}")
+
+
+@main.group("smtp-users")
+def smtp_users() -> None:
+    """SMTP submission users (AUTH PLAIN/LOGIN)."""
+
+
+@smtp_users.command("add")
+@config_option
+@click.argument("username")
+@click.option("--password", default=None, help="Default: generate one and print it.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.pass_context
+def smtp_users_add(ctx: click.Context, username: str, password: str | None, password_stdin: bool) -> None:
+    settings = settings_from(ctx)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    generated = password is None
+    secret = password if password is not None else new_password()
+    if not secret:
+        fail("the password is empty", 2)
+    run_db(settings, lambda e: SqlSmtpUsers(e).add(username, secret, time.time()))
+    click.echo(f"added {username}" + (f" with password {secret}" if generated else ""))
+
+
+@smtp_users.command("ls")
+@config_option
+@click.pass_context
+def smtp_users_ls(ctx: click.Context) -> None:
+    settings = settings_from(ctx)
+    for user in run_db(settings, lambda e: SqlSmtpUsers(e).list()):
+        click.echo(f"{user.username}\t{when(user.created_at)}")
+
+
+@smtp_users.command("rm")
+@config_option
+@click.argument("username")
+@click.pass_context
+def smtp_users_rm(ctx: click.Context, username: str) -> None:
+    settings = settings_from(ctx)
+    run_db(settings, lambda e: SqlSmtpUsers(e).remove(username))
+    click.echo(f"removed {username}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""The typed settings tree: loaded once from TOML, `POSTROOM_SECTION__KEY` env and `*_file` secrets.
+
+`load_settings` returns a frozen `Settings` or raises `ConfigError` listing every problem with its
+key, so `postroom check-config` and `postroom serve` report the same thing. Each component is given
+only its own section.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from postroom.core.errors import ConfigError
+
+ENV_PREFIX = "POSTROOM_"
+CONFIG_SEARCH_PATH = ("./postroom.toml", "/etc/postroom/postroom.toml")
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split "host:port" or "[v6]:port"; raise ValueError with a readable reason."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        if default_port is None:
+            raise ValueError(f"{value!r} is not host:port")
+        return value, default_port
+    host = host.strip("[]")
+    if not host:
+        raise ValueError(f"{value!r} has no host")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} has no valid port")
+    return host, int(port)
+
+
+def _check_listen(value: str) -> str:
+    if value:
+        parse_hostport(value)
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite+aiosqlite:////var/lib/postroom/postroom.db"
+    pool_size: int = Field(default=10, ge=1, le=200)
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+
+class HttpSettings(_Section):
+    listen: str = "127.0.0.1:8025"
+    max_body_size: int = Field(default=40 * 1024 * 1024, ge=1024)
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+
+class SmtpSettings(_Section):
+    hostname: str = "localhost"
+    submission_listen: str = "0.0.0.0:587"
+    submissions_listen: str = ""  # implicit TLS (port 465), off when empty
+    mx_listen: str = "0.0.0.0:25"
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_recipients: int = Field(default=1000, ge=1)
+    trusted_networks: tuple[str, ...] = ()
+    session_timeout: float = Field(default=300.0, gt=0)
+    login_failure_limit: int = Field(default=5, ge=1)
+    login_failure_window: float = Field(default=300.0, gt=0)
+
+    @field_validator("submission_listen", "submissions_listen", "mx_listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+    @field_validator("trusted_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _valid_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{network!r} is not a network: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SmtpSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key must be set together")
+        if self.submissions_listen and not self.tls_cert:
+            raise ValueError("submissions_listen (implicit TLS) needs tls_cert and tls_key")
+        for path in (self.tls_cert, self.tls_key):
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"cannot read {path}")
+        return self
+
+
+class DeliverySettings(_Section):
+    mode: Literal["mx", "smarthost", "capture"] = "mx"
+    smarthost: str = ""
+    smarthost_tls: Literal["none", "opportunistic", "required", "implicit"] = "opportunistic"
+    smarthost_verify: bool = True
+    smarthost_username: str = ""
+    smarthost_password: str = Field(default="", repr=False)
+    capture_dir: str = ""
+    hold: bool = False
+    concurrency: int = Field(default=20, ge=1, le=1000)
+    batch_size: int = Field(default=200, ge=1, le=5000)
+    messages_per_connection: int = Field(default=100, ge=1)
+    lease_seconds: float = Field(default=60.0, ge=1)
+    poll_interval: float = Field(default=1.0, gt=0)
+    connect_timeout: float = Field(default=30.0, gt=0)
+    command_timeout: float = Field(default=300.0, gt=0)
+    retry_base: float = Field(default=60.0, gt=0)
+    retry_max: float = Field(default=4 * 3600.0, gt=0)
+    max_age: float = Field(default=5 * 86400.0, gt=0)
+    drain_grace: float = Field(default=10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> DeliverySettings:
+        if self.mode == "smarthost":
+            if not self.smarthost:
+                raise ValueError("mode = 'smarthost' needs smarthost = 'host:port'")
+            parse_hostport(self.smarthost, default_port=25)
+        if self.mode == "capture" and not self.capture_dir:
+            raise ValueError("mode = 'capture' needs capture_dir")
+        if self.mode == "mx":
+            raise ValueError(
+                "mode = 'mx' (direct delivery) is not available in this version; "
+                "use 'smarthost' or 'capture'"
+            )
+        if self.smarthost_password and not self.smarthost_username:
+            raise ValueError("smarthost_password is set but smarthost_username is not")
+        return self
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class DomainSettings(_Section):
+    name: str = Field(min_length=1, max_length=253)
+
+
+class Settings(_Section):
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    domains: tuple[DomainSettings, ...] = ()
+    state_dir: str = "/var/lib/postroom"
+
+
+def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
+    """--config, then $POSTROOM_CONFIG, then ./postroom.toml, then /etc/postroom/postroom.toml."""
+    if explicit:
+        return Path(explicit)
+    if environ.get("POSTROOM_CONFIG"):
+        return Path(environ["POSTROOM_CONFIG"])
+    for candidate in CONFIG_SEARCH_PATH:
+        if Path(candidate).exists():
+            return Path(candidate)
+    return Path(CONFIG_SEARCH_PATH[-1])
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Env values are TOML literals when they parse as one (true, 25, ["a"]), else plain strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """POSTROOM_SECTION__KEY=value sets tree[section][key]; POSTROOM_KEY sets a top-level key."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "POSTROOM_CONFIG":
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = merged
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = _parse_env_value(raw)
+    return merged
+
+
+def resolve_secret_files(
+    tree: dict[str, Any], problems: list[tuple[str, str]], prefix: str = ""
+) -> dict[str, Any]:
+    """Replace every `key_file = PATH` with `key = <contents of PATH>` (systemd LoadCredential=)."""
+    resolved: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            resolved[key] = resolve_secret_files(value, problems, f"{prefix}{key}.")
+        elif key.endswith("_file") and key != "capture_file":
+            target = key.removesuffix("_file")
+            path = os.path.expandvars(str(value)).replace(
+                "%d", os.environ.get("CREDENTIALS_DIRECTORY", "")
+            )
+            try:
+                resolved[target] = Path(path).read_text().rstrip("\r\n")
+            except OSError as exc:
+                problems.append((f"{prefix}{key}", f"cannot read {path}: {exc.strerror}"))
+        else:
+            resolved[key] = value
+    return resolved
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str]) -> Settings:
+    """Read, merge and validate; raise ConfigError with every problem found."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            tree = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError([("config", f"{path} does not exist")]) from None
+        except OSError as exc:
+            raise ConfigError([("config", f"cannot read {path}: {exc.strerror}")]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([("config", f"{path} is not valid TOML: {exc}")]) from None
+    problems: list[tuple[str, str]] = []
+    tree = resolve_secret_files(apply_env_overrides(tree, environ), problems)
+    try:
+        settings = Settings.model_validate(tree)
+    except ValidationError as exc:
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "config"
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append((key, message))
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return settings

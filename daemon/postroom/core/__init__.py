@@ -1,0 +1,1 @@
+"""Value types, errors and the clock: pure code every other package builds on."""

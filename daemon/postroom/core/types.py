@@ -1,0 +1,73 @@
+"""Value types shared by ingress, queue and delivery: submissions, delivery states and outcomes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class DeliveryState(enum.StrEnum):
+    """Where one recipient's copy of a message stands. Every non-final state has a deadline."""
+
+    QUEUED = "queued"  # due for a first attempt
+    DEFERRED = "deferred"  # tried, failed temporarily, due again at next_attempt_at
+    SENDING = "sending"  # leased by a worker until lease_expires_at
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    EXPIRED = "expired"  # deferred past max_age; a bounce with reason "expired"
+    DEAD = "dead"  # crashed the pipeline; parked for a human (`queue retry`)
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {DeliveryState.DELIVERED, DeliveryState.BOUNCED, DeliveryState.EXPIRED}
+)
+ACTIVE_STATES = (DeliveryState.QUEUED, DeliveryState.DEFERRED, DeliveryState.SENDING)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A message ready to be queued: the exact bytes to send and the envelope."""
+
+    mail_from: str
+    recipients: tuple[str, ...]
+    content: bytes
+    source: str  # "smtp", "api", "cli"
+    submitted_by: str | None = None
+    header_from: str | None = None
+    subject: str | None = None
+    stream: str = "transactional"
+    route: str = "inhouse"
+    tags: tuple[str, ...] = ()
+    message_id: str | None = None  # set by the caller when it must know the id beforehand
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """An idempotency key scoped to its caller, with the hash of the request it was first used for."""
+
+    scope: str
+    key: str
+    request_hash: str
+
+
+class Verdict(enum.StrEnum):
+    """What one delivery attempt to one recipient came to."""
+
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """The server's answer for one recipient of one attempt."""
+
+    recipient: str
+    verdict: Verdict
+    reply: str  # "250 2.0.0 Ok" or a local description such as "connection refused"
+    details: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""The aiohttp API: routes parse and validate requests and call services; nothing else."""

@@ -1,0 +1,81 @@
+"""The aiohttp application and its lifecycle: build routes, bind, serve until stop, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from postroom.config import HttpSettings, parse_hostport
+from postroom.http.auth import API_KEY, bearer_auth
+from postroom.http.errors import error_response, json_errors
+from postroom.http.messages import MessageRoutes
+from postroom.metrics import Metrics
+from postroom.store.credentials import SqlApiKeys
+
+logger = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[str | None]]  # None when ready, else the reason
+
+
+def build_app(
+    settings: HttpSettings,
+    api_keys: SqlApiKeys,
+    messages: MessageRoutes,
+    metrics: Metrics,
+    readiness: ReadinessCheck,
+) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.max_body_size, middlewares=[json_errors, bearer_auth]
+    )
+    app[API_KEY] = api_keys
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        reason = await readiness()
+        if reason is not None:
+            return error_response(503, "not_ready", reason, {"Retry-After": "5"})
+        return web.json_response({"status": "ready"})
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
+    messages.register(app)
+    return app
+
+
+class HttpServer:
+    def __init__(self, settings: HttpSettings, app: web.Application, reuse_port: bool = False):
+        self._settings = settings
+        self._app = app
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._reuse_port = reuse_port
+        self.bound: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        host, port = parse_hostport(self._settings.listen)
+        site = web.TCPSite(
+            self._runner, host, port, reuse_port=self._reuse_port or None, shutdown_timeout=5
+        )
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # noqa: SLF001 - port 0 lookup
+        if sockets:
+            sockname = sockets[0].getsockname()
+            self.bound = (sockname[0], sockname[1])
+        logger.info("HTTP API listening on %s", self.bound)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await stop.wait()
+        finally:
+            await self._runner.cleanup()

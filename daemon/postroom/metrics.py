@@ -1,0 +1,120 @@
+"""Every Prometheus metric postroom exports, created on an injected registry (no globals).
+
+Names start with `postroom_`. Counters carry the labels DESIGN.md names (stream, route, class,
+reason); queue gauges are refreshed from the database by `QueueGauges` in `app`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900,
+    3600, 4 * 3600, 24 * 3600,
+)  # fmt: skip
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        self.accepted = Counter(
+            "postroom_messages_accepted",
+            "Messages accepted and committed to the queue",
+            ["source", "stream", "route"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "postroom_messages_rejected",
+            "Submissions refused, by ingress and reason",
+            ["source", "reason"],
+            registry=registry,
+        )
+        self.attempted = Counter(
+            "postroom_delivery_attempts",
+            "Delivery attempts per recipient, by result",
+            ["result"],
+            registry=registry,
+        )
+        self.delivered = Counter(
+            "postroom_delivered",
+            "Recipients delivered",
+            ["stream", "route"],
+            registry=registry,
+        )
+        self.deferred = Counter(
+            "postroom_deferred",
+            "Recipients deferred for a later attempt",
+            ["stream", "route"],
+            registry=registry,
+        )
+        self.bounced = Counter(
+            "postroom_bounced",
+            "Recipients bounced, by class (hard, soft) and reason",
+            ["stream", "route", "bounce_class", "reason"],
+            registry=registry,
+        )
+        self.complained = Counter(
+            "postroom_complained",
+            "Complaints (feedback loop reports)",
+            ["stream", "route"],
+            registry=registry,
+        )
+        self.suppressed = Counter(
+            "postroom_suppressed",
+            "Recipients dropped at submission because they are suppressed",
+            ["stream", "route"],
+            registry=registry,
+        )
+        self.dead = Counter(
+            "postroom_dead",
+            "Messages parked as dead after crashing the pipeline",
+            registry=registry,
+        )
+        self.reaped = Counter(
+            "postroom_leases_reaped",
+            "Deliveries returned to the queue because their worker's lease ran out",
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "postroom_queue_depth",
+            "Deliveries in the queue by state",
+            ["state"],
+            registry=registry,
+        )
+        self.oldest_queued_age = Gauge(
+            "postroom_queue_oldest_age_seconds",
+            "Age of the oldest delivery not yet in a final state",
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "postroom_accept_to_delivered_seconds",
+            "Time from acceptance to delivery",
+            ["stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.smtp_sessions = Gauge(
+            "postroom_smtp_sessions_active",
+            "Open SMTP sessions by listener",
+            ["listener"],
+            registry=registry,
+        )
+        self.smtp_auth = Counter(
+            "postroom_smtp_auth",
+            "SMTP AUTH attempts by result (ok, failed, throttled)",
+            ["result"],
+            registry=registry,
+        )
+        self.http_requests = Counter(
+            "postroom_http_requests",
+            "HTTP API requests by route and status",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.commit_batch = Histogram(
+            "postroom_queue_commit_batch_size",
+            "Messages written per group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=registry,
+        )
+        self.ready = Gauge("postroom_ready", "1 when the daemon serves traffic", registry=registry)

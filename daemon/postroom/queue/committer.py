@@ -1,0 +1,108 @@
+"""Group commit: many submissions, one transaction, one fsync.
+
+Each ingress call waits on a future; a single task writes whatever has gathered while the previous
+transaction was being committed. Under load batches grow by themselves; at low load a batch is one
+message and adds no delay. Every caller learns its own result: a failed commit fails the whole batch,
+so no caller is told 250 for a message that is not on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from postroom.core.clock import Clock
+from postroom.core.errors import StoreError
+from postroom.core.types import Submission
+from postroom.queue.store import SqlQueueStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    submission: Submission
+    done: asyncio.Future[str]
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        store: SqlQueueStore,
+        clock: Clock,
+        *,
+        max_batch: int = 256,
+        on_commit: Callable[[list[Submission]], None] = lambda batch: None,
+    ):
+        self._store = store
+        self._clock = clock
+        self._max_batch = max_batch
+        self._on_commit = on_commit
+        self._pending: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._running = False
+
+    async def submit(self, submission: Submission) -> str:
+        """Return the message id once the message is committed; raise StoreError if it cannot be."""
+        if not self._running:
+            raise StoreError("the queue is not accepting messages (shutting down)")
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(submission, future))
+        self._wakeup.set()
+        return await future
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Commit batches until `stop` is set and everything already submitted is written."""
+        self._running = True
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                if not self._pending:
+                    if stop.is_set():
+                        break
+                    self._wakeup.clear()
+                    waiter = asyncio.ensure_future(self._wakeup.wait())
+                    await asyncio.wait({waiter, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    continue
+                if stop.is_set():
+                    self._running = False
+                batch, self._pending = (
+                    self._pending[: self._max_batch],
+                    self._pending[self._max_batch :],
+                )
+                await self._commit(batch)
+        finally:
+            self._running = False
+            stopping.cancel()
+            for item in self._pending:
+                if not item.done.done():
+                    item.done.set_exception(StoreError("the queue stopped before this commit"))
+            self._pending = []
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        live = [item for item in batch if not item.done.done()]
+        if not live:
+            return
+        submissions = [item.submission for item in live]
+        try:
+            ids = await self._store.insert_many(submissions, self._clock.now())
+        except StoreError as exc:
+            logger.error("group commit of %d messages failed: %s", len(live), exc)
+            for item in live:
+                if not item.done.done():
+                    item.done.set_exception(exc)
+            return
+        except Exception as exc:  # a bug must not strand callers waiting on their futures
+            logger.exception("group commit crashed")
+            failure = StoreError(f"commit failed: {type(exc).__name__}")
+            for item in live:
+                if not item.done.done():
+                    item.done.set_exception(failure)
+            return
+        for item, message_id in zip(live, ids):
+            if not item.done.done():
+                item.done.set_result(message_id)
+        self._on_commit(submissions)

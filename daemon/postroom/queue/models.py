@@ -1,0 +1,79 @@
+"""Plain records the queue hands to workers and operators."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from postroom.core.types import DeliveryState
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """One recipient's copy, leased to a worker."""
+
+    id: int
+    message_id: str
+    recipient: str
+    attempts: int  # attempts made before this one
+    accepted_at: float
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """What a transport needs to send one message."""
+
+    id: str
+    mail_from: str
+    content: bytes
+    stream: str
+    route: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Release:
+    """The outcome a worker records for one leased delivery."""
+
+    delivery_id: int
+    message_id: str
+    recipient: str
+    state: DeliveryState
+    reply: str
+    next_attempt_at: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    id: int
+    recipient: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_reply: str | None
+    updated_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class MessageSummary:
+    id: str
+    created_at: float
+    source: str
+    mail_from: str
+    header_from: str | None
+    subject: str | None
+    stream: str
+    size: int
+    states: dict[str, int]
+
+
+@dataclass(frozen=True)
+class MessageDetail:
+    summary: MessageSummary
+    tags: list[str]
+    submitted_by: str | None
+    error: str | None
+    deliveries: list[DeliveryRow]
+    events: list[dict[str, Any]]

@@ -1,0 +1,542 @@
+"""`SqlQueueStore`: the queue on SQLAlchemy Core, one code path for SQLite and PostgreSQL.
+
+Claiming is one `UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED) RETURNING`:
+on PostgreSQL concurrent daemons skip each other's locked rows; SQLite ignores the locking clause
+and serialises writers, so the single statement is atomic there too. Every release is guarded by
+`lease_owner`, so a worker whose lease was reaped cannot overwrite the newer owner's outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from postroom.core.errors import ConflictError, NotFoundError
+from postroom.core.ids import new_message_id
+from postroom.core.types import ACTIVE_STATES, DeliveryState, IdempotencyKey, Submission
+from postroom.queue.models import (
+    ClaimedDelivery,
+    DeliveryRow,
+    MessageDetail,
+    MessageSummary,
+    QueuedMessage,
+    Release,
+)
+from postroom.store.engine import translate_errors
+from postroom.store.tables import deliveries, events, idempotency_keys, messages
+
+IDEMPOTENCY_WINDOW = 24 * 3600.0
+CLAIMABLE = (DeliveryState.QUEUED.value, DeliveryState.DEFERRED.value)
+
+
+def request_hash(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+class SqlQueueStore:
+    def __init__(self, engine: AsyncEngine):
+        self._engine = engine
+
+    # -- submit ---------------------------------------------------------------------------
+
+    async def insert_many(self, batch: Sequence[Submission], now: float) -> list[str]:
+        """Write several submissions in one transaction (one fsync); return their ids in order."""
+        ids = [item.message_id or new_message_id(now) for item in batch]
+        with translate_errors("queueing messages"):
+            async with self._engine.begin() as conn:
+                await self._insert(conn, list(zip(ids, batch)), now)
+        return ids
+
+    async def insert_idempotent(
+        self, submission: Submission, key: IdempotencyKey, now: float
+    ) -> tuple[str, bool]:
+        """Queue unless the key was used in the last 24 h; return (message id, created).
+
+        Same key and same request hash: the original id, created False. Same key, other request:
+        ConflictError. The key row and the message commit together or not at all.
+        """
+        message_id = submission.message_id or new_message_id(now)
+        with translate_errors("queueing a message"):
+            for _ in range(2):  # a concurrent insert of the same key wins the race: look again
+                try:
+                    async with self._engine.begin() as conn:
+                        existing = await self._live_key(conn, key, now)
+                        if existing is not None:
+                            return existing, False
+                        await conn.execute(
+                            idempotency_keys.delete().where(
+                                idempotency_keys.c.scope == key.scope,
+                                idempotency_keys.c.key == key.key,
+                            )
+                        )
+                        await conn.execute(
+                            idempotency_keys.insert().values(
+                                scope=key.scope,
+                                key=key.key,
+                                request_hash=key.request_hash,
+                                message_id=message_id,
+                                created_at=now,
+                            )
+                        )
+                        await self._insert(conn, [(message_id, submission)], now)
+                        return message_id, True
+                except IntegrityError:
+                    continue
+        raise ConflictError("the idempotency key is being used by a concurrent request")
+
+    async def _live_key(self, conn: AsyncConnection, key: IdempotencyKey, now: float) -> str | None:
+        row = (
+            await conn.execute(
+                sa.select(idempotency_keys.c.request_hash, idempotency_keys.c.message_id).where(
+                    idempotency_keys.c.scope == key.scope,
+                    idempotency_keys.c.key == key.key,
+                    idempotency_keys.c.created_at > now - IDEMPOTENCY_WINDOW,
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.request_hash != key.request_hash:
+            raise ConflictError(
+                "this Idempotency-Key was already used with a different request in the last 24 hours"
+            )
+        return str(row.message_id)
+
+    @staticmethod
+    async def _insert(
+        conn: AsyncConnection, batch: list[tuple[str, Submission]], now: float
+    ) -> None:
+        await conn.execute(
+            messages.insert(),
+            [
+                {
+                    "id": message_id,
+                    "created_at": now,
+                    "source": item.source,
+                    "submitted_by": item.submitted_by,
+                    "mail_from": item.mail_from,
+                    "header_from": item.header_from,
+                    "subject": item.subject,
+                    "stream": item.stream,
+                    "route": item.route,
+                    "tags": list(item.tags),
+                    "size": len(item.content),
+                    "content": item.content,
+                    "error": None,
+                }
+                for message_id, item in batch
+            ],
+        )
+        await conn.execute(
+            deliveries.insert(),
+            [
+                {
+                    "message_id": message_id,
+                    "recipient": recipient,
+                    "state": DeliveryState.QUEUED.value,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "next_attempt_at": now,
+                }
+                for message_id, item in batch
+                for recipient in item.recipients
+            ],
+        )
+        await conn.execute(
+            events.insert(),
+            [
+                {
+                    "at": now,
+                    "type": "accepted",
+                    "message_id": message_id,
+                    "delivery_id": None,
+                    "recipient": None,
+                    "detail": {"source": item.source, "recipients": len(item.recipients)},
+                }
+                for message_id, item in batch
+            ],
+        )
+
+    # -- work -----------------------------------------------------------------------------
+
+    async def claim(
+        self, owner: str, limit: int, now: float, lease_seconds: float
+    ) -> list[ClaimedDelivery]:
+        """Lease up to `limit` due deliveries, oldest due first."""
+        due = (
+            sa.select(deliveries.c.id)
+            .where(deliveries.c.state.in_(CLAIMABLE), deliveries.c.next_attempt_at <= now)
+            .order_by(deliveries.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        statement = (
+            deliveries.update()
+            .where(deliveries.c.id.in_(due))
+            .values(
+                state=DeliveryState.SENDING.value,
+                lease_owner=owner,
+                lease_expires_at=now + lease_seconds,
+                updated_at=now,
+            )
+            .returning(
+                deliveries.c.id,
+                deliveries.c.message_id,
+                deliveries.c.recipient,
+                deliveries.c.attempts,
+                deliveries.c.created_at,
+            )
+        )
+        with translate_errors("claiming deliveries"):
+            async with self._engine.begin() as conn:
+                rows = (await conn.execute(statement)).all()
+        return [
+            ClaimedDelivery(r.id, r.message_id, r.recipient, r.attempts, r.created_at)
+            for r in sorted(rows, key=lambda r: r.id)
+        ]
+
+    async def load_messages(self, message_ids: Iterable[str]) -> dict[str, QueuedMessage]:
+        wanted = sorted(set(message_ids))
+        if not wanted:
+            return {}
+        statement = sa.select(
+            messages.c.id,
+            messages.c.mail_from,
+            messages.c.content,
+            messages.c.stream,
+            messages.c.route,
+            messages.c.created_at,
+        ).where(messages.c.id.in_(wanted))
+        with translate_errors("loading messages"):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(statement)).all()
+        return {
+            r.id: QueuedMessage(r.id, r.mail_from, bytes(r.content), r.stream, r.route, r.created_at)
+            for r in rows
+        }
+
+    async def extend(self, owner: str, delivery_ids: Sequence[int], until: float) -> int:
+        """Push the lease of deliveries still being sent; return how many are still ours."""
+        if not delivery_ids:
+            return 0
+        with translate_errors("extending leases"):
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    deliveries.update()
+                    .where(
+                        deliveries.c.id.in_(list(delivery_ids)),
+                        deliveries.c.lease_owner == owner,
+                        deliveries.c.state == DeliveryState.SENDING.value,
+                    )
+                    .values(lease_expires_at=until)
+                )
+        return int(result.rowcount)
+
+    async def release(self, owner: str, outcomes: Sequence[Release], now: float) -> int:
+        """Record outcomes and their events in one transaction; return how many were still ours."""
+        if not outcomes:
+            return 0
+        statement = (
+            deliveries.update()
+            .where(
+                deliveries.c.id == sa.bindparam("b_id"),
+                deliveries.c.lease_owner == owner,
+                deliveries.c.state == DeliveryState.SENDING.value,
+            )
+            .values(
+                state=sa.bindparam("b_state"),
+                attempts=deliveries.c.attempts + sa.bindparam("b_tried"),
+                next_attempt_at=sa.bindparam("b_next"),
+                last_reply=sa.bindparam("b_reply"),
+                finished_at=sa.bindparam("b_finished"),
+                updated_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+        params = [
+            {
+                "b_id": o.delivery_id,
+                "b_state": o.state.value,
+                "b_tried": 0 if o.state is DeliveryState.DEAD else 1,
+                "b_next": o.next_attempt_at if o.next_attempt_at is not None else now,
+                "b_reply": o.reply[:2000],
+                "b_finished": now if o.state.is_final else None,
+            }
+            for o in outcomes
+        ]
+        with translate_errors("recording delivery outcomes"):
+            async with self._engine.begin() as conn:
+                result = await conn.execute(statement, params)
+                await conn.execute(
+                    events.insert(),
+                    [
+                        {
+                            "at": now,
+                            "type": o.state.value,
+                            "message_id": o.message_id,
+                            "delivery_id": o.delivery_id,
+                            "recipient": o.recipient,
+                            "detail": {"reply": o.reply[:2000], **o.detail},
+                        }
+                        for o in outcomes
+                    ],
+                )
+        return int(result.rowcount)
+
+    async def park(self, message_id: str, error: str) -> None:
+        """Record why a message crashed the pipeline (its deliveries are released as DEAD)."""
+        with translate_errors("parking a message"):
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    messages.update().where(messages.c.id == message_id).values(error=error[:4000])
+                )
+
+    async def reap(self, now: float) -> int:
+        """Return deliveries whose lease ran out (their worker died) to the queue."""
+        with translate_errors("reaping expired leases"):
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    deliveries.update()
+                    .where(
+                        deliveries.c.state == DeliveryState.SENDING.value,
+                        deliveries.c.lease_expires_at < now,
+                    )
+                    .values(
+                        state=DeliveryState.QUEUED.value,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        next_attempt_at=now,
+                        updated_at=now,
+                    )
+                )
+        return int(result.rowcount)
+
+    # -- operators ------------------------------------------------------------------------
+
+    async def retry(self, now: float, message_id: str | None = None) -> int:
+        """Make dead and deferred deliveries due now (one message, or every dead one)."""
+        states = [DeliveryState.DEAD.value, DeliveryState.DEFERRED.value]
+        condition = deliveries.c.state.in_(states)
+        if message_id is not None:
+            condition = sa.and_(condition, deliveries.c.message_id == message_id)
+        else:
+            condition = deliveries.c.state == DeliveryState.DEAD.value
+        with translate_errors("retrying deliveries"):
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    deliveries.update()
+                    .where(condition)
+                    .values(
+                        state=DeliveryState.QUEUED.value, next_attempt_at=now, updated_at=now
+                    )
+                )
+                if message_id is not None:
+                    await conn.execute(
+                        messages.update().where(messages.c.id == message_id).values(error=None)
+                    )
+        return int(result.rowcount)
+
+    async def purge(self, message_id: str | None = None, state: str | None = None) -> int:
+        """Delete a message (any state but sending), or every message with a delivery in `state`."""
+        with translate_errors("purging messages"):
+            async with self._engine.begin() as conn:
+                if message_id is not None:
+                    busy = await conn.scalar(
+                        sa.select(sa.func.count()).where(
+                            deliveries.c.message_id == message_id,
+                            deliveries.c.state == DeliveryState.SENDING.value,
+                        )
+                    )
+                    if busy:
+                        raise ConflictError(f"message {message_id} is being sent right now")
+                    ids = [message_id]
+                else:
+                    ids = list(
+                        (
+                            await conn.execute(
+                                sa.select(deliveries.c.message_id)
+                                .where(deliveries.c.state == state)
+                                .distinct()
+                            )
+                        ).scalars()
+                    )
+                if not ids:
+                    return 0
+                await conn.execute(deliveries.delete().where(deliveries.c.message_id.in_(ids)))
+                await conn.execute(events.delete().where(events.c.message_id.in_(ids)))
+                result = await conn.execute(messages.delete().where(messages.c.id.in_(ids)))
+        return int(result.rowcount)
+
+    async def depth_by_state(self) -> dict[str, int]:
+        with translate_errors("counting the queue"):
+            async with self._engine.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        sa.select(deliveries.c.state, sa.func.count()).group_by(deliveries.c.state)
+                    )
+                ).all()
+        return {state: int(count) for state, count in rows}
+
+    async def oldest_active_created_at(self) -> float | None:
+        with translate_errors("finding the oldest queued delivery"):
+            async with self._engine.connect() as conn:
+                value = await conn.scalar(
+                    sa.select(sa.func.min(deliveries.c.created_at)).where(
+                        deliveries.c.state.in_([s.value for s in ACTIVE_STATES])
+                    )
+                )
+        return None if value is None else float(value)
+
+    async def list_messages(
+        self,
+        *,
+        limit: int = 50,
+        before: str | None = None,
+        state: str | None = None,
+        recipient: str | None = None,
+        mail_from: str | None = None,
+        stream: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[MessageSummary]:
+        """Newest first; `before` is the id of the last message of the previous page."""
+        query = sa.select(messages.c.id).order_by(messages.c.id.desc()).limit(limit)
+        if before:
+            query = query.where(messages.c.id < before)
+        if mail_from:
+            query = query.where(messages.c.mail_from == mail_from)
+        if stream:
+            query = query.where(messages.c.stream == stream)
+        if since is not None:
+            query = query.where(messages.c.created_at >= since)
+        if until is not None:
+            query = query.where(messages.c.created_at < until)
+        if state or recipient:
+            matching = sa.select(deliveries.c.message_id)
+            if state:
+                matching = matching.where(deliveries.c.state == state)
+            if recipient:
+                matching = matching.where(deliveries.c.recipient == recipient)
+            query = query.where(messages.c.id.in_(matching))
+        with translate_errors("listing messages"):
+            async with self._engine.connect() as conn:
+                ids = list((await conn.execute(query)).scalars())
+                return await self._summaries(conn, ids)
+
+    async def _summaries(self, conn: AsyncConnection, ids: list[str]) -> list[MessageSummary]:
+        if not ids:
+            return []
+        rows = (
+            await conn.execute(
+                sa.select(
+                    messages.c.id,
+                    messages.c.created_at,
+                    messages.c.source,
+                    messages.c.mail_from,
+                    messages.c.header_from,
+                    messages.c.subject,
+                    messages.c.stream,
+                    messages.c.size,
+                ).where(messages.c.id.in_(ids))
+            )
+        ).all()
+        counts: dict[str, dict[str, int]] = {message_id: {} for message_id in ids}
+        for message_id, state, count in (
+            await conn.execute(
+                sa.select(deliveries.c.message_id, deliveries.c.state, sa.func.count())
+                .where(deliveries.c.message_id.in_(ids))
+                .group_by(deliveries.c.message_id, deliveries.c.state)
+            )
+        ).all():
+            counts[message_id][state] = int(count)
+        by_id = {
+            r.id: MessageSummary(
+                r.id,
+                r.created_at,
+                r.source,
+                r.mail_from,
+                r.header_from,
+                r.subject,
+                r.stream,
+                r.size,
+                counts[r.id],
+            )
+            for r in rows
+        }
+        return [by_id[message_id] for message_id in ids if message_id in by_id]
+
+    async def show(self, message_id: str) -> MessageDetail:
+        with translate_errors("reading a message"):
+            async with self._engine.connect() as conn:
+                summaries = await self._summaries(conn, [message_id])
+                if not summaries:
+                    raise NotFoundError(f"no message {message_id}")
+                extra = (
+                    await conn.execute(
+                        sa.select(
+                            messages.c.tags, messages.c.submitted_by, messages.c.error
+                        ).where(messages.c.id == message_id)
+                    )
+                ).one()
+                delivery_rows = (
+                    await conn.execute(
+                        sa.select(deliveries)
+                        .where(deliveries.c.message_id == message_id)
+                        .order_by(deliveries.c.id)
+                    )
+                ).all()
+                event_rows = (
+                    await conn.execute(
+                        sa.select(events)
+                        .where(events.c.message_id == message_id)
+                        .order_by(events.c.id)
+                    )
+                ).all()
+        return MessageDetail(
+            summary=summaries[0],
+            tags=list(extra.tags or []),
+            submitted_by=extra.submitted_by,
+            error=extra.error,
+            deliveries=[
+                DeliveryRow(
+                    d.id,
+                    d.recipient,
+                    d.state,
+                    d.attempts,
+                    d.next_attempt_at,
+                    d.last_reply,
+                    d.updated_at,
+                    d.finished_at,
+                )
+                for d in delivery_rows
+            ],
+            events=[_event_dict(e) for e in event_rows],
+        )
+
+    async def content(self, message_id: str) -> bytes:
+        with translate_errors("reading a message"):
+            async with self._engine.connect() as conn:
+                value = await conn.scalar(
+                    sa.select(messages.c.content).where(messages.c.id == message_id)
+                )
+        if value is None:
+            raise NotFoundError(f"no message {message_id}")
+        return bytes(value)
+
+
+def _event_dict(row: Any) -> dict[str, Any]:
+    return {
+        "at": row.at,
+        "type": row.type,
+        "delivery_id": row.delivery_id,
+        "recipient": row.recipient,
+        "detail": row.detail,
+    }

@@ -1,0 +1,180 @@
+"""What the SMTP listeners do with each command: policy lives here, the protocol engine in aiosmtpd.
+
+Submission: relay only for authenticated users or clients in `trusted_networks`; at most
+`max_recipients`; `250` only once the message is committed, `451 4.3.0` when it cannot be. The MX
+refuses every recipient with `550 5.7.1` until the bounce processor gives it addresses to accept.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from postroom.core.addresses import valid_mailbox
+from postroom.core.clock import Clock
+from postroom.core.errors import PostroomError, StoreError
+from postroom.core.ids import new_message_id
+from postroom.core.types import Submission
+from postroom.metrics import Metrics
+from postroom.smtp.stamping import received_field, stamp, summarise_headers
+from postroom.smtp.throttle import LoginThrottle
+from postroom.store.credentials import SqlSmtpUsers
+
+logger = logging.getLogger(__name__)
+
+Submit = Callable[[Submission], Awaitable[str]]
+
+TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, please try again later"
+
+
+def _peer_ip(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+class SubmissionHandler:
+    def __init__(
+        self,
+        *,
+        submit: Submit,
+        clock: Clock,
+        metrics: Metrics,
+        hostname: str,
+        max_recipients: int,
+        trusted_networks: Sequence[str],
+    ):
+        self._submit = submit
+        self._clock = clock
+        self._metrics = metrics
+        self._hostname = hostname
+        self._max_recipients = max_recipients
+        self._trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
+
+    def trusted(self, session: Session) -> bool:
+        try:
+            address = ipaddress.ip_address(_peer_ip(session))
+        except ValueError:
+            return False
+        return any(address in network for network in self._trusted)
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if not (session.authenticated or self.trusted(session)):
+            self._metrics.rejected.labels("smtp", "auth_required").inc()
+            return "530 5.7.0 Authentication required"
+        if address and not valid_mailbox(address):
+            return "553 5.1.7 Sender address is not a valid mailbox"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self._max_recipients:
+            self._metrics.rejected.labels("smtp", "too_many_recipients").inc()
+            return "452 4.5.3 Too many recipients"
+        if not valid_mailbox(address):
+            return "553 5.1.3 Recipient address is not a valid mailbox"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        if not isinstance(content, bytes):  # decode_data is off; this guards a misconfiguration
+            content = str(content).encode("utf-8", "surrogateescape")
+        now = self._clock.now()
+        queue_id = new_message_id(now)
+        try:
+            summary = summarise_headers(content)
+        except Exception:  # a header block the stdlib parser chokes on: refuse, never crash
+            return "554 5.6.0 Message header could not be parsed"
+        protocol = "ESMTP" + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
+        received = received_field(
+            helo=session.host_name,
+            peer_ip=_peer_ip(session),
+            hostname=self._hostname,
+            protocol=protocol,
+            queue_id=queue_id,
+            recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
+            now=now,
+        )
+        submission = Submission(
+            mail_from=envelope.mail_from or "",
+            recipients=tuple(envelope.rcpt_tos),
+            content=stamp(
+                content, summary, received=received, hostname=self._hostname,
+                queue_id=queue_id, now=now,
+            ),  # fmt: skip
+            source="smtp",
+            submitted_by=str(session.auth_data) if session.authenticated else _peer_ip(session),
+            header_from=summary.header_from,
+            subject=summary.subject,
+            message_id=queue_id,
+        )
+        try:
+            message_id = await self._submit(submission)
+        except StoreError as exc:
+            logger.error("could not queue a message from %s: %s", _peer_ip(session), exc)
+            self._metrics.rejected.labels("smtp", "store_unavailable").inc()
+            return TEMPORARY_FAILURE
+        self._metrics.accepted.labels("smtp", submission.stream, submission.route).inc()
+        return f"250 2.0.0 Ok: queued as {message_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Never show exception text to a peer (STYLE.md rule 5).
+        logger.error("SMTP session error", exc_info=error)
+        return TEMPORARY_FAILURE
+
+
+class MxHandler:
+    """The inbound MX (port 25). Accepts nothing yet: no bounce addresses are configured."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self._metrics.rejected.labels("mx", "unknown_recipient").inc()
+        return "550 5.7.1 Recipient address rejected: not a bounce or feedback address"
+
+    async def handle_exception(self, error: Exception) -> str:
+        logger.error("MX session error", exc_info=error)
+        return TEMPORARY_FAILURE
+
+
+class Authenticator:
+    """Checks SMTP logins against `smtp-users`, with failed logins throttled per client address."""
+
+    def __init__(self, users: SqlSmtpUsers, throttle: LoginThrottle, metrics: Metrics):
+        self._users = users
+        self._throttle = throttle
+        self._metrics = metrics
+
+    async def __call__(self, peer_ip: str, username: str, password: str) -> AuthResult:
+        if self._throttle.blocked(peer_ip):
+            self._metrics.smtp_auth.labels("throttled").inc()
+            return AuthResult(
+                success=False, message="454 4.7.0 Too many failed logins, try again later"
+            )
+        try:
+            ok = await self._users.verify(username, password)
+        except PostroomError:
+            self._metrics.smtp_auth.labels("error").inc()
+            raise
+        if not ok:
+            self._throttle.record_failure(peer_ip)
+            self._metrics.smtp_auth.labels("failed").inc()
+            return AuthResult(success=False, handled=False)
+        self._throttle.record_success(peer_ip)
+        self._metrics.smtp_auth.labels("ok").inc()
+        return AuthResult(success=True, auth_data=username)
+
+

@@ -1,0 +1,134 @@
+"""Binding the SMTP listeners on the daemon's loop (never aiosmtpd's threaded Controller).
+
+`SmtpListeners.start` binds every configured port (so a bad address fails start-up, before READY=1);
+`run` serves until stop, then closes the listening sockets and gives open sessions a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from postroom.config import SmtpSettings, parse_hostport
+from postroom.metrics import Metrics
+from postroom.smtp.handlers import MxHandler, SubmissionHandler
+from postroom.smtp.protocol import PostroomSMTP, Verifier
+
+logger = logging.getLogger(__name__)
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """TLS 1.2 minimum for every listener (DESIGN.md, Security)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    name: str  # "submission", "submissions", "mx"
+    address: str
+    implicit_tls: bool
+
+
+class SmtpListeners:
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        submission: SubmissionHandler,
+        mx: MxHandler,
+        verifier: Verifier,
+        metrics: Metrics,
+        tls_context: ssl.SSLContext | None,
+        reuse_port: bool = False,
+    ):
+        self._settings = settings
+        self._submission = submission
+        self._mx = mx
+        self._verifier = verifier
+        self._metrics = metrics
+        self._tls = tls_context
+        self._reuse_port = reuse_port
+        self._servers: list[asyncio.Server] = []
+        self._sessions = 0
+        self.bound: dict[str, tuple[str, int]] = {}
+
+    def _specs(self) -> list[ListenerSpec]:
+        specs = [ListenerSpec("submission", self._settings.submission_listen, False)]
+        if self._settings.submissions_listen:
+            specs.append(ListenerSpec("submissions", self._settings.submissions_listen, True))
+        if self._settings.mx_listen:
+            specs.append(ListenerSpec("mx", self._settings.mx_listen, False))
+        return [spec for spec in specs if spec.address]
+
+    def _factory(self, spec: ListenerSpec) -> Callable[[], PostroomSMTP]:
+        gauge = self._metrics.smtp_sessions.labels(spec.name)
+        is_mx = spec.name == "mx"
+        options: dict[str, Any] = {
+            "hostname": self._settings.hostname,
+            "ident": "postroom ESMTP",
+            "data_size_limit": self._settings.max_message_size,
+            "enable_SMTPUTF8": True,
+            "decode_data": False,
+            "timeout": self._settings.session_timeout,
+            # STARTTLS on plain listeners; an implicit-TLS listener is encrypted from the start,
+            # where aiosmtpd cannot tell, so its "AUTH only after TLS" check is satisfied by design.
+            "tls_context": None if spec.implicit_tls else self._tls,
+            "auth_require_tls": not spec.implicit_tls,
+        }
+
+        def opened() -> None:
+            self._sessions += 1
+            gauge.inc()
+
+        def closed() -> None:
+            self._sessions -= 1
+            gauge.dec()
+
+        def build() -> PostroomSMTP:
+            return PostroomSMTP(
+                self._mx if is_mx else self._submission,
+                verifier=None if is_mx else self._verifier,
+                on_open=opened,
+                on_close=closed,
+                **options,
+            )
+
+        return build
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for spec in self._specs():
+            host, port = parse_hostport(spec.address)
+            server = await loop.create_server(
+                self._factory(spec),
+                host=host,
+                port=port,
+                ssl=self._tls if spec.implicit_tls else None,
+                reuse_address=True,
+                reuse_port=self._reuse_port or None,
+                family=socket.AF_UNSPEC,
+            )
+            self._servers.append(server)
+            sockname = server.sockets[0].getsockname()
+            self.bound[spec.name] = (sockname[0], sockname[1])
+            logger.info("SMTP %s listening on %s:%d", spec.name, sockname[0], sockname[1])
+
+    async def run(self, stop: asyncio.Event, grace: float = 10.0) -> None:
+        await stop.wait()
+        for server in self._servers:
+            server.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._sessions > 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for server in self._servers:
+            server.close_clients() if hasattr(server, "close_clients") else None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), timeout=1.0)

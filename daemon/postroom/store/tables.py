@@ -1,0 +1,102 @@
+"""The schema as SQLAlchemy Core tables. Times are float seconds since the epoch on both engines.
+
+Alembic migrations under `migrations/versions` create exactly these; a test compares them.
+"""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only makes INTEGER PRIMARY KEY an alias of its rowid (autoincrementing) when the type is
+# exactly INTEGER; PostgreSQL needs BIGINT for a queue that outlives 2^31 deliveries.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.String(26), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("submitted_by", sa.String(255)),
+    sa.Column("mail_from", sa.String(512), nullable=False),
+    sa.Column("header_from", sa.String(998)),
+    sa.Column("subject", sa.String(998)),
+    sa.Column("stream", sa.String(64), nullable=False),
+    sa.Column("route", sa.String(16), nullable=False),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("content", sa.LargeBinary, nullable=False),
+    sa.Column("error", sa.Text),  # why the pipeline parked it, when it did
+    sa.Index(None, "created_at"),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "message_id", sa.String(26), sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("recipient", sa.String(512), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("lease_expires_at", sa.Float),
+    sa.Column("last_reply", sa.Text),
+    sa.Column("finished_at", sa.Float),
+    sa.Index(None, "state", "next_attempt_at"),
+    sa.Index(None, "message_id"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("message_id", sa.String(26), nullable=False),
+    sa.Column("delivery_id", BigId),
+    sa.Column("recipient", sa.String(512)),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Index(None, "message_id"),
+    sa.Index(None, "at"),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("scope", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("message_id", sa.String(26), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),  # the public prefix of the key
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+)
+
+smtp_users = sa.Table(
+    "smtp_users",
+    metadata,
+    sa.Column("username", sa.String(255), primary_key=True),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
