@@ -196,7 +196,9 @@ class Daemon:
                     readiness,
                 ),
             )
+            stack.push_async_callback(listeners.close)
             await listeners.start()
+            stack.push_async_callback(http.close)
             await http.start()
             self.smtp_bound, self.http_bound = listeners.bound, http.bound
 

@@ -57,7 +57,7 @@ class HttpServer:
     def __init__(self, settings: HttpSettings, app: web.Application, reuse_port: bool = False):
         self._settings = settings
         self._app = app
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         self._reuse_port = reuse_port
         self.bound: tuple[str, int] | None = None
 
@@ -65,7 +65,7 @@ class HttpServer:
         await self._runner.setup()
         host, port = parse_hostport(self._settings.listen)
         site = web.TCPSite(
-            self._runner, host, port, reuse_port=self._reuse_port or None, shutdown_timeout=5
+            self._runner, host, port, reuse_port=self._reuse_port or None
         )
         await site.start()
         sockets = site._server.sockets if site._server else []  # noqa: SLF001 - port 0 lookup
@@ -78,4 +78,8 @@ class HttpServer:
         try:
             await stop.wait()
         finally:
-            await self._runner.cleanup()
+            await self.close()
+
+    async def close(self) -> None:
+        """Idempotent: stop listening, let in-flight requests finish (up to 5 s), release."""
+        await self._runner.cleanup()

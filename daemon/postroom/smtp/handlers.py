@@ -162,7 +162,9 @@ class Authenticator:
         if self._throttle.blocked(peer_ip):
             self._metrics.smtp_auth.labels("throttled").inc()
             return AuthResult(
-                success=False, message="454 4.7.0 Too many failed logins, try again later"
+                success=False,
+                handled=False,
+                message="454 4.7.0 Too many failed logins, try again later",
             )
         try:
             ok = await self._users.verify(username, password)

@@ -122,13 +122,20 @@ class SmtpListeners:
             logger.info("SMTP %s listening on %s:%d", spec.name, sockname[0], sockname[1])
 
     async def run(self, stop: asyncio.Event, grace: float = 10.0) -> None:
+        """Serve until `stop`; then stop accepting and give open sessions `grace` seconds."""
         await stop.wait()
         for server in self._servers:
             server.close()
         deadline = asyncio.get_running_loop().time() + grace
         while self._sessions > 0 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-        for server in self._servers:
-            server.close_clients() if hasattr(server, "close_clients") else None
+        await self.close()
+
+    async def close(self) -> None:
+        """Idempotent: close the listening sockets (a start-up failure path uses this too)."""
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+        for server in servers:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), timeout=1.0)

@@ -62,7 +62,9 @@ class PostroomSMTP(SMTP):
             return AuthResult(success=False, handled=False)
         except PostroomError:
             logger.exception("credential check failed")
-            return AuthResult(success=False, message="454 4.7.0 Temporary authentication failure")
+            return AuthResult(
+                success=False, handled=False, message="454 4.7.0 Temporary authentication failure"
+            )
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         if len(args) == 1:
