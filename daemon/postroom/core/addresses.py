@@ -5,9 +5,12 @@ delivered there; `.test` is allowed, since labs and the quickstart use it, as ar
 domains on private networks.
 """
 
+import functools
+
 from email_validator import EmailNotValidError, validate_email
 
 
+@functools.lru_cache(maxsize=65536)  # pure; ingest sees the same senders and recipients again
 def valid_mailbox(address: str) -> bool:
     try:
         validate_email(

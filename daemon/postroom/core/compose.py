@@ -62,6 +62,9 @@ def compose(draft: Draft, *, message_id: str, hostname: str, now: float) -> byte
     for name, value in draft.headers:
         check_header_name(name)
         check_header_value(name, value)
+    for item in draft.attachments:  # they become MIME part headers (filename=, Content-ID:)
+        check_header_value("attachment filename", item.filename)
+        check_header_value("attachment content_id", item.content_id or "")
     if not draft.text and not draft.html:
         raise InvalidMessageError("a message needs text or html")
 
@@ -93,7 +96,7 @@ def compose(draft: Draft, *, message_id: str, hostname: str, now: float) -> byte
             maintype, subtype = _split_type(item.content_type)
             html_part.add_related(
                 item.content, maintype=maintype, subtype=subtype,
-                cid=f"<{item.content_id}>", filename=item.filename,
+                cid=f"<{item.content_id}>", filename=item.filename, disposition="inline",
             )  # fmt: skip
     for item in draft.attachments:
         if item.content_id and draft.html:
@@ -132,6 +135,8 @@ def address_of(value: str) -> str:
 
 
 def format_address(address: str, name: str | None) -> str:
+    check_header_value("address", address)
+    check_header_value("address", name or "")
     if not name:
         return address
     local, _, domain = address.rpartition("@")
