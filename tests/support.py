@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -150,3 +151,66 @@ def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port}")
+
+
+def write_config(path: Path, *, db_url: str, submission_port: int, http_port: int, mx_port: int,
+                 sink_port: int, lease_seconds: float = 3.0, extra: str = "") -> Path:  # fmt: skip
+    """A daemon config for subprocess tests: smarthost delivery to a local sink, 127.0.0.1 trusted."""
+    path.write_text(
+        f"""state_dir = "{path.parent}"
+[database]
+url = "{db_url}"
+[http]
+listen = "127.0.0.1:{http_port}"
+[smtp]
+hostname = "mail.postroom.test"
+submission_listen = "127.0.0.1:{submission_port}"
+mx_listen = "127.0.0.1:{mx_port}"
+trusted_networks = ["127.0.0.1/32"]
+[delivery]
+mode = "smarthost"
+smarthost = "127.0.0.1:{sink_port}"
+smarthost_tls = "none"
+lease_seconds = {lease_seconds}
+poll_interval = 0.2
+retry_base = 1
+retry_max = 2
+[log]
+format = "json"
+level = "warning"
+{extra}
+"""
+    )
+    return path
+
+
+def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "postroom.cli", "serve", "--config", str(config)],
+            stdout=handle,
+            stderr=handle,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+async def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> None:
+    """Poll `predicate()` (sync or async) until true or raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+MESSAGE_ID = re.compile(rb"^Message-ID:\s*<([^>]+)>", re.IGNORECASE | re.MULTILINE)
+TOKEN = re.compile(rb"^X-Test-Token:\s*(\S+)", re.IGNORECASE | re.MULTILINE)
+
+
+def token_of(content: bytes) -> str | None:
+    found = TOKEN.search(content)
+    return found.group(1).decode() if found else None
