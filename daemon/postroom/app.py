@@ -101,11 +101,13 @@ class Daemon:
         clock: Clock | None = None,
         registry: CollectorRegistry | None = None,
         environ: Mapping[str, str] | None = None,
+        reuse_port: bool = False,
     ):
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = Metrics(registry or CollectorRegistry())
         self.notifier = ServiceNotifier(os.environ if environ is None else environ)
+        self.reuse_port = reuse_port
         self.ready = asyncio.Event()
         self.smtp_bound: dict[str, tuple[str, int]] = {}
         self.http_bound: tuple[str, int] | None = None
@@ -171,6 +173,7 @@ class Daemon:
                 ),
                 self.metrics,
                 tls,
+                reuse_port=self.reuse_port,
             )
 
             async def readiness() -> str | None:
@@ -195,6 +198,7 @@ class Daemon:
                     self.metrics,
                     readiness,
                 ),
+                reuse_port=self.reuse_port,
             )
             stack.push_async_callback(listeners.close)
             await listeners.start()

@@ -6,6 +6,7 @@ an invalid configuration, printing a one-line reason to stderr.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from postroom.config import Settings, find_config_path, load_settings
 from postroom.core.clock import SystemClock
 from postroom.core.compose import Draft, address_of, compose
-from postroom.core.errors import ConfigError, PostroomError, SchemaNotCurrentError
+from postroom.core.errors import ConfigError, NotFoundError, PostroomError, SchemaNotCurrentError
 from postroom.core.ids import new_message_id
 from postroom.core.secrets import new_password
 from postroom.core.types import DeliveryState, Submission
@@ -135,13 +136,22 @@ def init(dev: bool, directory: str, as_json: bool) -> None:
 
     async def prepare(engine: AsyncEngine) -> InitResult:
         await schema.upgrade(engine)
-        if existing is not None:
+        users = SqlSmtpUsers(engine)
+        # Saved credentials are reused only while the database still knows them (it may have
+        # been deleted to start afresh); otherwise the quickstart would print a dead key.
+        if (
+            existing is not None
+            and await SqlApiKeys(engine).authenticate(existing.api_key) is not None
+            and await users.verify(existing.smtp_user, existing.smtp_password)
+        ):
             return existing
         now = SystemClock().now()
         _, token = await SqlApiKeys(engine).create("quickstart admin", Role.ADMIN, now)
         password = new_password()
         user = f"app@{QUICKSTART_DOMAIN}"
-        await SqlSmtpUsers(engine).add(user, password, now)
+        with contextlib.suppress(NotFoundError):
+            await users.remove(user)  # a stale quickstart user gets the new password
+        await users.add(user, password, now)
         return InitResult(
             config=str(config_path.resolve()),
             api_key=token,
@@ -190,14 +200,41 @@ def serve(ctx: click.Context) -> None:
     """Run the daemon in the foreground (systemd: Type=notify)."""
     from postroom.app import Daemon, install_signal_handlers
     from postroom.logs import configure_logging
+    from postroom.service_notify import ServiceNotifier
+    from postroom import supervisor
 
     settings = settings_from(ctx)
     configure_logging(settings.log)
+    processes = settings.processes.resolved(os.cpu_count())
+    is_child = supervisor.CHILD_ENV in os.environ
+
+    if processes > 1 and not is_child:
+        async def supervise() -> int:
+            stop = asyncio.Event()
+            install_signal_handlers(stop)
+            config_path = str(find_config_path(ctx.obj.get("config"), os.environ).resolve())
+            return await supervisor.Supervisor(
+                supervisor.child_argv(config_path),
+                processes,
+                restart_delay=settings.processes.restart_delay,
+                stop_grace=settings.delivery.drain_grace + 15,
+                notifier=ServiceNotifier(os.environ),
+            ).run(stop)
+
+        sys.exit(asyncio.run(supervise()))
 
     async def main_loop() -> None:
         stop = asyncio.Event()
         install_signal_handlers(stop)
-        await Daemon(settings).run(stop)
+        daemon = Daemon(settings, reuse_port=is_child)
+        running = asyncio.create_task(daemon.run(stop))
+        ready = asyncio.create_task(daemon.ready.wait())
+        await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            supervisor.report_ready_to_supervisor()
+        else:
+            ready.cancel()
+        await running
 
     try:
         asyncio.run(main_loop())

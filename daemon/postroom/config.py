@@ -71,6 +71,8 @@ class HttpSettings(_Section):
     @field_validator("listen")
     @classmethod
     def _valid_listen(cls, value: str) -> str:
+        if not value:
+            raise ValueError("the HTTP API needs an address (host:port)")
         return _check_listen(value)
 
 
@@ -161,6 +163,17 @@ class DeliverySettings(_Section):
         return self
 
 
+class ProcessSettings(_Section):
+    # How many daemon processes share the listeners (SO_REUSEPORT) and the queue; 0 = one per CPU
+    # core. The default is 1: on a 2-core host two processes ingested less than one (smaller group
+    # commits, and the database and load generator need the second core); see docs/benchmarks.md.
+    count: int = Field(default=1, ge=0, le=64)
+    restart_delay: float = Field(default=1.0, ge=0)
+
+    def resolved(self, cpus: int | None) -> int:
+        return self.count or max(1, cpus or 1)
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -176,6 +189,7 @@ class Settings(_Section):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    processes: ProcessSettings = Field(default_factory=ProcessSettings)
     domains: tuple[DomainSettings, ...] = ()
     state_dir: str = "/var/lib/postroom"
 
@@ -193,20 +207,29 @@ def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
 
 
 def _parse_env_value(raw: str) -> Any:
-    """Env values are TOML literals when they parse as one (true, 25, ["a"]), else plain strings."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+    """Env values are text, which validation converts ("true", "25"); a TOML array or inline
+    table (`["a", "b"]`) is parsed. A numeric-looking password therefore stays a string."""
+    if raw.lstrip().startswith(("[", "{")):
+        try:
+            return tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            return raw
+    return raw
 
 
 def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """POSTROOM_SECTION__KEY=value sets tree[section][key]; POSTROOM_KEY sets a top-level key."""
+    """POSTROOM_SECTION__KEY=value sets tree[section][key]; POSTROOM_KEY sets a top-level key.
+
+    Other POSTROOM_* variables (POSTROOM_CONFIG, the supervisor's, the tests') are not settings.
+    """
     merged = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    top_level = set(Settings.model_fields)
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "POSTROOM_CONFIG":
+        if not name.startswith(ENV_PREFIX):
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(path) == 1 and path[0] not in top_level:
+            continue
         node = merged
         for part in path[:-1]:
             child = node.get(part)
@@ -219,24 +242,39 @@ def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> dic
 
 
 def resolve_secret_files(
-    tree: dict[str, Any], problems: list[tuple[str, str]], prefix: str = ""
+    tree: dict[str, Any],
+    problems: list[tuple[str, str]],
+    environ: Mapping[str, str],
+    prefix: str = "",
 ) -> dict[str, Any]:
-    """Replace every `key_file = PATH` with `key = <contents of PATH>` (systemd LoadCredential=)."""
+    """Replace every `key_file = PATH` with `key = <contents of PATH>` (systemd LoadCredential=).
+
+    `%d` in PATH stands for $CREDENTIALS_DIRECTORY, as in systemd unit files.
+    """
     resolved: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            resolved[key] = resolve_secret_files(value, problems, f"{prefix}{key}.")
-        elif key.endswith("_file") and key != "capture_file":
-            target = key.removesuffix("_file")
-            path = os.path.expandvars(str(value)).replace(
-                "%d", os.environ.get("CREDENTIALS_DIRECTORY", "")
-            )
-            try:
-                resolved[target] = Path(path).read_text().rstrip("\r\n")
-            except OSError as exc:
-                problems.append((f"{prefix}{key}", f"cannot read {path}: {exc.strerror}"))
-        else:
-            resolved[key] = value
+            resolved[key] = resolve_secret_files(value, problems, environ, f"{prefix}{key}.")
+            continue
+        if not key.endswith("_file"):
+            resolved.setdefault(key, value)
+            continue
+        target = key.removesuffix("_file")
+        if target in tree:
+            problems.append((f"{prefix}{key}", f"set either {target} or {key}, not both"))
+            continue
+        path = str(value)
+        if "%d" in path:
+            credentials = environ.get("CREDENTIALS_DIRECTORY")
+            if not credentials:
+                problems.append((f"{prefix}{key}", "uses %d but $CREDENTIALS_DIRECTORY is not set "
+                                 "(run under systemd with LoadCredential=, or give a full path)"))  # fmt: skip
+                continue
+            path = path.replace("%d", credentials)
+        try:
+            resolved[target] = Path(path).read_text().rstrip("\r\n")
+        except OSError as exc:
+            problems.append((f"{prefix}{key}", f"cannot read {path}: {exc.strerror}"))
     return resolved
 
 
@@ -253,7 +291,11 @@ def load_settings(path: Path | None, environ: Mapping[str, str]) -> Settings:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([("config", f"{path} is not valid TOML: {exc}")]) from None
     problems: list[tuple[str, str]] = []
-    tree = resolve_secret_files(apply_env_overrides(tree, environ), problems)
+    tree = resolve_secret_files(apply_env_overrides(tree, environ), problems, environ)
+    for section, field in Settings.model_fields.items():
+        # Validate absent sections too, so their errors carry their own key ("delivery.mode").
+        if isinstance(field.default_factory, type) and issubclass(field.default_factory, BaseModel):
+            tree.setdefault(section, {})
     try:
         settings = Settings.model_validate(tree)
     except ValidationError as exc:

@@ -6,7 +6,21 @@ reason); queue gauges are refreshed from the database by `QueueGauges` in `app`.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def scrape_registry(registry: CollectorRegistry) -> CollectorRegistry:
+    """What /metrics exposes: this process's registry, or with several daemon processes
+    (prometheus-client's multiprocess mode, set up by the supervisor), all of them summed."""
+    if not os.environ.get(MULTIPROCESS_ENV):
+        return registry
+    combined = CollectorRegistry()
+    multiprocess.MultiProcessCollector(combined)
+    return combined
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900,
@@ -80,11 +94,13 @@ class Metrics:
             "Deliveries in the queue by state",
             ["state"],
             registry=registry,
+            multiprocess_mode="mostrecent",  # every process reads the same shared queue
         )
         self.oldest_queued_age = Gauge(
             "postroom_queue_oldest_age_seconds",
             "Age of the oldest delivery not yet in a final state",
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self.latency = Histogram(
             "postroom_accept_to_delivered_seconds",
@@ -98,6 +114,7 @@ class Metrics:
             "Open SMTP sessions by listener",
             ["listener"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.smtp_auth = Counter(
             "postroom_smtp_auth",
@@ -117,4 +134,9 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=registry,
         )
-        self.ready = Gauge("postroom_ready", "1 when the daemon serves traffic", registry=registry)
+        self.ready = Gauge(
+            "postroom_ready",
+            "1 when the daemon serves traffic (with several processes: all of them)",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )

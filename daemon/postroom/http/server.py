@@ -13,7 +13,7 @@ from postroom.config import HttpSettings, parse_hostport
 from postroom.http.auth import API_KEY, bearer_auth
 from postroom.http.errors import error_response, json_errors
 from postroom.http.messages import MessageRoutes
-from postroom.metrics import Metrics
+from postroom.metrics import Metrics, scrape_registry
 from postroom.store.credentials import SqlApiKeys
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def build_app(
         return web.json_response({"status": "ready"})
 
     async def metrics_page(request: web.Request) -> web.Response:
-        body = generate_latest(metrics.registry)
+        body = generate_latest(scrape_registry(metrics.registry))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_get("/healthz", healthz)

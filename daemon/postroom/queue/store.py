@@ -27,7 +27,7 @@ from postroom.queue.models import (
     QueuedMessage,
     Release,
 )
-from postroom.store.engine import translate_errors
+from postroom.store.engine import read_only, translate_errors
 from postroom.store.tables import deliveries, events, idempotency_keys, messages
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
@@ -38,18 +38,79 @@ def request_hash(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+def insert_statements(
+    batch: list[tuple[str, Submission]], now: float
+) -> list[tuple[sa.Insert, list[dict[str, Any]]]]:
+    """The rows one batch of submissions writes: its messages, deliveries and `accepted` events."""
+    return [
+        (
+            messages.insert(),
+            [
+                {
+                    "id": message_id,
+                    "created_at": now,
+                    "source": item.source,
+                    "submitted_by": item.submitted_by,
+                    "mail_from": item.mail_from,
+                    "header_from": item.header_from,
+                    "subject": item.subject,
+                    "stream": item.stream,
+                    "route": item.route,
+                    "tags": list(item.tags),
+                    "size": len(item.content),
+                    "content": item.content,
+                    "error": None,
+                }
+                for message_id, item in batch
+            ],
+        ),
+        (
+            deliveries.insert(),
+            [
+                {
+                    "message_id": message_id,
+                    "recipient": recipient,
+                    "state": DeliveryState.QUEUED.value,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "next_attempt_at": now,
+                }
+                for message_id, item in batch
+                for recipient in item.recipients
+            ],
+        ),
+        (
+            events.insert(),
+            [
+                {
+                    "at": now,
+                    "type": "accepted",
+                    "message_id": message_id,
+                    "delivery_id": None,
+                    "recipient": None,
+                    "detail": {"source": item.source, "recipients": len(item.recipients)},
+                }
+                for message_id, item in batch
+            ],
+        ),
+    ]
+
+
 class SqlQueueStore:
     def __init__(self, engine: AsyncEngine):
         self._engine = engine
+        self._reads = read_only(engine)
 
     # -- submit ---------------------------------------------------------------------------
 
     async def insert_many(self, batch: Sequence[Submission], now: float) -> list[str]:
         """Write several submissions in one transaction (one fsync); return their ids in order."""
         ids = [item.message_id or new_message_id(now) for item in batch]
+        pairs = list(zip(ids, batch))
         with translate_errors("queueing messages"):
             async with self._engine.begin() as conn:
-                await self._insert(conn, list(zip(ids, batch)), now)
+                await self._insert(conn, pairs, now)
         return ids
 
     async def insert_idempotent(
@@ -111,57 +172,8 @@ class SqlQueueStore:
     async def _insert(
         conn: AsyncConnection, batch: list[tuple[str, Submission]], now: float
     ) -> None:
-        await conn.execute(
-            messages.insert(),
-            [
-                {
-                    "id": message_id,
-                    "created_at": now,
-                    "source": item.source,
-                    "submitted_by": item.submitted_by,
-                    "mail_from": item.mail_from,
-                    "header_from": item.header_from,
-                    "subject": item.subject,
-                    "stream": item.stream,
-                    "route": item.route,
-                    "tags": list(item.tags),
-                    "size": len(item.content),
-                    "content": item.content,
-                    "error": None,
-                }
-                for message_id, item in batch
-            ],
-        )
-        await conn.execute(
-            deliveries.insert(),
-            [
-                {
-                    "message_id": message_id,
-                    "recipient": recipient,
-                    "state": DeliveryState.QUEUED.value,
-                    "attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                    "next_attempt_at": now,
-                }
-                for message_id, item in batch
-                for recipient in item.recipients
-            ],
-        )
-        await conn.execute(
-            events.insert(),
-            [
-                {
-                    "at": now,
-                    "type": "accepted",
-                    "message_id": message_id,
-                    "delivery_id": None,
-                    "recipient": None,
-                    "detail": {"source": item.source, "recipients": len(item.recipients)},
-                }
-                for message_id, item in batch
-            ],
-        )
+        for statement, rows in insert_statements(batch, now):
+            await conn.execute(statement, rows)
 
     # -- work -----------------------------------------------------------------------------
 
@@ -215,7 +227,7 @@ class SqlQueueStore:
             messages.c.created_at,
         ).where(messages.c.id.in_(wanted))
         with translate_errors("loading messages"):
-            async with self._engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 rows = (await conn.execute(statement)).all()
         return {
             r.id: QueuedMessage(r.id, r.mail_from, bytes(r.content), r.stream, r.route, r.created_at)
@@ -377,7 +389,7 @@ class SqlQueueStore:
 
     async def depth_by_state(self) -> dict[str, int]:
         with translate_errors("counting the queue"):
-            async with self._engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 rows = (
                     await conn.execute(
                         sa.select(deliveries.c.state, sa.func.count()).group_by(deliveries.c.state)
@@ -387,7 +399,7 @@ class SqlQueueStore:
 
     async def oldest_active_created_at(self) -> float | None:
         with translate_errors("finding the oldest queued delivery"):
-            async with self._engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 value = await conn.scalar(
                     sa.select(sa.func.min(deliveries.c.created_at)).where(
                         deliveries.c.state.in_([s.value for s in ACTIVE_STATES])
@@ -427,7 +439,7 @@ class SqlQueueStore:
                 matching = matching.where(deliveries.c.recipient == recipient)
             query = query.where(messages.c.id.in_(matching))
         with translate_errors("listing messages"):
-            async with self._engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 ids = list((await conn.execute(query)).scalars())
                 return await self._summaries(conn, ids)
 
@@ -475,7 +487,7 @@ class SqlQueueStore:
 
     async def show(self, message_id: str) -> MessageDetail:
         with translate_errors("reading a message"):
-            async with self._engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 summaries = await self._summaries(conn, [message_id])
                 if not summaries:
                     raise NotFoundError(f"no message {message_id}")
@@ -523,7 +535,7 @@ class SqlQueueStore:
 
     async def content(self, message_id: str) -> bytes:
         with translate_errors("reading a message"):
-            async with self._engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 value = await conn.scalar(
                     sa.select(messages.c.content).where(messages.c.id == message_id)
                 )

@@ -19,7 +19,7 @@ from postroom.core.secrets import (
     password_matches,
     split_api_key,
 )
-from postroom.store.engine import translate_errors
+from postroom.store.engine import read_only, translate_errors
 from postroom.store.tables import api_keys, smtp_users
 
 
@@ -45,6 +45,7 @@ class ApiKey:
 class SqlApiKeys:
     def __init__(self, engine: AsyncEngine):
         self._engine = engine
+        self._reads = read_only(engine)
 
     async def create(self, name: str, role: Role, now: float) -> tuple[ApiKey, str]:
         """Return the key record and the whole token, which is shown once and never stored."""
@@ -66,7 +67,7 @@ class SqlApiKeys:
             return None
         key_id, secret = parts
         with translate_errors("checking an API key"):
-            async with self._engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))).first()
         if row is None or row.revoked_at is not None:
             return None
@@ -76,7 +77,7 @@ class SqlApiKeys:
 
     async def list(self) -> list[ApiKey]:
         with translate_errors("listing API keys"):
-            async with self._engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 rows = (await conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at))).all()
         return [ApiKey(r.id, r.name, Role(r.role), r.created_at, r.revoked_at) for r in rows]
 
@@ -101,6 +102,7 @@ class SmtpUser:
 class SqlSmtpUsers:
     def __init__(self, engine: AsyncEngine):
         self._engine = engine
+        self._reads = read_only(engine)
 
     async def add(self, username: str, password: str, now: float) -> SmtpUser:
         hashed = await asyncio.to_thread(hash_password, password)
@@ -119,7 +121,7 @@ class SqlSmtpUsers:
     async def verify(self, username: str, password: str) -> bool:
         """Scrypt runs in a thread so the event loop keeps serving other sessions."""
         with translate_errors("checking an SMTP login"):
-            async with self._engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 stored = await conn.scalar(
                     sa.select(smtp_users.c.password_hash).where(smtp_users.c.username == username)
                 )
@@ -131,7 +133,7 @@ class SqlSmtpUsers:
 
     async def list(self) -> list[SmtpUser]:
         with translate_errors("listing SMTP users"):
-            async with self._engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 rows = (
                     await conn.execute(sa.select(smtp_users).order_by(smtp_users.c.username))
                 ).all()

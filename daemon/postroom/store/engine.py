@@ -31,6 +31,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _begin_sqlite(conn: sa.Connection) -> None:
+    deferred = conn.get_execution_options().get(READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+
+
+READ_ONLY = "postroom_read_only"
+
+
+def read_only(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine and pool, for transactions that only read (no write lock on SQLite)."""
+    return engine.execution_options(**{READ_ONLY: True})
+
+
 def _ensure_sqlite_parent(url: sa.URL) -> None:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -52,12 +65,8 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling is off (isolation_level=None): SQLAlchemy's BEGIN
         # below makes a write transaction take its lock up front, so two writers queue on the
-        # busy timeout instead of deadlocking on a lock upgrade.
-        event.listen(
-            engine.sync_engine,
-            "begin",
-            lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"),
-        )
+        # busy timeout instead of deadlocking on a lock upgrade. Reads (`read_only`) take none.
+        event.listen(engine.sync_engine, "begin", _begin_sqlite)
         return engine
     return create_async_engine(
         url,
@@ -78,3 +87,4 @@ def translate_errors(action: str) -> Iterator[None]:
     except (OperationalError, DBAPIError, sqlite3.Error, OSError, SQLAlchemyError) as exc:
         reason = getattr(exc, "orig", None) or exc
         raise StoreError(f"{action} failed: {type(reason).__name__}: {reason}") from exc
+

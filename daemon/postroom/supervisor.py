@@ -1,0 +1,185 @@
+"""Running several daemon processes on one host, so ingest and delivery use every core.
+
+Each child is a full `postroom serve` process: its listeners bind the same ports with SO_REUSEPORT
+(the kernel spreads connections), and its delivery worker claims from the shared queue exactly as a
+second host would. The supervisor owns the systemd conversation: READY=1 once every child reports
+ready over a pipe, WATCHDOG=1 while it lives, STOPPING=1 and SIGTERM to the children on the way
+out. A child that dies is started again; its leased deliveries come back through the reaper.
+Metrics use prometheus-client's multiprocess mode, so /metrics in any child shows the sum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prometheus_client import multiprocess
+
+from postroom.metrics import MULTIPROCESS_ENV
+from postroom.service_notify import ServiceNotifier
+
+logger = logging.getLogger(__name__)
+
+READY_FD_ENV = "POSTROOM_READY_FD"
+CHILD_ENV = "POSTROOM_CHILD_INDEX"
+START_TIMEOUT = 120.0
+
+
+@dataclass
+class _Child:
+    index: int
+    process: asyncio.subprocess.Process
+    ready: asyncio.Future[bool]
+
+
+class Supervisor:
+    def __init__(
+        self,
+        child_argv: Sequence[str],
+        count: int,
+        *,
+        restart_delay: float,
+        stop_grace: float,
+        notifier: ServiceNotifier,
+    ):
+        self._argv = list(child_argv)
+        self._count = count
+        self._restart_delay = restart_delay
+        self._stop_grace = stop_grace
+        self._notifier = notifier
+        self._children: dict[int, _Child] = {}
+        self._metrics_dir = tempfile.mkdtemp(prefix="postroom-metrics-")
+
+    async def _spawn(self, index: int) -> _Child:
+        read_end, write_end = os.pipe()
+        env = {**os.environ, READY_FD_ENV: str(write_end), CHILD_ENV: str(index),
+               MULTIPROCESS_ENV: self._metrics_dir}  # fmt: skip
+        env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._argv, env=env, pass_fds=(write_end,)
+            )
+        finally:
+            os.close(write_end)
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[bool] = loop.create_future()
+
+        def on_readable() -> None:
+            data = os.read(read_end, 16)
+            loop.remove_reader(read_end)
+            os.close(read_end)
+            if not ready.done():
+                ready.set_result(bool(data))
+
+        loop.add_reader(read_end, on_readable)
+        child = _Child(index, process, ready)
+        self._children[index] = child
+        return child
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Start the children, keep them running until `stop`, stop them; return an exit code."""
+        try:
+            for index in range(self._count):
+                await self._spawn(index)
+            if not await self._all_ready(stop):
+                await self._stop_children()
+                return 1
+            self._notifier.ready(f"{self._count} processes")
+            logger.info("postroom ready with %d processes", self._count)
+            watchdog = asyncio.create_task(self._notifier.run_watchdog(stop))
+            await self._keep_alive(stop)
+            self._notifier.stopping()
+            await self._stop_children()
+            await watchdog
+            return 0
+        finally:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    async def _all_ready(self, stop: asyncio.Event) -> bool:
+        waits = {asyncio.ensure_future(c.ready) for c in self._children.values()}
+        exits = {asyncio.ensure_future(c.process.wait()) for c in self._children.values()}
+        stopping = asyncio.ensure_future(stop.wait())
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        try:
+            while waits:
+                done, _ = await asyncio.wait(
+                    waits | exits | {stopping},
+                    timeout=max(0.0, deadline - asyncio.get_running_loop().time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    logger.error("daemon processes not ready after %.0f s", START_TIMEOUT)
+                    return False
+                if stopping in done or done & exits:
+                    return False  # a child failed to start: its own error is on stderr
+                waits -= done
+            return True
+        finally:
+            for future in (*exits, stopping):
+                future.cancel()
+
+    async def _keep_alive(self, stop: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                exits = {
+                    asyncio.ensure_future(c.process.wait()): c for c in self._children.values()
+                }
+                done, _ = await asyncio.wait(
+                    {*exits, stopping}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for future in exits:
+                    if future not in done:
+                        future.cancel()
+                if stop.is_set():
+                    return
+                for future in done:
+                    child = exits[future]
+                    logger.error(
+                        "daemon process %d (pid %d) exited with %s; starting it again",
+                        child.index, child.process.pid, child.process.returncode,
+                    )  # fmt: skip
+                    multiprocess.mark_process_dead(child.process.pid)
+                    await asyncio.sleep(self._restart_delay)
+                    if not stop.is_set():
+                        await self._spawn(child.index)
+        finally:
+            stopping.cancel()
+
+    async def _stop_children(self) -> None:
+        running = [c.process for c in self._children.values() if c.process.returncode is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        waits = [asyncio.ensure_future(p.wait()) for p in running]
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=self._stop_grace)
+            for process in running:
+                if process.returncode is None:
+                    logger.error("daemon process %d did not stop in time; killing it", process.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+            if late:
+                await asyncio.wait(late)
+
+
+def child_argv(config_path: str) -> list[str]:
+    return [sys.executable, "-m", "postroom.cli", "serve", "--config", config_path]
+
+
+def report_ready_to_supervisor() -> None:
+    """In a child: tell the supervisor this process serves traffic (one byte on the pipe)."""
+    fd = os.environ.get(READY_FD_ENV)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(int(fd), b"1")
+        os.close(int(fd))
