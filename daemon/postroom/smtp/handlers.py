@@ -20,6 +20,7 @@ from postroom.core.errors import PostroomError, StoreError
 from postroom.core.ids import new_message_id
 from postroom.core.types import Submission
 from postroom.metrics import Metrics
+from postroom.smtp.protocol import FixedReflection
 from postroom.smtp.stamping import received_field, stamp, summarise_headers
 from postroom.smtp.throttle import LoginThrottle
 from postroom.store.credentials import SqlSmtpUsers
@@ -36,7 +37,7 @@ def _peer_ip(session: Session) -> str:
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
-class SubmissionHandler:
+class SubmissionHandler(FixedReflection):
     def __init__(
         self,
         *,
@@ -133,7 +134,7 @@ class SubmissionHandler:
         return TEMPORARY_FAILURE
 
 
-class MxHandler:
+class MxHandler(FixedReflection):
     """The inbound MX (port 25). Accepts nothing yet: no bounce addresses are configured."""
 
     def __init__(self, metrics: Metrics):
