@@ -1,0 +1,99 @@
+"""`postroom serve` as systemd runs it: READY=1 and STOPPING=1 on $NOTIFY_SOCKET, exit 0 on SIGTERM,
+a refusal on an unmigrated database, and several processes behind one port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from tests.support import SinkHandler, free_port, postroom_cli, smtp_sink, wait_until, write_config
+
+MESSAGE = b"From: app@postroom.test\r\nTo: x@example.com\r\nSubject: s\r\n\r\nbody\r\n"
+
+
+def serve(config: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "postroom.cli", "serve", "--config", str(config)],
+            stdout=handle, stderr=handle, env={**os.environ, **env},
+        )  # fmt: skip
+
+
+def notifications(sock: socket.socket) -> list[str]:
+    found = []
+    while True:
+        try:
+            found.extend(sock.recv(4096).decode().splitlines())
+        except BlockingIOError:
+            return found
+
+
+def metric_sum(http_port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{"))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_serve_notifies_systemd_and_drains_on_sigterm(tmp_path: Path, processes: int) -> None:
+    notify_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.setblocking(False)
+    handler = SinkHandler()
+    async with smtp_sink(handler) as (_, sink_port):
+        submission, http = free_port(), free_port()
+        config = write_config(
+            tmp_path / "postroom.toml",
+            db_url=f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
+            submission_port=submission, http_port=http, mx_port=free_port(), sink_port=sink_port,
+            extra=f"[processes]\ncount = {processes}\n",
+        )  # fmt: skip
+        postroom_cli("db", "upgrade", "--config", str(config))
+        daemon = serve(config, tmp_path / "serve.log", {"NOTIFY_SOCKET": str(notify_path),
+                                                        "WATCHDOG_USEC": "400000"})  # fmt: skip
+        seen: list[str] = []
+        try:
+            await wait_until(lambda: seen.extend(notifications(listener)) or "READY=1" in seen, 60,
+                             what="READY=1")  # fmt: skip
+            for n in range(20):  # several connections, so with 2 processes both take some
+                smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=submission, start_tls=False)
+                await smtp.connect()
+                await smtp.sendmail("app@postroom.test", [f"r{n}@example.com"], MESSAGE)
+                await smtp.quit()
+            await wait_until(lambda: len(handler.messages) == 20, 30, what="20 deliveries")
+            assert metric_sum(http, "postroom_messages_accepted_total") == 20
+            await wait_until(lambda: metric_sum(http, "postroom_delivered_total") == 20, 10,
+                             what="delivered counter summed over processes")  # fmt: skip
+            await wait_until(lambda: seen.extend(notifications(listener)) or "WATCHDOG=1" in seen, 5,
+                             what="WATCHDOG=1")  # fmt: skip
+            daemon.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(daemon.wait, 30) == 0
+            seen.extend(notifications(listener))
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+            listener.close()
+    assert seen.count("READY=1") == 1
+    assert "STOPPING=1" in seen
+    log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log, log[-2000:]
+
+
+async def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "postroom.toml", db_url=f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}",
+        submission_port=free_port(), http_port=free_port(), mx_port=free_port(), sink_port=free_port(),
+    )  # fmt: skip
+    result = await asyncio.to_thread(postroom_cli, "serve", "--config", str(config), check=False)
+    assert result.returncode == 1
+    assert "postroom db upgrade" in result.stderr
