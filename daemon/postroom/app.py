@@ -58,7 +58,9 @@ def build_transport(settings: Settings) -> Transport:
         return CaptureTransport(Path(delivery.capture_dir))
     if delivery.mode == "smarthost":
         return SmarthostTransport(
-            delivery, settings.smtp.hostname, client_tls_context(delivery.smarthost_verify)
+            delivery,
+            settings.smtp.hostname,
+            client_tls_context(delivery.smarthost_verify, delivery.smarthost_ca_file),
         )
     raise AssertionError(f"no transport for mode {delivery.mode}")  # config validation forbids it
 

@@ -129,6 +129,7 @@ class DeliverySettings(_Section):
     smarthost: str = ""
     smarthost_tls: Literal["none", "opportunistic", "required", "implicit"] = "opportunistic"
     smarthost_verify: bool = True
+    smarthost_ca_file: str = ""  # a private CA for the relay's certificate (default: system CAs)
     smarthost_username: str = ""
     smarthost_password: str = Field(default="", repr=False)
     capture_dir: str = ""

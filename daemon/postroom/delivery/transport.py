@@ -159,9 +159,9 @@ class SmarthostTransport:
         await asyncio.gather(*(self._discard(client) for client, _ in idle))
 
 
-def client_tls_context(verify: bool) -> ssl.SSLContext:
+def client_tls_context(verify: bool, ca_file: str = "") -> ssl.SSLContext:
     """One context for every outbound connection: TLS 1.2 minimum; verification per settings."""
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=ca_file or None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if not verify:
         context.check_hostname = False
