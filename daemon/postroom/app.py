@@ -60,7 +60,7 @@ def build_transport(settings: Settings) -> Transport:
         return SmarthostTransport(
             delivery,
             settings.smtp.hostname,
-            client_tls_context(delivery.smarthost_verify, delivery.smarthost_ca_file),
+            client_tls_context(delivery.smarthost_verify, delivery.smarthost_ca),
         )
     raise AssertionError(f"no transport for mode {delivery.mode}")  # config validation forbids it
 

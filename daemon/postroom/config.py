@@ -129,7 +129,7 @@ class DeliverySettings(_Section):
     smarthost: str = ""
     smarthost_tls: Literal["none", "opportunistic", "required", "implicit"] = "opportunistic"
     smarthost_verify: bool = True
-    smarthost_ca_file: str = ""  # a private CA for the relay's certificate (default: system CAs)
+    smarthost_ca: str = ""  # a private CA for the relay's certificate (default: system CAs)
     smarthost_username: str = ""
     smarthost_password: str = Field(default="", repr=False)
     capture_dir: str = ""
@@ -261,7 +261,7 @@ def resolve_secret_files(
             resolved.setdefault(key, value)
             continue
         target = key.removesuffix("_file")
-        if target in tree:
+        if tree.get(target):
             problems.append((f"{prefix}{key}", f"set either {target} or {key}, not both"))
             continue
         path = str(value)

@@ -149,9 +149,9 @@ def test_example_config_takes_the_smarthost_password_from_a_credential(
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "smarthost-password").write_text("s3cret-from-file\n")
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
     env = {
         **tls_env,
+        "CREDENTIALS_DIRECTORY": str(credentials),
         "POSTROOM_DELIVERY__SMARTHOST_USERNAME": "postroom@example.com",
         "POSTROOM_DELIVERY__SMARTHOST_PASSWORD_FILE": "%d/smarthost-password",
     }
