@@ -1,0 +1,301 @@
+"""`load_settings`: TOML, `POSTROOM_SECTION__KEY` overrides, `*_file` secrets, and every
+problem reported at once with its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from postroom.config import find_config_path, load_settings
+from postroom.core.errors import ConfigError
+from pydantic import ValidationError
+
+VALID = """
+state_dir = "/srv/postroom"
+
+[database]
+url = "sqlite+aiosqlite:////srv/postroom/postroom.db"
+
+[http]
+listen = "127.0.0.1:8025"
+
+[smtp]
+hostname = "mail.example.com"
+submission_listen = "0.0.0.0:587"
+trusted_networks = ["10.0.0.0/8"]
+
+[delivery]
+mode = "smarthost"
+smarthost = "relay.example.com:587"
+smarthost_username = "postroom"
+
+[[domains]]
+name = "example.com"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "postroom.toml"
+    path.write_text(text)
+    return path
+
+
+def problems_of(path: Path | None, environ: dict[str, str] | None = None) -> dict[str, str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ or {})
+    return dict(caught.value.problems)
+
+
+def test_a_valid_file_is_loaded_into_typed_frozen_sections(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, VALID), {})
+    assert settings.state_dir == "/srv/postroom"
+    assert settings.smtp.hostname == "mail.example.com"
+    assert settings.smtp.trusted_networks == ("10.0.0.0/8",)
+    assert settings.delivery.mode == "smarthost"
+    assert settings.delivery.smarthost == "relay.example.com:587"
+    assert settings.domains[0].name == "example.com"
+    assert settings.database.is_sqlite
+    with pytest.raises(ValidationError):  # frozen: validated once, never changed afterwards
+        settings.smtp.hostname = "other"  # type: ignore[misc]
+
+
+def test_env_overrides_are_parsed_as_toml_literals(tmp_path: Path) -> None:
+    environ = {
+        "POSTROOM_DELIVERY__HOLD": "true",
+        "POSTROOM_SMTP__MAX_RECIPIENTS": "25",
+        "POSTROOM_DELIVERY__RETRY_BASE": "1.5",
+        "POSTROOM_SMTP__TRUSTED_NETWORKS": '["192.168.0.0/16", "::1/128"]',
+        "POSTROOM_HTTP__LISTEN": "0.0.0.0:9000",  # not a TOML literal: kept as a string
+        "POSTROOM_STATE_DIR": "/var/tmp/pr",  # a top-level key
+        "POSTROOM_CONFIG": "/ignored.toml",  # names the file, is not a setting
+        "OTHER_SMTP__HOSTNAME": "ignored.example",
+    }
+    settings = load_settings(write(tmp_path, VALID), environ)
+    assert settings.delivery.hold is True
+    assert settings.smtp.max_recipients == 25
+    assert settings.delivery.retry_base == 1.5
+    assert settings.smtp.trusted_networks == ("192.168.0.0/16", "::1/128")
+    assert settings.http.listen == "0.0.0.0:9000"
+    assert settings.state_dir == "/var/tmp/pr"
+    assert settings.smtp.hostname == "mail.example.com"
+
+
+def test_env_overrides_create_sections_absent_from_the_file(tmp_path: Path) -> None:
+    environ = {"POSTROOM_LOG__LEVEL": "debug", "POSTROOM_LOG__FORMAT": "text"}
+    settings = load_settings(write(tmp_path, VALID), environ)
+    assert (settings.log.level, settings.log.format) == ("debug", "text")
+
+
+def test_trusted_networks_from_env_may_be_comma_separated(tmp_path: Path) -> None:
+    environ = {"POSTROOM_SMTP__TRUSTED_NETWORKS": "127.0.0.1/32, 10.1.0.0/16,,fd00::/8"}
+    settings = load_settings(write(tmp_path, VALID), environ)
+    assert settings.smtp.trusted_networks == ("127.0.0.1/32", "10.1.0.0/16", "fd00::/8")
+
+
+def test_env_without_a_file_is_enough(tmp_path: Path) -> None:
+    environ = {
+        "POSTROOM_DELIVERY__MODE": "capture",
+        "POSTROOM_DELIVERY__CAPTURE_DIR": str(tmp_path / "outbox"),
+    }
+    settings = load_settings(None, environ)
+    assert settings.delivery.mode == "capture"
+    assert settings.delivery.capture_dir == str(tmp_path / "outbox")
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "read"),
+    [
+        ("POSTROOM_DELIVERY__SMARTHOST_PASSWORD", "12345", lambda s: s.delivery.smarthost_password),
+        ("POSTROOM_DELIVERY__SMARTHOST_PASSWORD", "true", lambda s: s.delivery.smarthost_password),
+        ("POSTROOM_SMTP__HOSTNAME", "2025-01-01", lambda s: s.smtp.hostname),
+        (
+            "POSTROOM_DELIVERY__SMARTHOST_PASSWORD",
+            '"quoted"',
+            lambda s: s.delivery.smarthost_password,
+        ),
+    ],
+)
+def test_env_values_for_string_keys_are_kept_as_text(
+    tmp_path: Path, name: str, raw: str, read: Any
+) -> None:
+    # a numeric password must not become an int that a str field refuses
+    settings = load_settings(write(tmp_path, VALID), {name: raw})
+    assert read(settings) == raw
+
+
+def test_unrelated_postroom_variables_are_not_settings(tmp_path: Path) -> None:
+    environ = {"POSTROOM_TEST_PG": "postgresql://x", "POSTROOM_CONFIG": "/x.toml"}
+    settings = load_settings(write(tmp_path, VALID), environ)
+    assert settings.smtp.hostname == "mail.example.com"
+
+
+def test_secret_file_is_read_into_the_key_without_suffix(tmp_path: Path) -> None:
+    secret = tmp_path / "smarthost-password"
+    secret.write_text("s3cret pass\n")  # the trailing newline editors add is not part of it
+    text = VALID.replace(
+        'smarthost_username = "postroom"',
+        f'smarthost_username = "postroom"\nsmarthost_password_file = "{secret}"',
+    )
+    settings = load_settings(write(tmp_path, text), {})
+    assert settings.delivery.smarthost_password == "s3cret pass"
+    assert "s3cret" not in repr(settings.delivery)  # secrets stay out of logs
+
+
+def test_secret_file_may_be_named_by_env(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("from-a-credential")
+    environ = {"POSTROOM_DELIVERY__SMARTHOST_PASSWORD_FILE": str(secret)}
+    settings = load_settings(write(tmp_path, VALID), environ)
+    assert settings.delivery.smarthost_password == "from-a-credential"
+
+
+def test_unreadable_secret_file_is_reported_with_its_key(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    text = VALID.replace(
+        'smarthost_username = "postroom"',
+        f'smarthost_username = "postroom"\nsmarthost_password_file = "{missing}"',
+    )
+    problems = problems_of(write(tmp_path, text))
+    assert list(problems) == ["delivery.smarthost_password_file"]
+    assert str(missing) in problems["delivery.smarthost_password_file"]
+
+
+def test_every_problem_is_reported_at_once_with_its_key(tmp_path: Path) -> None:
+    text = """
+[http]
+listen = "nonsense"
+colour = "blue"
+
+[smtp]
+trusted_networks = ["10.0.0.0/8", "not-a-network"]
+
+[delivery]
+mode = "smarthost"
+
+[log]
+level = "loud"
+"""
+    problems = problems_of(write(tmp_path, text), {"POSTROOM_SMTP__BOGUS": "1"})
+    assert problems["http.listen"] == "'nonsense' is not host:port"
+    assert problems["http.colour"] == "unknown key"
+    assert problems["smtp.bogus"] == "unknown key"
+    assert "'not-a-network' is not a network" in problems["smtp.trusted_networks"]
+    assert "log.level" in problems
+    delivery = [reason for key, reason in problems.items() if key.split(".")[0] == "delivery"]
+    assert len(delivery) == 1 and "smarthost" in delivery[0]
+    assert len(problems) == 6
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "mentions"),
+    [
+        ("delivery", 'mode = "smarthost"', "smarthost = 'host:port'"),
+        ("delivery", 'mode = "capture"', "capture_dir"),
+        ("delivery", 'mode = "mx"', "not available"),
+        ("delivery", 'mode = "capture"\ncapture_dir = "/o"\nsmarthost_password = "p"', "username"),
+        ("smtp", 'tls_cert = "/etc/hostname"', "tls_cert and tls_key must be set together"),
+        ("smtp", 'submissions_listen = "0.0.0.0:465"', "needs tls_cert"),
+        (
+            "smtp",
+            'tls_cert = "/no/such/cert"\ntls_key = "/no/such/key"',
+            "cannot read /no/such/cert",
+        ),
+    ],
+)
+def test_section_rules_are_reported_under_their_section(
+    tmp_path: Path, section: str, values: str, mentions: str
+) -> None:
+    base = '[delivery]\nmode = "capture"\ncapture_dir = "/o"\n' if section != "delivery" else ""
+    problems = problems_of(write(tmp_path, f"{base}[{section}]\n{values}\n"))
+    [(key, reason)] = problems.items()
+    assert key.split(".")[0] == section
+    assert mentions in reason
+
+
+@pytest.mark.parametrize("listen", ["localhost", ":25", "host:port", "host:70000", "[::1]:x"])
+def test_bad_listen_addresses_are_refused(tmp_path: Path, listen: str) -> None:
+    problems = problems_of(write(tmp_path, VALID), {"POSTROOM_SMTP__MX_LISTEN": listen})
+    assert list(problems) == ["smtp.mx_listen"]
+
+
+def test_ipv6_listen_address_is_accepted(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, VALID), {"POSTROOM_HTTP__LISTEN": "[::1]:8025"})
+    assert settings.http.listen == "[::1]:8025"
+
+
+def test_unknown_database_driver_is_refused(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, VALID), {"POSTROOM_DATABASE__URL": "mysql://x/y"})
+    assert list(problems) == ["database.url"]
+
+
+def test_invalid_toml_is_reported_as_the_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "[http\nlisten = ")
+    problems = problems_of(path)
+    assert list(problems) == ["config"]
+    assert "is not valid TOML" in problems["config"] and str(path) in problems["config"]
+
+
+def test_missing_file_is_reported(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path / "absent.toml")
+    assert problems == {"config": f"{tmp_path / 'absent.toml'} does not exist"}
+
+
+def test_config_error_message_lists_every_problem() -> None:
+    error = ConfigError([("http.listen", "bad"), ("smtp.bogus", "unknown key")])
+    assert str(error) == "http.listen: bad; smtp.bogus: unknown key"
+
+
+def test_find_config_path_prefers_the_explicit_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "postroom.toml").write_text("")
+    environ = {"POSTROOM_CONFIG": "/from/env.toml"}
+    assert find_config_path("/explicit.toml", environ) == Path("/explicit.toml")
+    assert find_config_path(None, environ) == Path("/from/env.toml")
+    assert find_config_path(None, {}) == Path("postroom.toml")
+    assert find_config_path(None, {"POSTROOM_CONFIG": ""}) == Path("postroom.toml")
+
+
+def test_find_config_path_falls_back_to_etc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./postroom.toml here
+    assert find_config_path(None, {}) == Path("/etc/postroom/postroom.toml")
+
+
+def test_a_missing_delivery_section_is_reported_under_its_own_key(tmp_path: Path) -> None:
+    # The default mode is "mx", which this version refuses: an operator must choose one, and
+    # check-config must say which key to set rather than blaming the whole config.
+    problems = problems_of(write(tmp_path, '[smtp]\nhostname = "mail.example.com"\n'))
+    [(key, reason)] = problems.items()
+    assert key.split(".")[0] == "delivery"
+    assert "mode = 'mx'" in reason
+
+
+def test_secret_path_may_use_the_systemd_credentials_directory(tmp_path: Path) -> None:
+    (tmp_path / "relay-password").write_text("from-load-credential\n")
+    text = VALID.replace(
+        'smarthost_username = "postroom"',
+        'smarthost_username = "postroom"\nsmarthost_password_file = "%d/relay-password"',
+    )
+    path = write(tmp_path, text)
+    settings = load_settings(path, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert settings.delivery.smarthost_password == "from-load-credential"
+    problems = problems_of(path, {})  # the directory comes from the environ given, nothing else
+    assert list(problems) == ["delivery.smarthost_password_file"]
+    assert "CREDENTIALS_DIRECTORY" in problems["delivery.smarthost_password_file"]
+
+
+def test_a_secret_and_its_file_together_are_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("x")
+    text = VALID.replace(
+        'smarthost_username = "postroom"',
+        f'smarthost_username = "postroom"\nsmarthost_password = "inline"\n'
+        f'smarthost_password_file = "{secret}"',
+    )
+    problems = problems_of(write(tmp_path, text))
+    assert list(problems) == ["delivery.smarthost_password_file"]
+    assert "not both" in problems["delivery.smarthost_password_file"]
