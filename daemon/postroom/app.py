@@ -195,7 +195,12 @@ class Daemon:
                     settings.http,
                     SqlApiKeys(engine),
                     MessageRoutes(
-                        submissions, store, self.clock, self.metrics, settings.smtp.hostname
+                        submissions,
+                        store,
+                        self.clock,
+                        self.metrics,
+                        settings.smtp.hostname,
+                        settings.smtp.max_message_size,
                     ),
                     self.metrics,
                     readiness,

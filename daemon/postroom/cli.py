@@ -127,6 +127,7 @@ def init(dev: bool, directory: str, as_json: bool) -> None:
     existing = load_quickstart(root)
     if existing is None or not config_path.exists():
         root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o700)  # the database holds message bodies and key hashes
         self_signed_certificate("localhost", root / "tls" / "cert.pem", root / "tls" / "key.pem")
         config_path.write_text(dev_config(root))
     try:

@@ -86,10 +86,7 @@ def test_format_reply_joins_multiline_text() -> None:
     assert format_reply(550, "5.1.1 no\r\n such   user ") == "550 5.1.1 no such user"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon bug: a 4xx reply whose text starts with a 2.x.x code is classified bounced; "
-    "a success class cannot make a failure permanent, so it should stay deferred",
-)
-def test_success_enhanced_code_on_a_temporary_reply_stays_temporary() -> None:
+def test_success_enhanced_code_on_a_failure_reply_follows_the_basic_code() -> None:
+    # A success class cannot turn a temporary failure permanent (or the reverse).
     assert classify_reply(450, "2.0.0 confused server") is Verdict.DEFERRED
+    assert classify_reply(550, "2.0.0 confused server") is Verdict.BOUNCED

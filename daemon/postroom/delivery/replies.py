@@ -22,9 +22,9 @@ def enhanced_status(text: str) -> str | None:
 def classify_reply(code: int, text: str = "") -> Verdict:
     """2yz delivered; 4yz deferred; 5yz bounced; anything unparseable is treated as temporary."""
     status = enhanced_status(text)
-    if status is not None and str(code)[:1] in "45":
-        klass = status[0]
-        return Verdict.DEFERRED if klass == "4" else Verdict.BOUNCED
+    if status is not None and str(code)[:1] in "45" and status[0] in "45":
+        # A success class (2.x.x) on a failure reply is contradictory: trust the basic code.
+        return Verdict.DEFERRED if status[0] == "4" else Verdict.BOUNCED
     if 200 <= code < 300:
         return Verdict.DELIVERED
     if 500 <= code < 600:

@@ -78,6 +78,7 @@ class SmarthostTransport:
         self._tls_context = tls_context
         self._idle: list[tuple[aiosmtplib.SMTP, int]] = []
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._closing: set[asyncio.Task[None]] = set()  # QUITs in progress, awaited by close()
 
     async def _connect(self) -> aiosmtplib.SMTP:
         mode = self._settings.smarthost_tls
@@ -141,7 +142,9 @@ class SmarthostTransport:
         if client is None:
             return
         if used >= self._settings.messages_per_connection or not client.is_connected:
-            asyncio.ensure_future(self._discard(client))
+            task = asyncio.ensure_future(self._discard(client))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         else:
             self._idle.append((client, used))
 
@@ -156,7 +159,7 @@ class SmarthostTransport:
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
-        await asyncio.gather(*(self._discard(client) for client, _ in idle))
+        await asyncio.gather(*(self._discard(client) for client, _ in idle), *self._closing)
 
 
 def client_tls_context(verify: bool, ca_file: str = "") -> ssl.SSLContext:

@@ -190,12 +190,14 @@ class MessageRoutes:
         clock: Clock,
         metrics: Metrics,
         hostname: str,
+        max_message_size: int,
     ):
         self._submissions = submissions
         self._store = store
         self._clock = clock
         self._metrics = metrics
         self._hostname = hostname
+        self._max_message_size = max_message_size
 
     def register(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self.send)
@@ -226,6 +228,10 @@ class MessageRoutes:
         except InvalidMessageError:
             self._metrics.rejected.labels("api", "invalid").inc()
             raise
+        if len(submission.content) > self._max_message_size:
+            self._metrics.rejected.labels("api", "too_large").inc()
+            raise ApiError(413, "payload_too_large", f"the message is {len(submission.content)} bytes; "
+                           f"the limit is {self._max_message_size} (smtp.max_message_size)")  # fmt: skip
         idempotency = request.headers.get("Idempotency-Key")
         if idempotency is not None:
             if not 1 <= len(idempotency) <= 255 or not idempotency.isprintable():

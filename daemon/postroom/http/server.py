@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from postroom.config import HttpSettings, parse_hostport
 from postroom.http.auth import API_KEY, bearer_auth
-from postroom.http.errors import error_response, json_errors
+from postroom.http.errors import Handler, error_response, json_errors
 from postroom.http.messages import MessageRoutes
 from postroom.metrics import Metrics, scrape_registry
 from postroom.store.credentials import SqlApiKeys
@@ -28,8 +28,17 @@ def build_app(
     metrics: Metrics,
     readiness: ReadinessCheck,
 ) -> web.Application:
+    @web.middleware
+    async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        metrics.http_requests.labels(name, str(response.status)).inc()
+        return response
+
     app = web.Application(
-        client_max_size=settings.max_body_size, middlewares=[json_errors, bearer_auth]
+        client_max_size=settings.max_body_size,
+        middlewares=[count_requests, json_errors, bearer_auth],
     )
     app[API_KEY] = api_keys
 

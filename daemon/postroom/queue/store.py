@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from postroom.core.errors import ConflictError, NotFoundError
+from postroom.core.errors import ConflictError, NotFoundError, StoreError
 from postroom.core.ids import new_message_id
 from postroom.core.types import ACTIVE_STATES, DeliveryState, IdempotencyKey, Submission
 from postroom.queue.models import (
@@ -147,8 +147,8 @@ class SqlQueueStore:
                         await self._insert(conn, [(message_id, submission)], now)
                         return message_id, True
                 except IntegrityError:
-                    continue
-        raise ConflictError("the idempotency key is being used by a concurrent request")
+                    continue  # if a concurrent request stored this key, the next look finds it
+        raise StoreError("queueing a message failed: a database constraint refused it twice")
 
     async def _live_key(self, conn: AsyncConnection, key: IdempotencyKey, now: float) -> str | None:
         row = (

@@ -47,8 +47,9 @@ _REFLECTED_PREFIXES = ("smtp_", "auth_", "handle_")
 # The common shape of a MAIL FROM / RCPT TO argument: <dot-atom@domain> and optional parameters.
 # Anything else (quoted local parts, source routes, the null sender) goes to aiosmtpd's full parser.
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _SIMPLE_PATH = re.compile(
-    rf"\s*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)>"
+    rf"\s*<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>"
     r"(?:[ \t]+([^ \t(].*)|[ \t]*)\Z",  # parameters after the path, never a (comment)
     re.DOTALL,
 )
