@@ -21,6 +21,9 @@ run: $(BIN)/postroom
 test: $(BIN)/postroom
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+lint: $(BIN)/postroom
+	$(BIN)/mypy daemon/postroom
+
 bench-ingest: $(BIN)/postroom
 	$(BIN)/python bench/ingest.py
 

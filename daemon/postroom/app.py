@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from postroom.config import Settings
 from postroom.core.clock import Clock, SystemClock
-from postroom.core.types import DeliveryState
+from postroom.core.types import DeliveryState, Submission
 from postroom.delivery.transport import (
     CaptureTransport,
     SmarthostTransport,
@@ -143,11 +143,11 @@ class Daemon:
                     ),
                 )
             wake = worker.wake if worker else (lambda: None)
-            committer = GroupCommitter(
-                store,
-                self.clock,
-                on_commit=lambda batch: (self.metrics.commit_batch.observe(len(batch)), wake()),
-            )
+            def committed(batch: list[Submission]) -> None:
+                self.metrics.commit_batch.observe(len(batch))
+                wake()
+
+            committer = GroupCommitter(store, self.clock, on_commit=committed)
             submissions = SubmissionService(committer, store, self.clock, self.metrics)
 
             tls: ssl.SSLContext | None = None
@@ -247,7 +247,7 @@ class Daemon:
         return ", ".join(parts) + f"; delivery {mode}"
 
 
-def install_signal_handlers(stop: asyncio.Event, on_reload: callable | None = None) -> None:  # type: ignore[valid-type]
+def install_signal_handlers(stop: asyncio.Event, on_reload: Callable[[], None] | None = None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

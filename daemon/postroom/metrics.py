@@ -19,7 +19,7 @@ def scrape_registry(registry: CollectorRegistry) -> CollectorRegistry:
     if not os.environ.get(MULTIPROCESS_ENV):
         return registry
     combined = CollectorRegistry()
-    multiprocess.MultiProcessCollector(combined)
+    multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
     return combined
 
 LATENCY_BUCKETS = (

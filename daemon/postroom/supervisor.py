@@ -147,7 +147,7 @@ class Supervisor:
                         "daemon process %d (pid %d) exited with %s; starting it again",
                         child.index, child.process.pid, child.process.returncode,
                     )  # fmt: skip
-                    multiprocess.mark_process_dead(child.process.pid)
+                    multiprocess.mark_process_dead(child.process.pid)  # type: ignore[no-untyped-call]
                     await asyncio.sleep(self._restart_delay)
                     if not stop.is_set():
                         await self._spawn(child.index)

@@ -91,7 +91,13 @@ def compose(draft: Draft, *, message_id: str, hostname: str, now: float) -> byte
 
     inline = [a for a in draft.attachments if a.content_id]
     if inline and draft.html:
-        html_part = message.get_payload()[-1] if message.is_multipart() else message
+        html_part = message
+        if message.is_multipart():
+            parts = message.get_payload()
+            assert isinstance(parts, list)
+            last = parts[-1]  # the HTML alternative, after the text part
+            assert isinstance(last, EmailMessage)
+            html_part = last
         for item in inline:
             maintype, subtype = _split_type(item.content_type)
             html_part.add_related(

@@ -17,7 +17,7 @@ CALLER: Any = (
     web.RequestKey("postroom_caller", ApiKey) if hasattr(web, "RequestKey") else "postroom.caller"
 )
 
-F = TypeVar("F", bound=Callable[[web.Request], Awaitable[web.StreamResponse]])
+F = TypeVar("F", bound=Callable[..., Awaitable[web.StreamResponse]])
 
 
 def requires(role: Role) -> Callable[[F], F]:

@@ -77,7 +77,8 @@ class HttpServer:
             self._runner, host, port, reuse_port=self._reuse_port or None
         )
         await site.start()
-        sockets = site._server.sockets if site._server else []  # noqa: SLF001 - port 0 lookup
+        server = site._server  # noqa: SLF001 - the only way to learn the port bound for port 0
+        sockets = server.sockets if isinstance(server, asyncio.Server) else []
         if sockets:
             sockname = sockets[0].getsockname()
             self.bound = (sockname[0], sockname[1])

@@ -29,7 +29,7 @@ def next_attempt_at(
     """
     if attempts < 1:
         raise ValueError("attempts counts failures made, so it is at least 1 here")
-    ceiling = min(policy.cap, policy.base * 2 ** min(attempts - 1, 32))
+    ceiling = min(policy.cap, policy.base * float(2 ** min(attempts - 1, 32)))
     wait = ceiling * (policy.jitter_floor + (1 - policy.jitter_floor) * draw)
     when = now + wait
     if when - accepted_at > policy.max_age:

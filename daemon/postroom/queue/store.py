@@ -336,7 +336,7 @@ class SqlQueueStore:
     async def retry(self, now: float, message_id: str | None = None) -> int:
         """Make dead and deferred deliveries due now (one message, or every dead one)."""
         states = [DeliveryState.DEAD.value, DeliveryState.DEFERRED.value]
-        condition = deliveries.c.state.in_(states)
+        condition: sa.ColumnElement[bool] = deliveries.c.state.in_(states)
         if message_id is not None:
             condition = sa.and_(condition, deliveries.c.message_id == message_id)
         else:

@@ -80,7 +80,7 @@ class PostroomSMTP(FixedReflection, SMTP):
         (it builds a class per call and was an eighth of ingest CPU)."""
         match = _SIMPLE_PATH.match(arg) if arg else None
         if match is None:
-            return super()._getaddr(arg)  # type: ignore[no-any-return]
+            return super()._getaddr(arg)
         address, rest = match.group(1), match.group(2) or ""
         local_part = address.rpartition("@")[0]
         if self.local_part_limit and len(local_part) > self.local_part_limit:
@@ -131,12 +131,12 @@ class PostroomSMTP(FixedReflection, SMTP):
         if verdict is not _DataVerdict.OK:
             # Replies wait until the whole message was read (RFC 5321 §4.2.5).
             await self.push(verdict.value)
-            self._set_post_data_state()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
         self.envelope.content = content
         self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
 
     async def _read_data(self) -> tuple[bytes, _DataVerdict]:
