@@ -31,28 +31,30 @@ def _require_postgres() -> None:
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
 
 
+@contextlib.asynccontextmanager
+async def fresh_pg_database() -> AsyncIterator[str]:
+    _require_postgres()
+    url = await create_pg_database()
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """An empty database on each engine: the same store tests run on both."""
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
         return
-    _require_postgres()
-    url = await create_pg_database()
-    try:
+    async with fresh_pg_database() as url:
         yield url
-    finally:
-        await drop_pg_database(url)
 
 
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
-    _require_postgres()
-    url = await create_pg_database()
-    try:
+    async with fresh_pg_database() as url:
         yield url
-    finally:
-        await drop_pg_database(url)
 
 
 @pytest.fixture
