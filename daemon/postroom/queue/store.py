@@ -273,20 +273,38 @@ class SqlQueueStore:
                 lease_expires_at=None,
             )
         )
-        params = [
-            {
-                "b_id": o.delivery_id,
-                "b_state": o.state.value,
-                "b_tried": 0 if o.state is DeliveryState.DEAD else 1,
-                "b_next": o.next_attempt_at if o.next_attempt_at is not None else now,
-                "b_reply": o.reply[:2000],
-                "b_finished": now if o.state.is_final else None,
-            }
-            for o in outcomes
-        ]
+        still_ours = (
+            sa.select(deliveries.c.id)
+            .where(
+                deliveries.c.id.in_([o.delivery_id for o in outcomes]),
+                deliveries.c.lease_owner == owner,
+                deliveries.c.state == DeliveryState.SENDING.value,
+            )
+            .with_for_update()
+        )
         with translate_errors("recording delivery outcomes"):
             async with self._engine.begin() as conn:
-                result = await conn.execute(statement, params)
+                # Only outcomes whose lease is still ours are recorded, events included: a worker
+                # whose lease was reaped must not log a stale result beside the new owner's. (The
+                # id list also gives the count, which asyncpg cannot report for executemany.)
+                ours = set((await conn.execute(still_ours)).scalars())
+                kept = [o for o in outcomes if o.delivery_id in ours]
+                if not kept:
+                    return 0
+                await conn.execute(
+                    statement,
+                    [
+                        {
+                            "b_id": o.delivery_id,
+                            "b_state": o.state.value,
+                            "b_tried": 0 if o.state is DeliveryState.DEAD else 1,
+                            "b_next": o.next_attempt_at if o.next_attempt_at is not None else now,
+                            "b_reply": o.reply[:2000],
+                            "b_finished": now if o.state.is_final else None,
+                        }
+                        for o in kept
+                    ],
+                )
                 await conn.execute(
                     events.insert(),
                     [
@@ -298,10 +316,10 @@ class SqlQueueStore:
                             "recipient": o.recipient,
                             "detail": {"reply": o.reply[:2000], **o.detail},
                         }
-                        for o in outcomes
+                        for o in kept
                     ],
                 )
-        return int(result.rowcount)
+        return len(kept)
 
     async def park(self, message_id: str, error: str) -> None:
         """Record why a message crashed the pipeline (its deliveries are released as DEAD)."""
@@ -357,7 +375,8 @@ class SqlQueueStore:
         return int(result.rowcount)
 
     async def purge(self, message_id: str | None = None, state: str | None = None) -> int:
-        """Delete a message (any state but sending), or every message with a delivery in `state`."""
+        """Delete a message, or every message with a delivery in `state`; a message with a
+        delivery being sent right now is never deleted (by id that is a ConflictError)."""
         with translate_errors("purging messages"):
             async with self._engine.begin() as conn:
                 if message_id is not None:
@@ -371,11 +390,17 @@ class SqlQueueStore:
                         raise ConflictError(f"message {message_id} is being sent right now")
                     ids = [message_id]
                 else:
+                    sending = sa.select(deliveries.c.message_id).where(
+                        deliveries.c.state == DeliveryState.SENDING.value
+                    )
                     ids = list(
                         (
                             await conn.execute(
                                 sa.select(deliveries.c.message_id)
-                                .where(deliveries.c.state == state)
+                                .where(
+                                    deliveries.c.state == state,
+                                    deliveries.c.message_id.not_in(sending),
+                                )
                                 .distinct()
                             )
                         ).scalars()
