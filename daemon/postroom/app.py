@@ -44,7 +44,7 @@ from postroom.smtp.handlers import Authenticator, MxHandler, SubmissionHandler
 from postroom.smtp.listeners import SmtpListeners, server_tls_context
 from postroom.smtp.throttle import LoginThrottle
 from postroom.store.credentials import SqlApiKeys, SqlSmtpUsers
-from postroom.store.engine import create_engine, translate_errors
+from postroom.store.engine import WriteGate, create_engine, translate_errors
 from postroom.store.schema import require_current
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,9 @@ class Daemon:
             stack.push_async_callback(engine.dispose)
             await require_current(engine)
 
-            store = SqlQueueStore(engine)
+            gate = WriteGate.for_database(settings.database)
+            stack.callback(gate.close)
+            store = SqlQueueStore(engine, gate)
             worker: DeliveryWorker | None = None
             if not settings.delivery.hold:
                 worker = DeliveryWorker(

@@ -8,8 +8,9 @@ and serialises writers, so the single statement is atomic there too. Every relea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,7 +28,7 @@ from postroom.queue.models import (
     QueuedMessage,
     Release,
 )
-from postroom.store.engine import read_only, translate_errors
+from postroom.store.engine import WriteGate, read_only, translate_errors
 from postroom.store.tables import deliveries, events, idempotency_keys, messages
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
@@ -98,9 +99,16 @@ def insert_statements(
 
 
 class SqlQueueStore:
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, gate: WriteGate | None = None):
         self._engine = engine
         self._reads = read_only(engine)
+        self._gate = gate or WriteGate(None)
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction, through the write gate (see WriteGate)."""
+        async with self._gate.hold(), self._engine.begin() as conn:
+            yield conn
 
     # -- submit ---------------------------------------------------------------------------
 
@@ -109,7 +117,7 @@ class SqlQueueStore:
         ids = [item.message_id or new_message_id(now) for item in batch]
         pairs = list(zip(ids, batch))
         with translate_errors("queueing messages"):
-            async with self._engine.begin() as conn:
+            async with self._write() as conn:
                 await self._insert(conn, pairs, now)
         return ids
 
@@ -125,7 +133,7 @@ class SqlQueueStore:
         with translate_errors("queueing a message"):
             for _ in range(2):  # a concurrent insert of the same key wins the race: look again
                 try:
-                    async with self._engine.begin() as conn:
+                    async with self._write() as conn:
                         existing = await self._live_key(conn, key, now)
                         if existing is not None:
                             return existing, False
@@ -207,7 +215,7 @@ class SqlQueueStore:
             )
         )
         with translate_errors("claiming deliveries"):
-            async with self._engine.begin() as conn:
+            async with self._write() as conn:
                 rows = (await conn.execute(statement)).all()
         return [
             ClaimedDelivery(r.id, r.message_id, r.recipient, r.attempts, r.created_at)
@@ -239,7 +247,7 @@ class SqlQueueStore:
         if not delivery_ids:
             return 0
         with translate_errors("extending leases"):
-            async with self._engine.begin() as conn:
+            async with self._write() as conn:
                 result = await conn.execute(
                     deliveries.update()
                     .where(
@@ -283,7 +291,7 @@ class SqlQueueStore:
             .with_for_update()
         )
         with translate_errors("recording delivery outcomes"):
-            async with self._engine.begin() as conn:
+            async with self._write() as conn:
                 # Only outcomes whose lease is still ours are recorded, events included: a worker
                 # whose lease was reaped must not log a stale result beside the new owner's. (The
                 # id list also gives the count, which asyncpg cannot report for executemany.)
@@ -324,7 +332,7 @@ class SqlQueueStore:
     async def park(self, message_id: str, error: str) -> None:
         """Record why a message crashed the pipeline (its deliveries are released as DEAD)."""
         with translate_errors("parking a message"):
-            async with self._engine.begin() as conn:
+            async with self._write() as conn:
                 await conn.execute(
                     messages.update().where(messages.c.id == message_id).values(error=error[:4000])
                 )
@@ -332,7 +340,7 @@ class SqlQueueStore:
     async def reap(self, now: float) -> int:
         """Return deliveries whose lease ran out (their worker died) to the queue."""
         with translate_errors("reaping expired leases"):
-            async with self._engine.begin() as conn:
+            async with self._write() as conn:
                 result = await conn.execute(
                     deliveries.update()
                     .where(
@@ -360,7 +368,7 @@ class SqlQueueStore:
         else:
             condition = deliveries.c.state == DeliveryState.DEAD.value
         with translate_errors("retrying deliveries"):
-            async with self._engine.begin() as conn:
+            async with self._write() as conn:
                 result = await conn.execute(
                     deliveries.update()
                     .where(condition)
@@ -378,7 +386,7 @@ class SqlQueueStore:
         """Delete a message, or every message with a delivery in `state`; a message with a
         delivery being sent right now is never deleted (by id that is a ConflictError)."""
         with translate_errors("purging messages"):
-            async with self._engine.begin() as conn:
+            async with self._write() as conn:
                 if message_id is not None:
                     busy = await conn.scalar(
                         sa.select(sa.func.count()).where(
