@@ -19,7 +19,7 @@ from typing import Literal, TypeAlias
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dh, dsa, ec, ed448, ed25519, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from postroom.dkim.errors import DkimKeyError
 
@@ -45,15 +45,6 @@ _DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----")
 # dkimpy's dknewkey writes an Ed25519 key as the base64 of its 32-byte seed: 43 characters and "=".
 _DKIMPY_ED25519_SEED = re.compile(rb"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
-
-_OTHER_KEY_TYPES: tuple[tuple[type, str], ...] = (
-    (ec.EllipticCurvePrivateKey, "an EC"),
-    (ed448.Ed448PrivateKey, "an Ed448"),
-    (dsa.DSAPrivateKey, "a DSA"),
-    (dh.DHPrivateKey, "a Diffie-Hellman"),
-    (x25519.X25519PrivateKey, "an X25519"),
-    (x448.X448PrivateKey, "an X448"),
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,7 +82,8 @@ class DkimKey:
             object.__setattr__(self, "algorithm", "rsa")
             object.__setattr__(self, "weak", bits < RECOMMENDED_RSA_BITS)
         else:
-            raise DkimKeyError(f"DKIM key {where}: {_key_kind(self.private_key)} key; DKIM signs with RSA or Ed25519")
+            kind = _key_kind(self.private_key)
+            raise DkimKeyError(f"DKIM key {where}: {kind} key; DKIM signs with RSA or Ed25519")
 
     @property
     def bits(self) -> int:
@@ -130,7 +122,7 @@ def parse_private_key(data: bytes, source: str) -> PrivateKey:
     except TypeError:
         raise DkimKeyError(f"DKIM key {source}: {_ENCRYPTED}") from None
     except UnsupportedAlgorithm:
-        raise DkimKeyError(f"DKIM key {source}: a private key of a type cryptography cannot read") from None
+        raise DkimKeyError(f"DKIM key {source}: a key type that cryptography cannot read") from None
     except ValueError:
         raise DkimKeyError(
             f"DKIM key {source}: corrupted: the {label} block does not decode to a valid key"
@@ -140,7 +132,7 @@ def parse_private_key(data: bytes, source: str) -> PrivateKey:
     raise DkimKeyError(f"DKIM key {source}: {_key_kind(key)} key; DKIM signs with RSA or Ed25519")
 
 
-_ENCRYPTED = "encrypted with a passphrase; postroom reads unencrypted keys (protect the file with mode 0600)"
+_ENCRYPTED = "encrypted with a passphrase; postroom reads unencrypted keys (kept with mode 0600)"
 
 
 def _refuse_pem_label(label: str) -> str | None:
@@ -158,11 +150,11 @@ def _refuse_pem_label(label: str) -> str | None:
 
 
 def _key_kind(key: object) -> str:
-    for key_type, kind in _OTHER_KEY_TYPES:
-        if isinstance(key, key_type):
-            if isinstance(key, ec.EllipticCurvePrivateKey):
-                return f"{kind} ({key.curve.name})"
-            return kind
+    # Only names: never the key's repr or numbers.
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return f"an EC ({key.curve.name})"
+    if isinstance(key, ed448.Ed448PrivateKey):
+        return "an Ed448"
     return f"an unsupported ({type(key).__name__})"
 
 
@@ -179,7 +171,8 @@ def _read_key_file(path: Path) -> bytes:
             f"DKIM key {path}: permission denied (the daemon's user must be able to read it)"
         ) from exc
     except OSError as exc:
-        raise DkimKeyError(f"DKIM key {path}: cannot read ({exc.strerror or type(exc).__name__})") from exc
+        reason = exc.strerror or type(exc).__name__
+        raise DkimKeyError(f"DKIM key {path}: cannot read ({reason})") from exc
     if len(data) > MAX_KEY_FILE_BYTES:
         raise DkimKeyError(f"DKIM key {path}: larger than {MAX_KEY_FILE_BYTES} bytes, not a key file")
     if not data.strip():
@@ -201,7 +194,9 @@ def generate_key(algorithm: Algorithm, bits: int = RECOMMENDED_RSA_BITS) -> Priv
     raise DkimKeyError(f"unknown DKIM key algorithm {algorithm!r}: use 'rsa' or 'ed25519'")
 
 
-def write_private_key(path: str | os.PathLike[str], key: PrivateKey, *, overwrite: bool = False) -> None:
+def write_private_key(
+    path: str | os.PathLike[str], key: PrivateKey, *, overwrite: bool = False
+) -> None:
     """Write `key` as unencrypted PKCS#8 PEM, mode 0600, atomically; missing parents are made 0700.
 
     The file appears complete or not at all: it is written and fsynced under a temporary name in
@@ -215,7 +210,8 @@ def write_private_key(path: str | os.PathLike[str], key: PrivateKey, *, overwrit
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
     try:
         _make_private_dirs(target.parent)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temporary, flags, 0o600)
         try:
             with os.fdopen(fd, "wb") as file:
                 os.fchmod(file.fileno(), 0o600)  # exactly 0600 whatever the umask
@@ -230,9 +226,12 @@ def write_private_key(path: str | os.PathLike[str], key: PrivateKey, *, overwrit
             temporary.unlink(missing_ok=True)
         _fsync_directory(target.parent)
     except FileExistsError:
-        raise DkimKeyError(f"DKIM key {target}: already exists; not overwriting a key DNS may publish") from None
+        raise DkimKeyError(
+            f"DKIM key {target}: already exists; not overwriting a key that DNS may publish"
+        ) from None
     except OSError as exc:
-        raise DkimKeyError(f"DKIM key {target}: cannot write ({exc.strerror or type(exc).__name__})") from exc
+        reason = exc.strerror or type(exc).__name__
+        raise DkimKeyError(f"DKIM key {target}: cannot write ({reason})") from exc
 
 
 def _make_private_dirs(directory: Path) -> None:
@@ -267,9 +266,14 @@ def dns_record_value(key: PrivateKey | PublicKey) -> str:
     RSA: base64 of the DER SubjectPublicKeyInfo (RFC 6376 §3.6.1). Ed25519: base64 of the 32-byte
     raw public key, not of a SubjectPublicKeyInfo (RFC 8463 §4.2).
     """
-    public = key.public_key() if isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)) else key
+    public: PublicKey
+    if isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+        public = key.public_key()
+    else:
+        public = key
     if isinstance(public, rsa.RSAPublicKey):
-        der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        der = public.public_bytes(serialization.Encoding.DER, spki)
         return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode('ascii')}"
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode('ascii')}"
