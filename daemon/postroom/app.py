@@ -45,6 +45,7 @@ from postroom.smtp.listeners import SmtpListeners, server_tls_context
 from postroom.smtp.throttle import LoginThrottle
 from postroom.store.credentials import SqlApiKeys, SqlSmtpUsers
 from postroom.store.engine import WriteGate, create_engine, translate_errors
+from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.store.schema import require_current
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,10 @@ class Daemon:
 
             gate = WriteGate.for_database(settings.database)
             stack.callback(gate.close)
-            store = SqlQueueStore(engine, gate)
+            writer = SqliteBatchWriter(settings.database) if settings.database.is_sqlite else None
+            if writer is not None:
+                stack.callback(writer.close)
+            store = SqlQueueStore(engine, gate, writer)
             worker: DeliveryWorker | None = None
             if not settings.delivery.hold:
                 worker = DeliveryWorker(
@@ -145,8 +149,9 @@ class Daemon:
                     ),
                 )
             wake = worker.wake if worker else (lambda: None)
-            def committed(batch: list[Submission]) -> None:
+            def committed(batch: list[Submission], seconds: float) -> None:
                 self.metrics.commit_batch.observe(len(batch))
+                self.metrics.commit_seconds.observe(seconds)
                 wake()
 
             committer = GroupCommitter(store, self.clock, on_commit=committed)

@@ -206,6 +206,10 @@ def serve(ctx: click.Context) -> None:
 
     settings = settings_from(ctx)
     configure_logging(settings.log)
+    # The SQLite writer and the drivers' threads hand results back through the GIL; with the
+    # default 5 ms switch interval a busy loop thread made each group commit wait several ms
+    # (docs/benchmarks.md). A shorter interval makes those hand-overs prompt.
+    sys.setswitchinterval(0.0005)
     processes = settings.processes.resolved(os.cpu_count())
     is_child = supervisor.CHILD_ENV in os.environ
 

@@ -128,6 +128,12 @@ class Metrics:
             ["route", "status"],
             registry=registry,
         )
+        self.commit_seconds = Histogram(
+            "postroom_queue_commit_seconds",
+            "Time to write and fsync one group commit",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5),
+            registry=registry,
+        )
         self.commit_batch = Histogram(
             "postroom_queue_commit_batch_size",
             "Messages written per group commit",

@@ -61,7 +61,7 @@ class Running:
     def __init__(self, engine: AsyncEngine, **options: int):
         self.batches: list[list[Submission]] = []
         self.committer = GroupCommitter(
-            SqlQueueStore(engine), FakeClock(), on_commit=self.batches.append, **options
+            SqlQueueStore(engine), FakeClock(), on_commit=lambda batch, _seconds: self.batches.append(batch), **options
         )
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ class GroupCommitter:
         clock: Clock,
         *,
         max_batch: int = 256,
-        on_commit: Callable[[list[Submission]], None] = lambda batch: None,
+        on_commit: Callable[[list[Submission], float], None] = lambda batch, seconds: None,
     ):
         self._store = store
         self._clock = clock
@@ -87,6 +88,7 @@ class GroupCommitter:
         if not live:
             return
         submissions = [item.submission for item in live]
+        started = time.perf_counter()
         try:
             ids = await self._store.insert_many(submissions, self._clock.now())
         except StoreError as exc:
@@ -105,4 +107,4 @@ class GroupCommitter:
         for item, message_id in zip(live, ids):
             if not item.done.done():
                 item.done.set_result(message_id)
-        self._on_commit(submissions)
+        self._on_commit(submissions, time.perf_counter() - started)

@@ -29,6 +29,7 @@ from postroom.queue.models import (
     Release,
 )
 from postroom.store.engine import WriteGate, read_only, translate_errors
+from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.store.tables import deliveries, events, idempotency_keys, messages
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
@@ -99,10 +100,16 @@ def insert_statements(
 
 
 class SqlQueueStore:
-    def __init__(self, engine: AsyncEngine, gate: WriteGate | None = None):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        gate: WriteGate | None = None,
+        sqlite_writer: SqliteBatchWriter | None = None,
+    ):
         self._engine = engine
         self._reads = read_only(engine)
         self._gate = gate or WriteGate(None)
+        self._sqlite_writer = sqlite_writer  # the ingest fast path on SQLite
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
@@ -117,8 +124,12 @@ class SqlQueueStore:
         ids = [item.message_id or new_message_id(now) for item in batch]
         pairs = list(zip(ids, batch))
         with translate_errors("queueing messages"):
-            async with self._write() as conn:
-                await self._insert(conn, pairs, now)
+            if self._sqlite_writer is not None:
+                async with self._gate.hold():
+                    await self._sqlite_writer.write(insert_statements(pairs, now))
+            else:
+                async with self._write() as conn:
+                    await self._insert(conn, pairs, now)
         return ids
 
     async def insert_idempotent(
