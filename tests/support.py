@@ -154,7 +154,7 @@ def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
 
 
 def write_config(path: Path, *, db_url: str, submission_port: int, http_port: int, mx_port: int,
-                 sink_port: int, lease_seconds: float = 3.0, extra: str = "") -> Path:  # fmt: skip
+                 sink_port: int, lease_seconds: float = 3.0, processes: int = 1) -> Path:  # fmt: skip
     """A daemon config for subprocess tests: smarthost delivery to a local sink, 127.0.0.1 trusted."""
     path.write_text(
         f"""state_dir = "{path.parent}"
@@ -178,7 +178,8 @@ retry_max = 2
 [log]
 format = "json"
 level = "warning"
-{extra}
+[processes]
+count = {processes}
 """
     )
     return path

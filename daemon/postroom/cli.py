@@ -212,6 +212,8 @@ def serve(ctx: click.Context) -> None:
     sys.setswitchinterval(0.0005)
     processes = settings.processes.resolved(os.cpu_count())
     is_child = supervisor.CHILD_ENV in os.environ
+    if is_child:
+        supervisor.die_with_supervisor()
 
     if processes > 1 and not is_child:
         async def supervise() -> int:

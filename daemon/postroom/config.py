@@ -166,9 +166,8 @@ class DeliverySettings(_Section):
 
 class ProcessSettings(_Section):
     # How many daemon processes share the listeners (SO_REUSEPORT) and the queue; 0 = one per CPU
-    # core. The default is 1: on a 2-core host two processes ingested less than one (smaller group
-    # commits, and the database and load generator need the second core); see docs/benchmarks.md.
-    count: int = Field(default=1, ge=0, le=64)
+    # core (the default): one asyncio process fills one core; see docs/benchmarks.md.
+    count: int = Field(default=0, ge=0, le=64)
     restart_delay: float = Field(default=1.0, ge=0)
 
     def resolved(self, cpus: int | None) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 READY_FD_ENV = "POSTROOM_READY_FD"
 CHILD_ENV = "POSTROOM_CHILD_INDEX"
+PARENT_ENV = "POSTROOM_SUPERVISOR_PID"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 START_TIMEOUT = 120.0
 
 
@@ -61,7 +64,7 @@ class Supervisor:
     async def _spawn(self, index: int) -> _Child:
         read_end, write_end = os.pipe()
         env = {**os.environ, READY_FD_ENV: str(write_end), CHILD_ENV: str(index),
-               MULTIPROCESS_ENV: self._metrics_dir}  # fmt: skip
+               PARENT_ENV: str(os.getpid()), MULTIPROCESS_ENV: self._metrics_dir}  # fmt: skip
         env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
         try:
             process = await asyncio.create_subprocess_exec(
@@ -173,6 +176,22 @@ class Supervisor:
 
 def child_argv(config_path: str) -> list[str]:
     return [sys.executable, "-m", "postroom.cli", "serve", "--config", config_path]
+
+
+def die_with_supervisor() -> None:
+    """In a child: be killed when the supervisor dies, even by SIGKILL (Linux prctl).
+
+    A `kill -9` of the daemon must stop all of it, as a crash would; orphaned children would keep
+    serving with nobody to stop them. Under systemd the control group is killed anyway.
+    """
+    parent = os.environ.get(PARENT_ENV)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        logger.warning("could not tie this process to its supervisor: errno %d", ctypes.get_errno())
+    if os.getppid() != int(parent):  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def report_ready_to_supervisor() -> None:

@@ -100,8 +100,7 @@ async def test_two_daemons_share_the_queue_and_survive_a_kill(tmp_path: Path, pg
         ports = [(free_port(), free_port(), free_port()) for _ in range(2)]
         configs = [
             write_config(tmp_path / f"d{i}.toml", db_url=pg_url, submission_port=s, http_port=h,
-                         mx_port=m, sink_port=sink_port, lease_seconds=3,
-                         extra="")  # fmt: skip
+                         mx_port=m, sink_port=sink_port, lease_seconds=3)  # fmt: skip
             for i, (s, h, m) in enumerate(ports)
         ]
         daemons = [start_daemon(c, tmp_path / f"d{i}.log") for i, c in enumerate(configs)]

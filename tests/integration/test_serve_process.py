@@ -56,7 +56,7 @@ async def test_serve_notifies_systemd_and_drains_on_sigterm(tmp_path: Path, proc
             tmp_path / "postroom.toml",
             db_url=f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
             submission_port=submission, http_port=http, mx_port=free_port(), sink_port=sink_port,
-            extra=f"[processes]\ncount = {processes}\n",
+            processes=processes,
         )  # fmt: skip
         postroom_cli("db", "upgrade", "--config", str(config))
         daemon = serve(config, tmp_path / "serve.log", {"NOTIFY_SOCKET": str(notify_path),
@@ -97,3 +97,46 @@ async def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     result = await asyncio.to_thread(postroom_cli, "serve", "--config", str(config), check=False)
     assert result.returncode == 1
     assert "postroom db upgrade" in result.stderr
+
+
+async def test_kill_9_of_the_supervisor_takes_its_processes_with_it(tmp_path: Path) -> None:
+    submission, http = free_port(), free_port()
+    config = write_config(
+        tmp_path / "postroom.toml", db_url=f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
+        submission_port=submission, http_port=http, mx_port=free_port(), sink_port=free_port(),
+        processes=2,
+    )  # fmt: skip
+    postroom_cli("db", "upgrade", "--config", str(config))
+    daemon = serve(config, tmp_path / "serve.log", {})
+    try:
+        await wait_until(lambda: _ready(http), 60, what="/readyz")
+        children = _children_of(daemon.pid)
+        assert len(children) == 2
+        os.kill(daemon.pid, signal.SIGKILL)
+        daemon.wait(timeout=10)
+        await wait_until(lambda: not any(_alive(pid) for pid in children), 10,
+                         what="the daemon processes to die with their supervisor")  # fmt: skip
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+
+
+def _ready(http_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _children_of(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; it waits only for init to reap it
