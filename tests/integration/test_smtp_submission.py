@@ -274,3 +274,16 @@ async def test_many_concurrent_sessions_are_all_committed(tmp_path: Path, tls: T
 
         assert sum(await asyncio.gather(*(session(n) for n in range(10)))) == 100
     assert await count_rows(settings) == (100, 100)
+
+
+async def test_idle_sessions_time_out_and_commands_keep_them_alive(tmp_path: Path, tls: Tls) -> None:
+    settings = settings_with_tls(tmp_path, tls, session_timeout=0.6)
+    async with running(settings) as d:
+        smtp = client(d, tls)
+        await smtp.connect()
+        for _ in range(4):  # 1.2 s of activity in all, never 0.6 s idle
+            await asyncio.sleep(0.3)
+            assert (await smtp.noop()).code == 250
+        await asyncio.sleep(1.0)
+        with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+            await smtp.noop()

