@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -32,6 +33,10 @@ from postroom.delivery.transport import (
     client_tls_context,
 )
 from postroom.delivery.worker import DeliveryWorker, WorkerOptions
+from postroom.dkim.keyring import Keyring, SendingPolicy
+from postroom.dkim.preparer import DkimPreparer
+from postroom.dkim.rotation import KeyMonitor, TxtLookup
+from postroom.dkim.signing import Signer
 from postroom.http.messages import MessageRoutes
 from postroom.http.server import HttpServer, build_app
 from postroom.metrics import Metrics
@@ -44,6 +49,7 @@ from postroom.smtp.handlers import Authenticator, MxHandler, SubmissionHandler
 from postroom.smtp.listeners import SmtpListeners, server_tls_context
 from postroom.smtp.throttle import LoginThrottle
 from postroom.store.credentials import SqlApiKeys, SqlSmtpUsers
+from postroom.store.dkim_keys import SqlDkimKeys
 from postroom.store.engine import WriteGate, create_engine, translate_errors
 from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.store.schema import require_current
@@ -105,12 +111,14 @@ class Daemon:
         registry: CollectorRegistry | None = None,
         environ: Mapping[str, str] | None = None,
         reuse_port: bool = False,
+        dns_lookup: TxtLookup | None = None,
     ):
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = Metrics(registry or CollectorRegistry())
         self.notifier = ServiceNotifier(os.environ if environ is None else environ)
         self.reuse_port = reuse_port
+        self.dns_lookup = dns_lookup
         self.ready = asyncio.Event()
         self.smtp_bound: dict[str, tuple[str, int]] = {}
         self.http_bound: tuple[str, int] | None = None
@@ -128,6 +136,19 @@ class Daemon:
             if writer is not None:
                 stack.callback(writer.close)
             store = SqlQueueStore(engine, gate, writer)
+
+            policy = SendingPolicy(settings.domains, Keyring(Signer([])))
+            signing_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
+            stack.callback(signing_pool.shutdown, wait=True)
+            key_monitor = KeyMonitor(
+                SqlDkimKeys(engine),
+                policy,
+                self.dns_lookup,
+                self.clock,
+                interval=settings.dkim.rotation_check_interval,
+                overlap=settings.dkim.rotation_overlap,
+            )
+            await key_monitor.reload()
             worker: DeliveryWorker | None = None
             if not settings.delivery.hold:
                 worker = DeliveryWorker(
@@ -147,6 +168,7 @@ class Daemon:
                         poll_interval=settings.delivery.poll_interval,
                         drain_grace=settings.delivery.drain_grace,
                     ),
+                    prepare=DkimPreparer(policy, self.clock, signing_pool),
                 )
             wake = worker.wake if worker else (lambda: None)
             def committed(batch: list[Submission], seconds: float) -> None:
@@ -169,6 +191,7 @@ class Daemon:
                     hostname=settings.smtp.hostname,
                     max_recipients=settings.smtp.max_recipients,
                     trusted_networks=settings.smtp.trusted_networks,
+                    policy=policy,
                 ),
                 MxHandler(self.metrics),
                 Authenticator(
@@ -208,6 +231,7 @@ class Daemon:
                         self.metrics,
                         settings.smtp.hostname,
                         settings.smtp.max_message_size,
+                        policy,
                     ),
                     self.metrics,
                     readiness,
@@ -230,6 +254,7 @@ class Daemon:
                 if worker is not None:
                     tasks.create_task(worker.run(stop), name="delivery")
                 tasks.create_task(QueueGauges(store, self.metrics, self.clock).run(stop), name="gauges")
+                tasks.create_task(key_monitor.run(stop), name="dkim-keys")
                 tasks.create_task(self.notifier.run_watchdog(stop), name="watchdog")
                 await asyncio.sleep(0)  # let the committer start accepting before READY
                 self.ready.set()

@@ -137,6 +137,7 @@ def init(dev: bool, directory: str, as_json: bool) -> None:
 
     async def prepare(engine: AsyncEngine) -> InitResult:
         await schema.upgrade(engine)
+        await create_quickstart_keys(engine, settings, SystemClock().now())
         users = SqlSmtpUsers(engine)
         # Saved credentials are reused only while the database still knows them (it may have
         # been deleted to start afresh); otherwise the quickstart would print a dead key.
@@ -173,6 +174,23 @@ def init(dev: bool, directory: str, as_json: bool) -> None:
         click.echo(json.dumps(asdict(result)))
         return
     click.echo(quickstart_banner(result, settings))
+
+
+async def create_quickstart_keys(engine: AsyncEngine, settings: Settings, now: float) -> None:
+    """An RSA-2048 and an Ed25519 key for the quickstart domain, unless it has keys already."""
+    from postroom.dkim.management import create_selector
+    from postroom.store.dkim_keys import SqlDkimKeys
+
+    keys = SqlDkimKeys(engine)
+    if await keys.list(QUICKSTART_DOMAIN):
+        return
+    for selector, algorithm in (("quickstart-rsa", "rsa"), ("quickstart-ed", "ed25519")):
+        path = Path(settings.dkim_key_dir) / QUICKSTART_DOMAIN / f"{selector}.pem"
+        if path.exists():  # the database was deleted to start afresh: keep the key files
+            await keys.add(QUICKSTART_DOMAIN, selector, algorithm, str(path), now)
+            continue
+        await create_selector(keys, Path(settings.dkim_key_dir), QUICKSTART_DOMAIN, selector,
+                              algorithm, 2048, now)  # type: ignore[arg-type]  # fmt: skip
 
 
 def quickstart_banner(result: InitResult, settings: Settings) -> str:
@@ -257,10 +275,43 @@ def serve(ctx: click.Context) -> None:
 @config_option
 @click.pass_context
 def check_config(ctx: click.Context) -> None:
-    """Validate the configuration; print every problem with its key."""
+    """Validate the configuration, and the DKIM keys the database lists; print every problem."""
+    from postroom.dkim.keyring import load_keyring
+    from postroom.store.dkim_keys import SqlDkimKeys
+
     path = find_config_path(ctx.obj.get("config"), os.environ)
-    settings_from(ctx)
+    settings = settings_from(ctx)
+
+    async def key_problems(engine: AsyncEngine) -> list[str]:
+        keyring = load_keyring(await SqlDkimKeys(engine).list())
+        found = [f"dkim {domain}: {reason}" for domain, reasons in keyring.problems.items()
+                 for reason in reasons]  # fmt: skip
+        for domain in settings.domains:
+            if domain.dkim == "required" and not keyring.signer.keys_for(domain.name) \
+                    and domain.name not in keyring.problems:  # fmt: skip
+                found.append(f"dkim {domain.name}: no active key; mail from it is refused until "
+                             f"`postroom dkim keygen --domain {domain.name} --selector NAME`")  # fmt: skip
+        return found
+
+    try:
+        problems = asyncio.run(_with_engine(settings, key_problems))
+    except PostroomError as exc:
+        click.echo(f"{path}: ok (DKIM keys not checked: {exc})")
+        return
+    for problem in problems:
+        click.echo(f"postroom: {problem}", err=True)
+    if problems:
+        sys.exit(1)
     click.echo(f"{path}: ok")
+
+
+async def _with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    engine = create_engine(settings.database)
+    try:
+        await schema.require_current(engine)
+        return await work(engine)
+    finally:
+        await engine.dispose()
 
 
 @main.group()
@@ -424,6 +475,159 @@ def queue_purge(ctx: click.Context, message_id: str | None, state: str | None, y
     if message_id and count == 0:
         fail(f"no message {message_id}")
     click.echo(f"{count} messages deleted")
+
+
+# -- dkim -------------------------------------------------------------------------------------
+
+
+def configured_domain(settings: Settings, name: str) -> str:
+    domain = settings.domain(name)
+    if domain is None:
+        fail(f"{name} is not a sending domain: add a [[domains]] entry with name = \"{name}\"", 2)
+    assert domain is not None
+    return domain.name
+
+
+def print_records(records: list[Any], as_json: bool) -> None:
+    from postroom.dkim.keys import split_txt
+
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in records], indent=2))
+        return
+    for r in records:
+        if r.note:
+            click.echo(f"; {r.note}")
+        value = r.value
+        if r.type == "TXT":
+            value = " ".join(f'"{part}"' for part in split_txt(r.value))
+            if len(split_txt(r.value)) > 1:
+                value = f"( {value} )"
+        click.echo(f"{r.name}. IN {r.type} {value}")
+
+
+@main.group()
+def dkim() -> None:
+    """DKIM keys: create, rotate, and the DNS records they need."""
+
+
+@dkim.command("keygen")
+@config_option
+@click.option("--domain", required=True)
+@click.option("--selector", required=True)
+@click.option("--algorithm", type=click.Choice(["rsa", "ed25519"]), default="rsa", show_default=True)
+@click.option("--bits", type=click.IntRange(2048, 4096), default=2048, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def dkim_keygen(ctx: click.Context, domain: str, selector: str, algorithm: str, bits: int,
+                as_json: bool) -> None:  # fmt: skip
+    """Create a key (mode 0600 in the key directory) and print its DNS TXT record."""
+    from postroom.dkim.management import create_selector
+    from postroom.store.dkim_keys import SqlDkimKeys
+
+    settings = settings_from(ctx)
+    name = configured_domain(settings, domain)
+    record, published = run_db(settings, lambda e: create_selector(
+        SqlDkimKeys(e), Path(settings.dkim_key_dir), name, selector, algorithm,  # type: ignore[arg-type]
+        bits, time.time()))  # fmt: skip
+    if not as_json:
+        click.echo(f"; {record.selector} ({record.algorithm}) for {name}: {record.state.value}, "
+                   f"key in {record.key_path}")  # fmt: skip
+    print_records([published], as_json)
+
+
+@dkim.command("rotate")
+@config_option
+@click.argument("domain")
+@click.option("--algorithm", "algorithms", multiple=True, type=click.Choice(["rsa", "ed25519"]),
+              help="Rotate only these (default: every algorithm the domain signs with).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def dkim_rotate(ctx: click.Context, domain: str, algorithms: tuple[str, ...], as_json: bool) -> None:
+    """Add new selectors; signing switches to them once their records are seen in DNS."""
+    import datetime
+
+    from postroom.dkim.management import create_selector, rotation_selector
+    from postroom.store.dkim_keys import SelectorState, SqlDkimKeys
+
+    settings = settings_from(ctx)
+    name = configured_domain(settings, domain)
+
+    async def rotate(engine: AsyncEngine) -> list[Any]:
+        keys = SqlDkimKeys(engine)
+        rows = await keys.list(name, include_retired=True)
+        active = {r.algorithm for r in rows if r.state is SelectorState.ACTIVE}
+        wanted = set(algorithms) or active
+        if not wanted:
+            fail(f"{name} has no active DKIM key to rotate: create one with `postroom dkim keygen`")
+        taken = {r.selector for r in rows}
+        made = []
+        for algorithm in sorted(wanted):
+            selector = rotation_selector(algorithm, datetime.date.today(), taken)
+            taken.add(selector)
+            made.append((await create_selector(keys, Path(settings.dkim_key_dir), name, selector,
+                                               algorithm, 2048, time.time()))[1])  # type: ignore[arg-type]  # fmt: skip
+        return made
+
+    made = run_db(settings, rotate)
+    if not as_json:
+        days = settings.dkim.rotation_overlap / 86400
+        click.echo(f"; publish these records; postroom keeps signing with the current selectors "
+                   f"until it sees them in DNS, then switches and keeps the old records listed for "
+                   f"{days:g} days")  # fmt: skip
+    print_records(made, as_json)
+
+
+@dkim.command("dns")
+@config_option
+@click.argument("domain")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def dkim_dns(ctx: click.Context, domain: str, as_json: bool) -> None:
+    """Every DNS record the domain needs: DKIM per selector, SPF, DMARC, MX, MTA-STS, TLS-RPT."""
+    from postroom.dkim.management import published_dkim_records
+    from postroom.store.dkim_keys import SqlDkimKeys
+
+    settings = settings_from(ctx)
+    name = configured_domain(settings, domain)
+    records: list[Any] = run_db(settings, lambda e: published_dkim_records(SqlDkimKeys(e), name))
+    records += other_domain_records(settings, name)
+    print_records(records, as_json)
+
+
+def other_domain_records(settings: Settings, name: str) -> list[Any]:
+    """SPF, DMARC, MX and the MTA-STS / TLS-RPT suggestions (from the domain checks)."""
+    from postroom.dkim.management import PublishedRecord
+    from postroom.domains.checks import DomainExpectation, suggested_records
+
+    domain = settings.domain(name)
+    assert domain is not None
+    expectation = DomainExpectation(
+        domain=name, dkim=(), sending_ips=settings.delivery.sending_ips,
+        mx_host=settings.smtp.hostname, bounce_domain=domain.return_path_domain,
+    )  # fmt: skip
+    return [
+        PublishedRecord(r["name"], r["type"], r["value"])
+        for r in suggested_records(expectation)
+        if r["type"] != "TXT" or "._domainkey." not in r["name"]
+    ]
+
+
+@dkim.command("ls")
+@config_option
+@click.argument("domain", required=False)
+@click.option("--all", "include_retired", is_flag=True, help="Include retired selectors.")
+@click.pass_context
+def dkim_ls(ctx: click.Context, domain: str | None, include_retired: bool) -> None:
+    """Selectors and their state (pending, active, retiring, retired)."""
+    from postroom.store.dkim_keys import SqlDkimKeys
+
+    settings = settings_from(ctx)
+    rows = run_db(settings, lambda e: SqlDkimKeys(e).list(domain, include_retired))
+    click.echo(f"{'DOMAIN':30}  {'SELECTOR':16}  {'ALG':8}  {'STATE':9}  {'SINCE (UTC)':19}  RETIRE AT")
+    for r in rows:
+        since = r.activated_at or r.created_at
+        click.echo(f"{r.domain:30}  {r.selector:16}  {r.algorithm:8}  {r.state.value:9}  "
+                   f"{when(since):19}  {when(r.retire_at)}")  # fmt: skip
 
 
 # -- apikeys, smtp-users ----------------------------------------------------------------------

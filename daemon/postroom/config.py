@@ -145,6 +145,32 @@ class DeliverySettings(_Section):
     retry_max: float = Field(default=4 * 3600.0, gt=0)
     max_age: float = Field(default=5 * 86400.0, gt=0)
     drain_grace: float = Field(default=10.0, ge=0)
+    dns_resolver: str = ""  # "host:port" of the DNS server to ask; "" = the system resolver
+    sending_ips: tuple[str, ...] = ()  # the public addresses mail leaves from (for SPF checks)
+
+    @field_validator("sending_ips", mode="before")
+    @classmethod
+    def _split_ips(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("sending_ips")
+    @classmethod
+    def _valid_ips(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IP address") from None
+        return value
+
+    @field_validator("dns_resolver")
+    @classmethod
+    def _valid_resolver(cls, value: str) -> str:
+        if value:
+            parse_hostport(value, default_port=53)
+        return value
 
     @model_validator(mode="after")
     def _mode_needs(self) -> DeliverySettings:
@@ -181,6 +207,32 @@ class LogSettings(_Section):
 
 class DomainSettings(_Section):
     name: str = Field(min_length=1, max_length=253)
+    # The envelope-sender (return-path) domain whose MX must point to us, for bounces; "" = name.
+    bounce_domain: str = ""
+    # "required": every message from this domain is DKIM-signed, and refused at submission while
+    # the domain has no usable key. "off": not signed here (a relay that signs, a lab).
+    dkim: Literal["required", "off"] = "required"
+
+    @field_validator("name", "bounce_domain")
+    @classmethod
+    def _lower_domain(cls, value: str) -> str:
+        value = value.strip().rstrip(".").lower()
+        if value and (" " in value or "@" in value or "." not in value.strip(".")):
+            raise ValueError(f"{value!r} is not a domain name")
+        return value
+
+    @property
+    def return_path_domain(self) -> str:
+        return self.bounce_domain or self.name
+
+
+class DkimSettings(_Section):
+    key_dir: str = ""  # where `postroom dkim keygen` writes keys; "" = <state_dir>/dkim
+    # How long a replaced selector's record stays published (and listed by `dkim dns`) after the
+    # switch, so mail signed with it in flight still verifies. Default: 7 days.
+    rotation_overlap: float = Field(default=7 * 86400.0, ge=0)
+    # How often the daemon looks for pending selectors in DNS and retires old ones.
+    rotation_check_interval: float = Field(default=600.0, gt=0)
 
 
 class Settings(_Section):
@@ -191,6 +243,23 @@ class Settings(_Section):
     log: LogSettings = Field(default_factory=LogSettings)
     processes: ProcessSettings = Field(default_factory=ProcessSettings)
     domains: tuple[DomainSettings, ...] = ()
+    dkim: DkimSettings = Field(default_factory=DkimSettings)
+
+    @model_validator(mode="after")
+    def _unique_domains(self) -> Settings:
+        names = [d.name for d in self.domains]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"domains listed twice: {', '.join(duplicates)}")
+        return self
+
+    def domain(self, name: str) -> DomainSettings | None:
+        wanted = name.lower().rstrip(".")
+        return next((d for d in self.domains if d.name == wanted), None)
+
+    @property
+    def dkim_key_dir(self) -> str:
+        return self.dkim.key_dir or str(Path(self.state_dir) / "dkim")
     state_dir: str = "/var/lib/postroom"
 
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from postroom.core.clock import Clock
-from postroom.core.errors import StoreError
+from postroom.core.errors import PostroomError, StoreError
 from postroom.core.types import DeliveryState, RecipientResult, Verdict
 from postroom.delivery.transport import Transport
 from postroom.metrics import Metrics
@@ -205,7 +205,18 @@ class DeliveryWorker:
         try:
             if message is None:
                 raise LookupError(f"message {message_id} has deliveries but no stored content")
-            content = await self._prepare(message)
+            try:
+                content = await self._prepare(message)
+            except PostroomError as exc:
+                # A known, fixable local condition (say a DKIM key that became unreadable): retry
+                # later like a temporary failure, rather than park the message or send it unsigned.
+                logger.error("cannot prepare message %s: %s", message_id, exc)
+                now = self._clock.now()
+                return [
+                    decide(d, RecipientResult(d.recipient, Verdict.DEFERRED, f"local: {exc}"),
+                           self._policy, now, self._draw())
+                    for d in group
+                ]  # fmt: skip
             results = await self._transport.send(message, content, [d.recipient for d in group])
             by_recipient = {r.recipient: r for r in results}
             now = self._clock.now()

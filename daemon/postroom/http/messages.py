@@ -20,6 +20,7 @@ from postroom.core.compose import Attachment, Draft, address_of, compose, format
 from postroom.core.errors import InvalidMessageError
 from postroom.core.ids import new_message_id
 from postroom.core.types import DeliveryState, IdempotencyKey, Submission
+from postroom.dkim.keyring import SendingPolicy
 from postroom.http.auth import caller, requires
 from postroom.http.errors import ApiError
 from postroom.metrics import Metrics
@@ -191,6 +192,7 @@ class MessageRoutes:
         metrics: Metrics,
         hostname: str,
         max_message_size: int,
+        policy: SendingPolicy,
     ):
         self._submissions = submissions
         self._store = store
@@ -198,6 +200,7 @@ class MessageRoutes:
         self._metrics = metrics
         self._hostname = hostname
         self._max_message_size = max_message_size
+        self._policy = policy
 
     def register(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self.send)
@@ -228,6 +231,10 @@ class MessageRoutes:
         except InvalidMessageError:
             self._metrics.rejected.labels("api", "invalid").inc()
             raise
+        refusal = self._policy.check(submission.header_from)
+        if refusal is not None:
+            self._metrics.rejected.labels("api", refusal.code).inc()
+            raise ApiError(422, refusal.code, refusal.reason)
         if len(submission.content) > self._max_message_size:
             self._metrics.rejected.labels("api", "too_large").inc()
             raise ApiError(413, "payload_too_large", f"the message is {len(submission.content)} bytes; "

@@ -29,6 +29,7 @@ class QueuedMessage:
     stream: str
     route: str
     created_at: float
+    header_from: str | None = None  # the From header, whose domain signs the message
 
 
 @dataclass(frozen=True)

@@ -244,12 +244,15 @@ class SqlQueueStore:
             messages.c.stream,
             messages.c.route,
             messages.c.created_at,
+            messages.c.header_from,
         ).where(messages.c.id.in_(wanted))
         with translate_errors("loading messages"):
             async with self._reads.connect() as conn:
                 rows = (await conn.execute(statement)).all()
         return {
-            r.id: QueuedMessage(r.id, r.mail_from, bytes(r.content), r.stream, r.route, r.created_at)
+            r.id: QueuedMessage(
+                r.id, r.mail_from, bytes(r.content), r.stream, r.route, r.created_at, r.header_from
+            )
             for r in rows
         }
 

@@ -19,6 +19,7 @@ from postroom.core.clock import Clock
 from postroom.core.errors import PostroomError, StoreError
 from postroom.core.ids import new_message_id
 from postroom.core.types import Submission
+from postroom.dkim.keyring import SendingPolicy
 from postroom.metrics import Metrics
 from postroom.smtp.protocol import FixedReflection
 from postroom.smtp.stamping import received_field, stamp, summarise_headers
@@ -47,12 +48,14 @@ class SubmissionHandler(FixedReflection):
         hostname: str,
         max_recipients: int,
         trusted_networks: Sequence[str],
+        policy: SendingPolicy,
     ):
         self._submit = submit
         self._clock = clock
         self._metrics = metrics
         self._hostname = hostname
         self._max_recipients = max_recipients
+        self._policy = policy
         self._trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
 
     def trusted(self, session: Session) -> bool:
@@ -94,8 +97,14 @@ class SubmissionHandler(FixedReflection):
         queue_id = new_message_id(now)
         try:
             summary = summarise_headers(content)
-        except Exception:  # a header block the stdlib parser chokes on: refuse, never crash
+        except Exception:  # a header block the parser chokes on: refuse, never crash
             return "554 5.6.0 Message header could not be parsed"
+        refusal = self._policy.check(summary.header_from)
+        if refusal is not None:
+            self._metrics.rejected.labels("smtp", refusal.code).inc()
+            if refusal.permanent:
+                return f"550 5.7.1 {refusal.reason}"
+            return f"451 4.7.5 {refusal.reason}"
         protocol = "ESMTP" + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
         received = received_field(
             helo=session.host_name,

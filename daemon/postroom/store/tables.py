@@ -100,3 +100,18 @@ smtp_users = sa.Table(
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+
+# DKIM selectors and their life cycle: pending (record not yet seen in DNS) -> active (signing)
+# -> retiring (replaced; its record must stay published until retire_at) -> retired.
+dkim_keys = sa.Table(
+    "dkim_keys",
+    metadata,
+    sa.Column("domain", sa.String(253), primary_key=True),
+    sa.Column("selector", sa.String(63), primary_key=True),
+    sa.Column("algorithm", sa.String(16), nullable=False),
+    sa.Column("key_path", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("activated_at", sa.Float),
+    sa.Column("retire_at", sa.Float),
+)

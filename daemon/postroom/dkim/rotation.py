@@ -1,0 +1,117 @@
+"""`KeyMonitor`: the daemon side of key rotation, and reloading keys without a restart.
+
+Every `rotation_check_interval` (and on demand), it looks up each pending selector's record in DNS;
+once the published key is ours, that selector becomes active and the one it replaces starts
+retiring (its record must stay published for `rotation_overlap`, for mail signed with it that is
+still in flight). Retiring selectors past their overlap are retired. Then the signing keys are
+reloaded into the sending policy. With several daemons on PostgreSQL, each runs this; activation
+is idempotent (a selector no longer pending is skipped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+from postroom.core.clock import Clock
+from postroom.core.errors import ConflictError, PostroomError
+from postroom.dkim.errors import DkimKeyError
+from postroom.dkim.keyring import SendingPolicy, load_keyring
+from postroom.dkim.keys import dns_record_name, dns_record_value, load_key
+from postroom.store.dkim_keys import SelectorState, SqlDkimKeys
+
+logger = logging.getLogger(__name__)
+
+
+class TxtLookup(Protocol):
+    async def txt(self, name: str) -> list[str]: ...
+
+
+def record_tags(value: str) -> dict[str, str]:
+    """The tag=value pairs of a DKIM key record (RFC 6376 §3.6.1), whitespace removed."""
+    tags = {}
+    for part in value.split(";"):
+        name, eq, tag_value = part.partition("=")
+        if eq:
+            tags[name.strip().lower()] = "".join(tag_value.split())
+    return tags
+
+
+def publishes_key(found: list[str], expected: str) -> bool:
+    """Whether one of the TXT values found carries the same key (k= and p=) as `expected`."""
+    want = record_tags(expected)
+    for value in found:
+        tags = record_tags(value)
+        if tags.get("p") == want.get("p") and tags.get("k", "rsa") == want.get("k", "rsa"):
+            return True
+    return False
+
+
+class KeyMonitor:
+    def __init__(
+        self,
+        keys: SqlDkimKeys,
+        policy: SendingPolicy,
+        lookup: TxtLookup | None,
+        clock: Clock,
+        *,
+        interval: float,
+        overlap: float,
+    ):
+        self._keys = keys
+        self._policy = policy
+        self._lookup = lookup
+        self._clock = clock
+        self._interval = interval
+        self._overlap = overlap
+
+    async def reload(self) -> None:
+        keyring = await asyncio.to_thread(load_keyring, await self._keys.list())
+        for domain, reasons in keyring.problems.items():
+            for reason in reasons:
+                logger.error("DKIM key for %s unusable: %s", domain, reason)
+        for name in keyring.weak:
+            logger.warning("DKIM key %s is RSA shorter than 2048 bits; rotate it", name)
+        self._policy.replace_keyring(keyring)
+
+    async def check_once(self) -> list[str]:
+        """Activate pending selectors seen in DNS, retire old ones, reload; return activations."""
+        activated = []
+        if self._lookup is not None:
+            for record in await self._keys.list():
+                if record.state is not SelectorState.PENDING:
+                    continue
+                name = dns_record_name(record.domain, record.selector)
+                try:
+                    key = await asyncio.to_thread(load_key, record.key_path, record.domain, record.selector)
+                    found = await self._lookup.txt(name)
+                except DkimKeyError as exc:
+                    logger.error("pending DKIM selector %s unusable: %s", name, exc)
+                    continue
+                except PostroomError as exc:
+                    logger.warning("could not look up %s: %s", name, exc)
+                    continue
+                if publishes_key(found, dns_record_value(key.private_key)):
+                    with contextlib.suppress(ConflictError):  # another daemon was first
+                        await self._keys.activate(record.domain, record.selector,
+                                                  self._clock.now(), self._overlap)  # fmt: skip
+                        activated.append(name)
+                        logger.info("DKIM selector %s seen in DNS: now signing with it", name)
+        retired = await self._keys.retire_due(self._clock.now())
+        if retired:
+            logger.info("retired %d DKIM selectors past their overlap", retired)
+        await self.reload()
+        return activated
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._interval)
+            if stop.is_set():
+                return
+            try:
+                await self.check_once()
+            except PostroomError as exc:
+                logger.warning("DKIM key check failed: %s", exc)
