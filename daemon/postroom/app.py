@@ -168,7 +168,7 @@ class Daemon:
                         poll_interval=settings.delivery.poll_interval,
                         drain_grace=settings.delivery.drain_grace,
                     ),
-                    prepare=DkimPreparer(policy, self.clock, signing_pool),
+                    prepare=DkimPreparer(policy, self.clock, self.metrics, signing_pool),
                 )
             wake = worker.wake if worker else (lambda: None)
             def committed(batch: list[Submission], seconds: float) -> None:

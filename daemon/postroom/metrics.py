@@ -140,6 +140,25 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=registry,
         )
+        self.dkim_sign_seconds = Histogram(
+            "postroom_dkim_sign_seconds",
+            "Time to DKIM-sign one message with all its domain's keys (in the signing thread pool)",
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+            registry=registry,
+        )
+        self.dkim_signatures = Counter(
+            "postroom_dkim_signatures",
+            "Messages signed, by result (signed, unsigned: domain not signed here, failed)",
+            ["result"],
+            registry=registry,
+        )
+        self.domain_check = Gauge(
+            "postroom_domain_check_ok",
+            "Last `domains check` verdict per domain and record kind (1 ok, 0 not ok)",
+            ["domain", "record"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
         self.ready = Gauge(
             "postroom_ready",
             "1 when the daemon serves traffic (with several processes: all of them)",

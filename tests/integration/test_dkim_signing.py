@@ -82,6 +82,9 @@ async def test_api_mail_is_signed_with_rsa_and_ed25519(tmp_path: Path) -> None:
                              headers={"Authorization": f"Bearer {token}"}) as response:  # fmt: skip
             assert response.status == 202, await response.text()
         sent = await outbox_message(Path(settings.delivery.capture_dir))
+        await wait_until(lambda: d.metric("postroom_dkim_signatures_total", {"result": "signed"}) == 1, 5,
+                         what="the signing counter")  # fmt: skip
+        assert d.metric("postroom_dkim_sign_seconds_count") == 1
     headers = sent.split(b"\r\n\r\n")[0]
     assert headers.count(b"DKIM-Signature:") == 2
     assert b"a=rsa-sha256" in headers and b"a=ed25519-sha256" in headers

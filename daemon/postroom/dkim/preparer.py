@@ -7,25 +7,51 @@ time of signing. A message whose From domain is not signed here goes out as stor
 
 from __future__ import annotations
 
+import asyncio
+import time
 from concurrent.futures import Executor
 
 from postroom.core.clock import Clock
+from postroom.core.errors import PostroomError
 from postroom.dkim.keyring import SendingPolicy
-from postroom.dkim.signing import sign_in_thread
+from postroom.dkim.signing import Signer
+from postroom.metrics import Metrics
 from postroom.queue.models import QueuedMessage
 
 
 class DkimPreparer:
-    def __init__(self, policy: SendingPolicy, clock: Clock, executor: Executor | None = None):
+    def __init__(
+        self,
+        policy: SendingPolicy,
+        clock: Clock,
+        metrics: Metrics,
+        executor: Executor | None = None,
+    ):
         self._policy = policy
         self._clock = clock
+        self._metrics = metrics
         self._executor = executor
+
+    def _sign_timed(self, signer: Signer, content: bytes, domain: str, now: int) -> bytes:
+        started = time.perf_counter()
+        signed = signer.sign(content, domain, now)
+        self._metrics.dkim_sign_seconds.observe(time.perf_counter() - started)
+        return signed
 
     async def __call__(self, message: QueuedMessage) -> bytes:
         domain = self._policy.signing_domain(message.header_from)
         if domain is None:
+            self._metrics.dkim_signatures.labels("unsigned").inc()
             return message.content
         signer = self._policy.keyring.signer
-        return await sign_in_thread(
-            self._executor, signer, message.content, domain, int(self._clock.now())
-        )
+        loop = asyncio.get_running_loop()
+        try:
+            signed = await loop.run_in_executor(
+                self._executor, self._sign_timed, signer, message.content, domain,
+                int(self._clock.now()),
+            )  # fmt: skip
+        except PostroomError:
+            self._metrics.dkim_signatures.labels("failed").inc()
+            raise
+        self._metrics.dkim_signatures.labels("signed").inc()
+        return signed
