@@ -371,7 +371,17 @@ def send(ctx: click.Context, sender: str, to: tuple[str, ...], subject: str, tex
         submitted_by=f"cli:{os.getenv('USER', 'unknown')}", header_from=header_from,
         subject=subject_line, stream=stream, message_id=message_id,
     )  # fmt: skip
-    ids = run_db(settings, lambda engine: SqlQueueStore(engine).insert_many([submission], now))
+    async def queue_it(engine: AsyncEngine) -> list[str]:
+        from postroom.dkim.keyring import SendingPolicy, load_keyring
+        from postroom.store.dkim_keys import SqlDkimKeys
+
+        keyring = await asyncio.to_thread(load_keyring, await SqlDkimKeys(engine).list())
+        refusal = SendingPolicy(settings.domains, keyring).check(header_from or sender)
+        if refusal is not None:
+            fail(refusal.reason, 1)
+        return await SqlQueueStore(engine).insert_many([submission], now)
+
+    ids = run_db(settings, queue_it)
     click.echo(ids[0])
 
 
