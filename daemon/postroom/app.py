@@ -23,7 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
-from postroom.config import Settings
+from postroom.config import Settings, parse_hostport
 from postroom.core.clock import Clock, SystemClock
 from postroom.core.types import DeliveryState, Submission
 from postroom.delivery.transport import (
@@ -35,7 +35,11 @@ from postroom.delivery.transport import (
 from postroom.delivery.worker import DeliveryWorker, WorkerOptions
 from postroom.dkim.keyring import Keyring, SendingPolicy
 from postroom.dkim.preparer import DkimPreparer
-from postroom.dkim.rotation import KeyMonitor, TxtLookup
+from postroom.dkim.rotation import KeyMonitor
+from postroom.domains.lookup import DnsLookup
+from postroom.domains.resolver import DnspythonLookup
+from postroom.domains.service import DomainChecker
+from postroom.http.domains import DomainRoutes
 from postroom.dkim.signing import Signer
 from postroom.http.messages import MessageRoutes
 from postroom.http.server import HttpServer, build_app
@@ -111,7 +115,7 @@ class Daemon:
         registry: CollectorRegistry | None = None,
         environ: Mapping[str, str] | None = None,
         reuse_port: bool = False,
-        dns_lookup: TxtLookup | None = None,
+        dns_lookup: DnsLookup | None = None,
     ):
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -137,13 +141,19 @@ class Daemon:
                 stack.callback(writer.close)
             store = SqlQueueStore(engine, gate, writer)
 
+            lookup = self.dns_lookup or DnspythonLookup(
+                parse_hostport(settings.delivery.dns_resolver, default_port=53)
+                if settings.delivery.dns_resolver
+                else None,
+                timeout=5.0,
+            )
             policy = SendingPolicy(settings.domains, Keyring(Signer([])))
             signing_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
             stack.callback(signing_pool.shutdown, wait=True)
             key_monitor = KeyMonitor(
                 SqlDkimKeys(engine),
                 policy,
-                self.dns_lookup,
+                lookup,
                 self.clock,
                 interval=settings.dkim.rotation_check_interval,
                 overlap=settings.dkim.rotation_overlap,
@@ -235,6 +245,16 @@ class Daemon:
                     ),
                     self.metrics,
                     readiness,
+                    DomainRoutes(
+                        DomainChecker(
+                            settings.domains,
+                            SqlDkimKeys(engine),
+                            lookup,
+                            self.metrics,
+                            sending_ips=settings.delivery.sending_ips,
+                            mx_host=settings.smtp.hostname,
+                        )
+                    ),
                 ),
                 reuse_port=self.reuse_port,
             )

@@ -640,6 +640,57 @@ def dkim_ls(ctx: click.Context, domain: str | None, include_retired: bool) -> No
                    f"{when(since):19}  {when(r.retire_at)}")  # fmt: skip
 
 
+# -- domains ----------------------------------------------------------------------------------
+
+
+def dns_lookup(settings: Settings) -> Any:
+    from postroom.config import parse_hostport
+    from postroom.domains.resolver import DnspythonLookup
+
+    resolver = settings.delivery.dns_resolver
+    return DnspythonLookup(parse_hostport(resolver, default_port=53) if resolver else None, timeout=5.0)
+
+
+@main.group()
+def domains() -> None:
+    """Sending domains."""
+
+
+@domains.command("check")
+@config_option
+@click.argument("domain")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def domains_check(ctx: click.Context, domain: str, as_json: bool) -> None:
+    """Check the domain's DNS: DKIM, SPF, DMARC, bounce MX. Exit 1 unless everything is ok."""
+    from prometheus_client import CollectorRegistry
+
+    from postroom.domains.service import DomainChecker
+    from postroom.metrics import Metrics
+    from postroom.store.dkim_keys import SqlDkimKeys
+
+    settings = settings_from(ctx)
+    name = configured_domain(settings, domain)
+    lookup = dns_lookup(settings)
+    report = run_db(settings, lambda e: DomainChecker(
+        settings.domains, SqlDkimKeys(e), lookup, Metrics(CollectorRegistry()),
+        sending_ips=settings.delivery.sending_ips, mx_host=settings.smtp.hostname,
+    ).check(name))  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        for check in report.checks:
+            click.echo(f"{check.verdict.upper():9} {check.kind:6} {check.name} {check.type}")
+            if check.verdict != "ok":
+                click.echo(f"          expected: {check.expected}")
+                click.echo(f"          found:    {' | '.join(check.found) or '(nothing)'}")
+            if check.detail:
+                click.echo(f"          {check.detail}")
+        click.echo(f"{report.domain}: {'ok' if report.ok else 'NOT OK'}")
+    if not report.ok:
+        sys.exit(1)
+
+
 # -- apikeys, smtp-users ----------------------------------------------------------------------
 
 

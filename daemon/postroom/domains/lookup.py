@@ -15,7 +15,7 @@ from postroom.core.errors import PostroomError
 
 
 class DnsLookupError(PostroomError):
-    """DNS gave no usable answer (timeout, SERVFAIL, no reachable server); the text names the query."""
+    """DNS gave no usable answer (timeout, SERVFAIL, no server); the text names the query."""
 
 
 class DnsLookup(Protocol):

@@ -48,7 +48,6 @@ _MACRO = re.compile(
     r"%(?:\{(?P<letter>[A-Za-z])(?P<digits>\d*)(?P<reverse>[rR]?)(?P<delims>[-.+,/_=]*)\}"
     r"|(?P<escape>[%_-]))"
 )
-_DOMAIN_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 @dataclass(frozen=True)
@@ -376,5 +375,7 @@ class _Evaluation:
 
 
 def _valid_domain(domain: str) -> bool:
+    """§4.3: a multi-label name with no empty label and none over 63 octets. Any octet may appear in
+    a label (macro expansions carry "@", "+" or "%"), so the characters are not checked."""
     labels = domain.split(".")
-    return len(labels) > 1 and len(domain) <= 253 and all(map(_DOMAIN_LABEL.fullmatch, labels))
+    return len(labels) > 1 and len(domain) <= 253 and all(0 < len(label) <= 63 for label in labels)

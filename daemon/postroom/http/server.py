@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from postroom.config import HttpSettings, parse_hostport
 from postroom.http.auth import API_KEY, bearer_auth
 from postroom.http.errors import Handler, error_response, json_errors
+from postroom.http.domains import DomainRoutes
 from postroom.http.messages import MessageRoutes
 from postroom.metrics import Metrics, scrape_registry
 from postroom.store.credentials import SqlApiKeys
@@ -27,6 +28,7 @@ def build_app(
     messages: MessageRoutes,
     metrics: Metrics,
     readiness: ReadinessCheck,
+    domains: DomainRoutes | None = None,
 ) -> web.Application:
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -59,6 +61,8 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     messages.register(app)
+    if domains is not None:
+        domains.register(app)
     return app
 
 
