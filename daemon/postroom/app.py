@@ -23,7 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
-from postroom.config import Settings, parse_hostport
+from postroom.config import Settings
 from postroom.core.clock import Clock, SystemClock
 from postroom.core.types import DeliveryState, Submission
 from postroom.delivery.transport import (
@@ -37,7 +37,7 @@ from postroom.dkim.keyring import Keyring, SendingPolicy
 from postroom.dkim.preparer import DkimPreparer
 from postroom.dkim.rotation import KeyMonitor
 from postroom.domains.lookup import DnsLookup
-from postroom.domains.resolver import DnspythonLookup
+from postroom.domains.resolver import lookup_for
 from postroom.domains.service import DomainChecker
 from postroom.http.domains import DomainRoutes
 from postroom.dkim.signing import Signer
@@ -141,12 +141,7 @@ class Daemon:
                 stack.callback(writer.close)
             store = SqlQueueStore(engine, gate, writer)
 
-            lookup = self.dns_lookup or DnspythonLookup(
-                parse_hostport(settings.delivery.dns_resolver, default_port=53)
-                if settings.delivery.dns_resolver
-                else None,
-                timeout=5.0,
-            )
+            lookup = self.dns_lookup or lookup_for(settings.delivery.dns_resolver)
             policy = SendingPolicy(settings.domains, Keyring(Signer([])))
             signing_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
             stack.callback(signing_pool.shutdown, wait=True)

@@ -643,14 +643,6 @@ def dkim_ls(ctx: click.Context, domain: str | None, include_retired: bool) -> No
 # -- domains ----------------------------------------------------------------------------------
 
 
-def dns_lookup(settings: Settings) -> Any:
-    from postroom.config import parse_hostport
-    from postroom.domains.resolver import DnspythonLookup
-
-    resolver = settings.delivery.dns_resolver
-    return DnspythonLookup(parse_hostport(resolver, default_port=53) if resolver else None, timeout=5.0)
-
-
 @main.group()
 def domains() -> None:
     """Sending domains."""
@@ -665,13 +657,14 @@ def domains_check(ctx: click.Context, domain: str, as_json: bool) -> None:
     """Check the domain's DNS: DKIM, SPF, DMARC, bounce MX. Exit 1 unless everything is ok."""
     from prometheus_client import CollectorRegistry
 
+    from postroom.domains.resolver import lookup_for
     from postroom.domains.service import DomainChecker
     from postroom.metrics import Metrics
     from postroom.store.dkim_keys import SqlDkimKeys
 
     settings = settings_from(ctx)
     name = configured_domain(settings, domain)
-    lookup = dns_lookup(settings)
+    lookup = lookup_for(settings.delivery.dns_resolver)
     report = run_db(settings, lambda e: DomainChecker(
         settings.domains, SqlDkimKeys(e), lookup, Metrics(CollectorRegistry()),
         sending_ips=settings.delivery.sending_ips, mx_host=settings.smtp.hostname,

@@ -37,6 +37,13 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
     return host, int(port)
 
 
+def _comma_list(value: Any) -> Any:
+    """A list key may also be given as "a, b" (handy in environment variables)."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
 def _check_listen(value: str) -> str:
     if value:
         parse_hostport(value)
@@ -95,12 +102,9 @@ class SmtpSettings(_Section):
     def _valid_listen(cls, value: str) -> str:
         return _check_listen(value)
 
-    @field_validator("trusted_networks", mode="before")
-    @classmethod
-    def _split_networks(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
+    _split_networks = field_validator("trusted_networks", mode="before")(
+        classmethod(lambda cls, value: _comma_list(value))
+    )
 
     @field_validator("trusted_networks")
     @classmethod
@@ -148,12 +152,9 @@ class DeliverySettings(_Section):
     dns_resolver: str = ""  # "host:port" of the DNS server to ask; "" = the system resolver
     sending_ips: tuple[str, ...] = ()  # the public addresses mail leaves from (for SPF checks)
 
-    @field_validator("sending_ips", mode="before")
-    @classmethod
-    def _split_ips(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
+    _split_ips = field_validator("sending_ips", mode="before")(
+        classmethod(lambda cls, value: _comma_list(value))
+    )
 
     @field_validator("sending_ips")
     @classmethod
@@ -169,7 +170,11 @@ class DeliverySettings(_Section):
     @classmethod
     def _valid_resolver(cls, value: str) -> str:
         if value:
-            parse_hostport(value, default_port=53)
+            host, _ = parse_hostport(value, default_port=53)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"{host!r} is not an IP address (a resolver is named by its address)") from None
         return value
 
     @model_validator(mode="after")

@@ -119,3 +119,10 @@ def _exchange(name: dns.name.Name) -> str:
     if name == dns.name.root:
         return ""
     return name.to_text(omit_final_dot=True).lower()
+
+
+def lookup_for(resolver: str, timeout: float = 5.0) -> DnspythonLookup:
+    """The lookup for a `[delivery] dns_resolver` setting: "host:port", or "" for the system's."""
+    from postroom.config import parse_hostport
+
+    return DnspythonLookup(parse_hostport(resolver, default_port=53) if resolver else None, timeout)
