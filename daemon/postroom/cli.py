@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postroom.config import Settings, find_config_path, load_settings
 from postroom.core.clock import SystemClock
+from postroom.core.addresses import valid_mailbox
 from postroom.core.compose import Draft, address_of, compose
 from postroom.core.errors import ConfigError, NotFoundError, PostroomError, SchemaNotCurrentError
 from postroom.core.ids import new_message_id
@@ -735,8 +736,11 @@ def smtp_users() -> None:
 @click.argument("username")
 @click.option("--password", default=None, help="Default: generate one and print it.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.option("--allow", "allowed", multiple=True, metavar="DOMAIN|ADDRESS",
+              help="Limit this login to these sender domains or addresses (repeat for several).")  # fmt: skip
 @click.pass_context
-def smtp_users_add(ctx: click.Context, username: str, password: str | None, password_stdin: bool) -> None:
+def smtp_users_add(ctx: click.Context, username: str, password: str | None, password_stdin: bool,
+                   allowed: tuple[str, ...]) -> None:  # fmt: skip
     settings = settings_from(ctx)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -744,7 +748,12 @@ def smtp_users_add(ctx: click.Context, username: str, password: str | None, pass
     secret = password if password is not None else new_password()
     if not secret:
         fail("the password is empty", 2)
-    run_db(settings, lambda e: SqlSmtpUsers(e).add(username, secret, time.time()))
+    for entry in allowed:
+        if "@" in entry and not valid_mailbox(entry):
+            fail(f"--allow {entry}: not an email address", 2)
+        if "@" not in entry and settings.domain(entry) is None:
+            fail(f"--allow {entry}: not a sending domain of this server", 2)
+    run_db(settings, lambda e: SqlSmtpUsers(e).add(username, secret, time.time(), allowed))
     click.echo(f"added {username}" + (f" with password {secret}" if generated else ""))
 
 
@@ -754,7 +763,8 @@ def smtp_users_add(ctx: click.Context, username: str, password: str | None, pass
 def smtp_users_ls(ctx: click.Context) -> None:
     settings = settings_from(ctx)
     for user in run_db(settings, lambda e: SqlSmtpUsers(e).list()):
-        click.echo(f"{user.username}\t{when(user.created_at)}")
+        allowed = ",".join(user.allowed_senders) or "any sending domain"
+        click.echo(f"{user.username}\t{when(user.created_at)}\t{allowed}")
 
 
 @smtp_users.command("rm")

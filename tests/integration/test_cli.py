@@ -469,3 +469,12 @@ async def test_smtp_users_add_list_remove(cli: Cli) -> None:
 def test_smtp_users_refuse_an_empty_password(cli: Cli) -> None:
     assert "empty" in cli.fails("smtp-users", "add", "dave", "--password-stdin", input="\n", code=2)
     assert cli("smtp-users", "ls").stdout.strip() == ""
+
+
+def test_smtp_users_can_be_limited_to_sender_domains(cli: Cli) -> None:
+    cli("smtp-users", "add", "shop", "--password", "pw", "--allow", "postroom.test",
+        "--allow", "Billing@postroom.test")  # fmt: skip
+    [row] = cli("smtp-users", "ls").stdout.splitlines()
+    assert row.split("\t")[2] == "postroom.test,billing@postroom.test"
+    error = cli.fails("smtp-users", "add", "x", "--password", "pw", "--allow", "elsewhere.example", code=2)
+    assert "not a sending domain" in error

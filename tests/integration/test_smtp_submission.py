@@ -287,3 +287,38 @@ async def test_idle_sessions_time_out_and_commands_keep_them_alive(tmp_path: Pat
         await asyncio.sleep(1.0)
         with pytest.raises(aiosmtplib.SMTPServerDisconnected):
             await smtp.noop()
+
+
+async def test_a_login_limited_to_some_senders_cannot_use_others(tmp_path: Path, tls: Tls) -> None:
+    from postroom.store import schema
+    from postroom.store.credentials import SqlSmtpUsers
+
+    settings = make_settings(
+        tmp_path,
+        smtp={"tls_cert": tls.cert, "tls_key": tls.key},
+        delivery={"hold": True},
+        domains=[{"name": "postroom.test", "dkim": "off"}, {"name": "other.test", "dkim": "off"}],
+    )
+    engine = create_engine(settings.database)
+    try:
+        await schema.upgrade(engine)
+        await SqlSmtpUsers(engine).add("shop", "pw-shop", 0.0, ("postroom.test",))
+    finally:
+        await engine.dispose()
+    async with running(settings) as d:
+        smtp = client(d, tls)
+        await smtp.connect()
+        await smtp.starttls()
+        await smtp.ehlo()
+        await smtp.auth_plain("shop", "pw-shop")
+        with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+            await smtp.sendmail("x@other.test", ["a@example.com"], MESSAGE)
+        assert refused.value.code == 550
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused_from:  # allowed envelope, other From
+            await smtp.sendmail("app@postroom.test", ["a@example.com"],
+                                MESSAGE.replace(b"From: app@postroom.test", b"From: x@other.test"))  # fmt: skip
+        assert refused_from.value.code == 550
+        _, reply = await smtp.sendmail("app@postroom.test", ["a@example.com"], MESSAGE)
+        assert "queued as" in reply
+        await smtp.quit()
+    assert await count_rows(settings) == (1, 1)

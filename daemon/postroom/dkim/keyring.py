@@ -43,13 +43,19 @@ def load_keyring(records: Iterable[SelectorRecord]) -> Keyring:
     return Keyring(Signer(keys), problems, weak)
 
 
-def address_domain(value: str | None) -> str | None:
-    """The domain of a From header value ("Shop <a@shop.example>" -> "shop.example")."""
+def address_of_header(value: str | None) -> str | None:
+    """The address in a From header value ("Shop <a@shop.example>" -> "a@shop.example")."""
     if not value:
         return None
     _, address = email.utils.parseaddr(value)
     local, at, domain = address.rpartition("@")
-    return domain.lower().rstrip(".") if at and local and domain else None
+    return f"{local}@{domain.lower().rstrip('.')}" if at and local and domain else None
+
+
+def address_domain(value: str | None) -> str | None:
+    """The domain of a From header value ("Shop <a@shop.example>" -> "shop.example")."""
+    address = address_of_header(value)
+    return address.rpartition("@")[2] if address else None
 
 
 @dataclass(frozen=True)

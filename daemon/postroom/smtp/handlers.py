@@ -19,12 +19,12 @@ from postroom.core.clock import Clock
 from postroom.core.errors import PostroomError, StoreError
 from postroom.core.ids import new_message_id
 from postroom.core.types import Submission
-from postroom.dkim.keyring import SendingPolicy
+from postroom.dkim.keyring import SendingPolicy, address_of_header
 from postroom.metrics import Metrics
 from postroom.smtp.protocol import FixedReflection
 from postroom.smtp.stamping import received_field, stamp, summarise_headers
 from postroom.smtp.throttle import LoginThrottle
-from postroom.store.credentials import SqlSmtpUsers
+from postroom.store.credentials import SmtpUser, SqlSmtpUsers
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,10 @@ class SubmissionHandler(FixedReflection):
             return "530 5.7.0 Authentication required"
         if address and not valid_mailbox(address):
             return "553 5.1.7 Sender address is not a valid mailbox"
+        user = session.auth_data if session.authenticated else None
+        if isinstance(user, SmtpUser) and not user.may_send_as(address):
+            self._metrics.rejected.labels("smtp", "sender_not_allowed").inc()
+            return f"550 5.7.1 <{address}>: this login may not send as this sender"
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 Ok"
@@ -99,6 +103,11 @@ class SubmissionHandler(FixedReflection):
             summary = summarise_headers(content)
         except Exception:  # a header block the parser chokes on: refuse, never crash
             return "554 5.6.0 Message header could not be parsed"
+        user = session.auth_data if session.authenticated else None
+        from_address = address_of_header(summary.header_from)
+        if isinstance(user, SmtpUser) and not user.may_send_as(from_address or ""):
+            self._metrics.rejected.labels("smtp", "sender_not_allowed").inc()
+            return "550 5.7.1 this login may not send with this From address"
         refusal = self._policy.check(summary.header_from)
         if refusal is not None:
             self._metrics.rejected.labels("smtp", refusal.code).inc()
@@ -177,16 +186,16 @@ class Authenticator:
                 message="454 4.7.0 Too many failed logins, try again later",
             )
         try:
-            ok = await self._users.verify(username, password)
+            user = await self._users.login(username, password)
         except PostroomError:
             self._metrics.smtp_auth.labels("error").inc()
             raise
-        if not ok:
+        if user is None:
             self._throttle.record_failure(peer_ip)
             self._metrics.smtp_auth.labels("failed").inc()
             return AuthResult(success=False, handled=False)
         self._throttle.record_success(peer_ip)
         self._metrics.smtp_auth.labels("ok").inc()
-        return AuthResult(success=True, auth_data=username)
+        return AuthResult(success=True, auth_data=user)
 
 

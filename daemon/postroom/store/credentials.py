@@ -97,6 +97,18 @@ class SqlApiKeys:
 class SmtpUser:
     username: str
     created_at: float
+    allowed_senders: tuple[str, ...] = ()  # empty: any configured sending domain
+
+    def __str__(self) -> str:
+        return self.username
+
+    def may_send_as(self, address: str) -> bool:
+        """Whether this login may use `address` (an entry is a whole address or a domain)."""
+        if not self.allowed_senders:
+            return True
+        address = address.lower()
+        domain = address.rpartition("@")[2]
+        return any(entry == address or entry == domain for entry in self.allowed_senders)
 
 
 class SqlSmtpUsers:
@@ -104,32 +116,42 @@ class SqlSmtpUsers:
         self._engine = engine
         self._reads = read_only(engine)
 
-    async def add(self, username: str, password: str, now: float) -> SmtpUser:
+    async def add(
+        self, username: str, password: str, now: float, allowed_senders: tuple[str, ...] = ()
+    ) -> SmtpUser:
         hashed = await asyncio.to_thread(hash_password, password)
+        allowed = tuple(entry.strip().lower() for entry in allowed_senders if entry.strip())
         try:
             with translate_errors("adding an SMTP user"):
                 async with self._engine.begin() as conn:
                     await conn.execute(
                         smtp_users.insert().values(
-                            username=username, password_hash=hashed, created_at=now
+                            username=username, password_hash=hashed, created_at=now,
+                            allowed_senders=list(allowed) or None,
                         )
-                    )
+                    )  # fmt: skip
         except IntegrityError:
             raise ConflictError(f"SMTP user {username} already exists") from None
-        return SmtpUser(username, now)
+        return SmtpUser(username, now, allowed)
 
-    async def verify(self, username: str, password: str) -> bool:
-        """Scrypt runs in a thread so the event loop keeps serving other sessions."""
+    async def login(self, username: str, password: str) -> SmtpUser | None:
+        """The user if the password is right, else None. Scrypt runs in a thread so the event
+        loop keeps serving other sessions."""
         with translate_errors("checking an SMTP login"):
             async with self._reads.connect() as conn:
-                stored = await conn.scalar(
-                    sa.select(smtp_users.c.password_hash).where(smtp_users.c.username == username)
-                )
-        if stored is None:
+                row = (
+                    await conn.execute(sa.select(smtp_users).where(smtp_users.c.username == username))
+                ).first()
+        if row is None:
             # Spend the same time as a real check, so timing does not reveal which users exist.
             await asyncio.to_thread(password_matches, password, _DUMMY_HASH)
-            return False
-        return await asyncio.to_thread(password_matches, password, stored)
+            return None
+        if not await asyncio.to_thread(password_matches, password, row.password_hash):
+            return None
+        return SmtpUser(row.username, row.created_at, tuple(row.allowed_senders or ()))
+
+    async def verify(self, username: str, password: str) -> bool:
+        return await self.login(username, password) is not None
 
     async def list(self) -> list[SmtpUser]:
         with translate_errors("listing SMTP users"):
@@ -137,7 +159,7 @@ class SqlSmtpUsers:
                 rows = (
                     await conn.execute(sa.select(smtp_users).order_by(smtp_users.c.username))
                 ).all()
-        return [SmtpUser(r.username, r.created_at) for r in rows]
+        return [SmtpUser(r.username, r.created_at, tuple(r.allowed_senders or ())) for r in rows]
 
     async def remove(self, username: str) -> None:
         with translate_errors("removing an SMTP user"):

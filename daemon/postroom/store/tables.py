@@ -99,6 +99,8 @@ smtp_users = sa.Table(
     sa.Column("username", sa.String(255), primary_key=True),
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # Sender domains ("example.com") or addresses this login may use; NULL: any configured domain.
+    sa.Column("allowed_senders", sa.JSON),
 )
 
 # DKIM selectors and their life cycle: pending (record not yet seen in DNS) -> active (signing)
