@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from postroom.config import Settings
 from postroom.core.clock import Clock, SystemClock
+from postroom.core.errors import PostroomError
 from postroom.core.types import DeliveryState, Submission
 from postroom.delivery.transport import (
     CaptureTransport,
@@ -124,6 +125,7 @@ class Daemon:
         self.reuse_port = reuse_port
         self.dns_lookup = dns_lookup
         self.ready = asyncio.Event()
+        self._reload = asyncio.Event()
         self.smtp_bound: dict[str, tuple[str, int]] = {}
         self.http_bound: tuple[str, int] | None = None
 
@@ -176,6 +178,7 @@ class Daemon:
                     prepare=DkimPreparer(policy, self.clock, self.metrics, signing_pool),
                 )
             wake = worker.wake if worker else (lambda: None)
+
             def committed(batch: list[Submission], seconds: float) -> None:
                 self.metrics.commit_batch.observe(len(batch))
                 self.metrics.commit_seconds.observe(seconds)
@@ -270,6 +273,7 @@ class Daemon:
                     tasks.create_task(worker.run(stop), name="delivery")
                 tasks.create_task(QueueGauges(store, self.metrics, self.clock).run(stop), name="gauges")
                 tasks.create_task(key_monitor.run(stop), name="dkim-keys")
+                tasks.create_task(self._reload_on_request(key_monitor, stop), name="reload")
                 tasks.create_task(self.notifier.run_watchdog(stop), name="watchdog")
                 await asyncio.sleep(0)  # let the committer start accepting before READY
                 self.ready.set()
@@ -286,6 +290,28 @@ class Daemon:
                 backend_stop.set()
                 await committer_task
 
+    def request_reload(self) -> None:
+        """SIGHUP: reload what can change without a restart (today: DKIM keys and rotation)."""
+        self._reload.set()
+
+    async def _reload_on_request(self, monitor: KeyMonitor, stop: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                requested = asyncio.ensure_future(self._reload.wait())
+                await asyncio.wait({requested, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                requested.cancel()
+                if stop.is_set():
+                    return
+                self._reload.clear()
+                logger.info("SIGHUP: reloading DKIM keys")
+                try:
+                    await monitor.check_once()
+                except PostroomError as exc:
+                    logger.error("reload failed: %s", exc)
+        finally:
+            stopping.cancel()
+
     def _status_line(self) -> str:
         parts = [f"{name} {host}:{port}" for name, (host, port) in self.smtp_bound.items()]
         if self.http_bound:
@@ -299,6 +325,5 @@ def install_signal_handlers(stop: asyncio.Event, on_reload: Callable[[], None] |
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(
-        signal.SIGHUP,
-        on_reload or (lambda: logger.info("SIGHUP: nothing to reload in this version")),
+        signal.SIGHUP, on_reload or (lambda: logger.info("SIGHUP: nothing to reload here"))
     )

@@ -237,22 +237,23 @@ def serve(ctx: click.Context) -> None:
     if processes > 1 and not is_child:
         async def supervise() -> int:
             stop = asyncio.Event()
-            install_signal_handlers(stop)
             config_path = str(find_config_path(ctx.obj.get("config"), os.environ).resolve())
-            return await supervisor.Supervisor(
+            supervising = supervisor.Supervisor(
                 supervisor.child_argv(config_path),
                 processes,
                 restart_delay=settings.processes.restart_delay,
                 stop_grace=settings.delivery.drain_grace + 15,
                 notifier=ServiceNotifier(os.environ),
-            ).run(stop)
+            )
+            install_signal_handlers(stop, supervising.forward_reload)
+            return await supervising.run(stop)
 
         sys.exit(asyncio.run(supervise()))
 
     async def main_loop() -> None:
         stop = asyncio.Event()
-        install_signal_handlers(stop)
         daemon = Daemon(settings, reuse_port=is_child)
+        install_signal_handlers(stop, daemon.request_reload)
         running = asyncio.create_task(daemon.run(stop))
         ready = asyncio.create_task(daemon.ready.wait())
         await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)

@@ -87,6 +87,13 @@ class Supervisor:
         self._children[index] = child
         return child
 
+    def forward_reload(self) -> None:
+        """SIGHUP to the supervisor reaches every daemon process."""
+        for child in self._children.values():
+            if child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGHUP)
+
     async def run(self, stop: asyncio.Event) -> int:
         """Start the children, keep them running until `stop`, stop them; return an exit code."""
         try:

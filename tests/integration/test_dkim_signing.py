@@ -166,3 +166,26 @@ async def count_messages(settings) -> int:  # type: ignore[no-untyped-def]
             return int(await conn.scalar(sa.select(sa.func.count()).select_from(messages)) or 0)
     finally:
         await engine.dispose()
+
+
+async def test_a_reload_picks_up_a_new_key_without_a_restart(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    _, token = await prepare(settings, with_keys=False)
+    body = {"from": f"a@{DOMAIN}", "to": "x@example.com", "subject": "s", "text": "t"}
+    async with running(settings) as d, aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.post(f"{d.http}/v1/messages", json=body, headers=headers) as response:
+            assert response.status == 422  # no key yet
+        engine = create_engine(settings.database)
+        try:
+            await create_selector(SqlDkimKeys(engine), Path(settings.dkim_key_dir), DOMAIN, "r9",
+                                  "rsa", 2048, 0.0)  # fmt: skip
+        finally:
+            await engine.dispose()
+        d.daemon.request_reload()  # what SIGHUP does
+
+        async def accepted() -> bool:
+            async with http.post(f"{d.http}/v1/messages", json=body, headers=headers) as response:
+                return response.status == 202
+
+        await wait_until(accepted, 10, interval=0.1, what="the new key to be loaded")
