@@ -1,0 +1,232 @@
+"""Where to send mail for a domain: MX resolution for direct delivery (RFC 5321 §5.1, RFC 7505).
+
+`order_mx` is the pure part: MX records in, host names in the order to try them out.
+`resolve` asks a `DnsLookup` for the MX records and each host's addresses and returns a
+`Destination`: an `MxRoute` listing the hosts to try, or an `MxFailure` that says whether the
+domain can never take mail (null MX, no mail host: bounce now) or DNS failed this time (defer).
+`MxCache` keeps answers for a while, coalesces concurrent lookups of one domain into one, and
+evicts least recently used domains past a bound.
+
+Known limit (follow-up): the cache keeps every answer for a fixed `ttl`, not the TTL of the DNS
+records, because `DnsLookup` returns values without their TTLs; honouring them needs the lookup
+contract to return them. Address literals in recipients (`user@[192.0.2.1]`) are not handled here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from postroom.core.clock import Clock
+from postroom.domains.lookup import DnsLookup, DnsLookupError
+
+logger = logging.getLogger(__name__)
+
+# How long a temporary failure (DNS unreachable, SERVFAIL) may be served from the cache at most:
+# long enough to absorb a burst of messages to one domain, short enough that recovery is seen soon.
+TEMPORARY_FAILURE_TTL = 5.0
+
+
+@dataclass(frozen=True)
+class MxHost:
+    """One mail exchanger: its name, its addresses (IPv4 first) and its MX preference."""
+
+    name: str
+    addresses: tuple[str, ...]
+    preference: int
+
+
+@dataclass(frozen=True)
+class MxRoute:
+    """The hosts to try for `domain`, in order (non-empty; every host has an address)."""
+
+    domain: str
+    hosts: tuple[MxHost, ...]
+
+
+@dataclass(frozen=True)
+class MxFailure:
+    """No route to `domain`: `permanent` means bounce now, otherwise defer and try again."""
+
+    domain: str
+    reason: str
+    permanent: bool
+
+
+Destination = MxRoute | MxFailure
+ResolveFn = Callable[[str], Coroutine[Any, Any, Destination]]
+
+
+def order_mx(records: list[tuple[int, str]], draw: Callable[[], float]) -> list[str]:
+    """Host names in the order to try them: lowest preference first, hosts of equal preference
+    shuffled with `draw` (a source of floats in [0, 1), e.g. `random.random`), each host once.
+
+    RFC 5321 §5.1: equal-preference MX hosts are tried in random order to spread load. A host
+    listed twice keeps its lowest preference. `draw` is called only to break ties.
+    """
+    best: dict[str, int] = {}
+    for preference, host in records:
+        name = _normalise(host)
+        if name not in best or preference < best[name]:
+            best[name] = preference
+    by_preference: dict[int, list[str]] = {}
+    for name, preference in best.items():
+        by_preference.setdefault(preference, []).append(name)
+    ordered: list[str] = []
+    for preference in sorted(by_preference):
+        ordered += _shuffle(by_preference[preference], draw)
+    return ordered
+
+
+def _shuffle(names: list[str], draw: Callable[[], float]) -> list[str]:
+    # Fisher-Yates; the clamp keeps a misbehaving draw (returning 1.0) inside the list.
+    shuffled = list(names)
+    for i in range(len(shuffled) - 1, 0, -1):
+        j = min(int(draw() * (i + 1)), i)
+        shuffled[i], shuffled[j] = shuffled[j], shuffled[i]
+    return shuffled
+
+
+async def resolve(domain: str, lookup: DnsLookup, draw: Callable[[], float]) -> Destination:
+    """The route for mail to `domain`, or why there is none. Never raises for DNS trouble."""
+    domain = _normalise(domain)
+    try:
+        records = await lookup.mx(domain)
+    except DnsLookupError as exc:
+        return MxFailure(domain, f"DNS temporarily unavailable: {exc}", permanent=False)
+
+    # RFC 7505 §3: a null MX (exchange ".") says the domain accepts no mail; bounce at once.
+    # A null MX mixed with real ones is a misconfiguration; the real ones are still tried.
+    if records and all(host == "" for _, host in records):
+        return MxFailure(domain, "domain does not accept mail (null MX)", permanent=True)
+    records = [(preference, host) for preference, host in records if host != ""]
+
+    if not records:
+        # RFC 5321 §5.1: no MX records means the domain itself is the mail host, preference 0.
+        try:
+            addresses = await lookup.addresses(domain)
+        except DnsLookupError as exc:
+            return MxFailure(domain, f"DNS temporarily unavailable: {exc}", permanent=False)
+        if not addresses:
+            return MxFailure(domain, "no mail host (no MX, A or AAAA records)", permanent=True)
+        return MxRoute(domain, (MxHost(domain, _unique(addresses), 0),))
+
+    preferences: dict[str, int] = {}
+    for preference, host in records:
+        name = _normalise(host)
+        preferences[name] = min(preference, preferences.get(name, preference))
+    names = order_mx(records, draw)
+    # RFC 5321 §5.1: an MX names a host, never an address, so an exchange such as "192.0.2.1" is
+    # looked up as a name like any other (and normally has no address, so it is skipped).
+    answers = await asyncio.gather(*(_addresses(lookup, name) for name in names))
+    hosts: list[MxHost] = []
+    errors: list[DnsLookupError] = []
+    for name, answer in zip(names, answers):
+        if isinstance(answer, DnsLookupError):
+            logger.info("MX host %s of %s skipped: %s", name, domain, answer)
+            errors.append(answer)
+        elif answer:
+            hosts.append(MxHost(name, _unique(answer), preferences[name]))
+    if hosts:
+        return MxRoute(domain, tuple(hosts))
+    if errors:
+        return MxFailure(domain, f"DNS temporarily unavailable: {errors[0]}", permanent=False)
+    # Probably a transient mistake in the domain's zone (an MX published before its host); the
+    # domain does want mail, so defer rather than bounce.
+    return MxFailure(domain, "no MX host has an address", permanent=False)
+
+
+async def _addresses(lookup: DnsLookup, name: str) -> list[str] | DnsLookupError:
+    try:
+        return await lookup.addresses(name)
+    except DnsLookupError as exc:
+        return exc
+
+
+def _unique(addresses: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(addresses))
+
+
+def _normalise(name: str) -> str:
+    return name.strip().rstrip(".").lower()
+
+
+@dataclass(frozen=True)
+class _Entry:
+    destination: Destination
+    expires_at: float
+
+
+class MxCache:
+    """Answers of `resolve_fn` per domain, kept `ttl` seconds for routes, `negative_ttl` for
+    permanent failures and at most `TEMPORARY_FAILURE_TTL` for temporary ones.
+
+    Concurrent calls for one domain share one lookup: the first starts a task, the others await
+    it. The task is shielded, so a caller that is cancelled does not cancel the lookup for the
+    others, and the finished answer is cached even if every caller has gone. Past `max_entries`
+    the least recently used domain is dropped. The TTLs are fixed, not the records' own (see the
+    module docstring).
+    """
+
+    def __init__(
+        self,
+        resolve_fn: ResolveFn,
+        clock: Clock,
+        ttl: float = 300.0,
+        negative_ttl: float = 60.0,
+        max_entries: int = 10_000,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._resolve_fn = resolve_fn
+        self._clock = clock
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._temporary_ttl = min(negative_ttl, TEMPORARY_FAILURE_TTL)
+        self._max_entries = max_entries
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._in_flight: dict[str, asyncio.Task[Destination]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def resolve(self, domain: str) -> Destination:
+        key = _normalise(domain)
+        entry = self._entries.get(key)
+        if entry is not None:
+            if entry.expires_at > self._clock.now():
+                self._entries.move_to_end(key)
+                return entry.destination
+            del self._entries[key]
+        task = self._in_flight.get(key)
+        if task is None:
+            task = asyncio.create_task(self._resolve_fn(key), name=f"mx-resolve {key}")
+            self._in_flight[key] = task
+            task.add_done_callback(lambda done: self._finish(key, done))
+        return await asyncio.shield(task)
+
+    def _finish(self, key: str, task: asyncio.Task[Destination]) -> None:
+        if self._in_flight.get(key) is task:
+            del self._in_flight[key]
+        if task.cancelled() or task.exception() is not None:
+            return  # the waiters see the error; nothing is cached
+        destination = task.result()
+        self._store(key, destination)
+
+    def _store(self, key: str, destination: Destination) -> None:
+        if isinstance(destination, MxRoute):
+            ttl = self._ttl
+        elif destination.permanent:
+            ttl = self._negative_ttl
+        else:
+            ttl = self._temporary_ttl
+        if ttl <= 0:
+            return
+        self._entries[key] = _Entry(destination, self._clock.now() + ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
