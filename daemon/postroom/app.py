@@ -185,7 +185,7 @@ class Daemon:
                 wake()
 
             committer = GroupCommitter(store, self.clock, on_commit=committed)
-            submissions = SubmissionService(committer, store, self.clock, self.metrics)
+            submissions = SubmissionService(committer, store, self.clock)
 
             tls: ssl.SSLContext | None = None
             if settings.smtp.tls_cert:

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 from postroom.core.clock import Clock
 from postroom.core.types import IdempotencyKey, Submission
-from postroom.metrics import Metrics
 from postroom.queue.committer import GroupCommitter
 from postroom.queue.store import SqlQueueStore
 
 
 class SubmissionService:
     def __init__(
-        self, committer: GroupCommitter, store: SqlQueueStore, clock: Clock, metrics: Metrics
+        self, committer: GroupCommitter, store: SqlQueueStore, clock: Clock
     ):
         self._committer = committer
         self._store = store
         self._clock = clock
-        self._metrics = metrics
 
     async def submit(self, submission: Submission) -> str:
         """Queue the message; return its id once it is on disk."""
