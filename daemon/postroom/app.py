@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
@@ -27,12 +27,8 @@ from postroom.config import Settings
 from postroom.core.clock import Clock, SystemClock
 from postroom.core.errors import PostroomError
 from postroom.core.types import DeliveryState, Submission
-from postroom.delivery.transport import (
-    CaptureTransport,
-    SmarthostTransport,
-    Transport,
-    client_tls_context,
-)
+from postroom.delivery.mx import Destination, MxCache, MxRoute, resolve
+from postroom.delivery.transport import build_transport
 from postroom.delivery.worker import DeliveryWorker, WorkerOptions
 from postroom.dkim.keyring import Keyring, SendingPolicy
 from postroom.dkim.preparer import DkimPreparer
@@ -64,17 +60,18 @@ logger = logging.getLogger(__name__)
 GAUGE_REFRESH_SECONDS = 5.0
 
 
-def build_transport(settings: Settings) -> Transport:
-    delivery = settings.delivery
-    if delivery.mode == "capture":
-        return CaptureTransport(Path(delivery.capture_dir))
-    if delivery.mode == "smarthost":
-        return SmarthostTransport(
-            delivery,
-            settings.smtp.hostname,
-            client_tls_context(delivery.smarthost_verify, delivery.smarthost_ca),
-        )
-    raise AssertionError(f"no transport for mode {delivery.mode}")  # config validation forbids it
+def mx_cache(lookup: DnsLookup, clock: Clock, metrics: Metrics) -> MxCache:
+    """MX answers for direct delivery, cached, with lookups counted by outcome."""
+
+    async def counted(domain: str) -> Destination:
+        destination = await resolve(domain, lookup, random.random)
+        if isinstance(destination, MxRoute):
+            metrics.mx_lookups.labels("route").inc()
+        else:
+            metrics.mx_lookups.labels("permanent" if destination.permanent else "temporary").inc()
+        return destination
+
+    return MxCache(counted, clock)
 
 
 def worker_owner() -> str:
@@ -93,9 +90,11 @@ class QueueGauges:
         depth = await self._store.depth_by_state()
         for state in DeliveryState:
             self._metrics.queue_depth.labels(state.value).set(depth.get(state.value, 0))
+        now = self._clock.now()
         oldest = await self._store.oldest_active_created_at()
-        age = 0.0 if oldest is None else max(0.0, self._clock.now() - oldest)
-        self._metrics.oldest_queued_age.set(age)
+        self._metrics.oldest_queued_age.set(0.0 if oldest is None else max(0.0, now - oldest))
+        deferred = await self._store.oldest_active_created_at(DeliveryState.DEFERRED)
+        self._metrics.oldest_deferred_age.set(0.0 if deferred is None else max(0.0, now - deferred))
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -158,9 +157,14 @@ class Daemon:
             await key_monitor.reload()
             worker: DeliveryWorker | None = None
             if not settings.delivery.hold:
+                transport = build_transport(
+                    settings.delivery,
+                    settings.smtp.hostname,
+                    mx_cache(lookup, self.clock, self.metrics),
+                )
                 worker = DeliveryWorker(
                     store,
-                    build_transport(settings),
+                    transport,
                     RetryPolicy(
                         base=settings.delivery.retry_base,
                         cap=settings.delivery.retry_max,
@@ -174,6 +178,10 @@ class Daemon:
                         lease_seconds=settings.delivery.lease_seconds,
                         poll_interval=settings.delivery.poll_interval,
                         drain_grace=settings.delivery.drain_grace,
+                        max_in_flight=settings.delivery.max_in_flight,
+                        processes=settings.processes.resolved(os.cpu_count()),
+                        throttle_backoff=settings.delivery.throttle_backoff,
+                        throttle_backoff_max=settings.delivery.throttle_backoff_max,
                     ),
                     prepare=DkimPreparer(policy, self.clock, self.metrics, signing_pool),
                 )

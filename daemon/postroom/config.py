@@ -7,8 +7,10 @@ only its own section.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -128,8 +130,71 @@ class SmtpSettings(_Section):
         return self
 
 
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$")
+_PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
+        "d": 86400, "day": 86400}  # fmt: skip
+
+
+def parse_rate(value: Any) -> Any:
+    """"100/s", "600/min", "5000/h", "20000/day" -> messages per second; numbers pass as they are."""
+    if isinstance(value, str):
+        match = _RATE.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a rate such as '100/s', '600/min' or '5000/h'")
+        return float(match.group(1)) / _PER[match.group(2)]
+    return value
+
+
+class DestinationSettings(_Section):
+    """Shaping for the destinations a pattern matches (`[[delivery.destinations]]`).
+
+    `match` is a shell-style pattern tried against the recipient domain and against each of its
+    MX host names ("gmail.com", "*.google.com"); the first rule that matches wins, then the
+    built-in rules for the big mailbox providers, then the catch-all "*". Limits are for the whole
+    host: with several processes each takes its share.
+    """
+
+    match: str = Field(min_length=1, max_length=253)
+    max_connections: int = Field(default=20, ge=1, le=1000)
+    messages_per_connection: int = Field(default=100, ge=1)
+    max_rate: float = Field(default=0.0, ge=0)  # messages per second ("100/s", "600/min"); 0 = no cap
+    tls: Literal["opportunistic", "required", "verify"] = "opportunistic"
+    daily_limit: int = Field(default=0, ge=0)  # messages per UTC day; 0 = no cap
+    warmup: tuple[int, ...] = ()  # per-day caps for the days from warmup_start (IP warm-up)
+    warmup_start: str = ""  # "YYYY-MM-DD": day one of `warmup`
+
+    _rate = field_validator("max_rate", mode="before")(classmethod(lambda cls, v: parse_rate(v)))
+
+    @field_validator("match")
+    @classmethod
+    def _lower_pattern(cls, value: str) -> str:
+        return value.strip().lower().rstrip(".")
+
+    @model_validator(mode="after")
+    def _warmup_needs_start(self) -> DestinationSettings:
+        if self.warmup and not self.warmup_start:
+            raise ValueError("warmup needs warmup_start = 'YYYY-MM-DD'")
+        if self.warmup_start:
+            try:
+                datetime.date.fromisoformat(self.warmup_start)
+            except ValueError:
+                raise ValueError(f"warmup_start {self.warmup_start!r} is not a date (YYYY-MM-DD)") from None
+        if any(cap < 1 for cap in self.warmup):
+            raise ValueError("warmup caps must be positive")
+        return self
+
+
 class DeliverySettings(_Section):
     mode: Literal["mx", "smarthost", "capture"] = "mx"
+    mx_port: int = Field(default=25, ge=1, le=65535)  # the port of recipients' MX hosts (labs: other)
+    tls_ca: str = ""  # extra CA file trusted for tls = "verify" destinations (default: system CAs)
+    destinations: tuple[DestinationSettings, ...] = ()
+    max_in_flight: int = Field(default=2000, ge=1, le=100_000)  # deliveries held in memory
+    greeting_timeout: float = Field(default=300.0, gt=0)  # RFC 5321 §4.5.3.2.1: 5 minutes
+    data_timeout: float = Field(default=600.0, gt=0)  # RFC 5321 §4.5.3.2.6: 10 minutes for "."
+    idle_timeout: float = Field(default=30.0, gt=0)  # an unused pooled connection is closed after
+    throttle_backoff: float = Field(default=60.0, gt=0)  # first suspension of a throttling destination
+    throttle_backoff_max: float = Field(default=3600.0, gt=0)
     smarthost: str = ""
     smarthost_tls: Literal["none", "opportunistic", "required", "implicit"] = "opportunistic"
     smarthost_verify: bool = True
@@ -185,11 +250,8 @@ class DeliverySettings(_Section):
             parse_hostport(self.smarthost, default_port=25)
         if self.mode == "capture" and not self.capture_dir:
             raise ValueError("mode = 'capture' needs capture_dir")
-        if self.mode == "mx":
-            raise ValueError(
-                "mode = 'mx' (direct delivery) is not available in this version; "
-                "use 'smarthost' or 'capture'"
-            )
+        if self.tls_ca and not os.access(self.tls_ca, os.R_OK):
+            raise ValueError(f"cannot read tls_ca {self.tls_ca}")
         if self.smarthost_password and not self.smarthost_username:
             raise ValueError("smarthost_password is set but smarthost_username is not")
         return self

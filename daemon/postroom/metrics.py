@@ -102,6 +102,44 @@ class Metrics:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
+        self.oldest_deferred_age = Gauge(
+            "postroom_queue_oldest_deferred_age_seconds",
+            "Age (since acceptance) of the oldest deferred delivery",
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.destination_suspended = Gauge(
+            "postroom_destination_suspended",
+            "1 while this process holds back a destination (throttled, unreachable, daily cap)",
+            ["destination", "reason"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.destination_suspensions = Counter(
+            "postroom_destination_suspensions",
+            "Times a destination was suspended, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.destination_slowdown = Gauge(
+            "postroom_destination_speed_factor",
+            "Share of its configured connections and rate a throttled destination may use now",
+            ["destination"],
+            registry=registry,
+            multiprocess_mode="min",
+        )
+        self.outbound_sessions = Gauge(
+            "postroom_outbound_transactions_in_progress",
+            "SMTP transactions this process is running to destinations right now",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.mx_lookups = Counter(
+            "postroom_mx_lookups",
+            "MX resolutions that reached DNS, by outcome (route, permanent, temporary)",
+            ["outcome"],
+            registry=registry,
+        )
         self.latency = Histogram(
             "postroom_accept_to_delivered_seconds",
             "Time from acceptance to delivery",

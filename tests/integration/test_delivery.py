@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from postroom.config import DeliverySettings
 from postroom.core.clock import FakeClock
 from postroom.core.types import DeliveryState, Submission
-from postroom.delivery.transport import CaptureTransport, SmarthostTransport, client_tls_context
+from postroom.delivery.transport import CaptureTransport, client_tls_context, smarthost_transport
 from postroom.delivery.worker import DeliveryWorker, WorkerOptions
 from postroom.metrics import Metrics
 from postroom.queue.models import QueuedMessage
@@ -116,7 +116,7 @@ async def test_smarthost_with_starttls_and_auth_delivers(sqlite_engine: AsyncEng
     clock, registry = FakeClock(), CollectorRegistry()
     settings = delivery_settings(port, smarthost_tls="required", smarthost_username="relay-user",
                                  smarthost_password="relay-pass")  # fmt: skip
-    transport = SmarthostTransport(settings, "mail.postroom.test", tls.client)  # trusts trustme's CA
+    transport = smarthost_transport(settings, "mail.postroom.test", tls.client)  # trusts trustme's CA
     try:
         message_id = await queue(sqlite_engine, clock, "a@example.com", "b@example.com")
         worker = make_worker(sqlite_engine, transport, clock, registry)
@@ -135,7 +135,7 @@ async def test_required_tls_against_a_relay_without_starttls_defers(sqlite_engin
     handler = CountingSink()
     server, port = await sink_server(handler)
     clock = FakeClock()
-    transport = SmarthostTransport(delivery_settings(port, smarthost_tls="required"), "h", client_tls_context(True))
+    transport = smarthost_transport(delivery_settings(port, smarthost_tls="required"), "h", client_tls_context(True))
     try:
         message_id = await queue(sqlite_engine, clock, "a@example.com")
         await make_worker(sqlite_engine, transport, clock, CollectorRegistry()).drain()
@@ -151,7 +151,7 @@ async def test_per_recipient_outcomes_from_one_transaction(sqlite_engine: AsyncE
                                     "busy@example.com": "451 4.7.1 try later"})  # fmt: skip
     server, port = await sink_server(handler)
     clock, registry = FakeClock(), CollectorRegistry()
-    transport = SmarthostTransport(delivery_settings(port), "h", client_tls_context(True))
+    transport = smarthost_transport(delivery_settings(port), "h", client_tls_context(True))
     try:
         message_id = await queue(sqlite_engine, clock, "ok@example.com", "gone@example.com", "busy@example.com")
         await make_worker(sqlite_engine, transport, clock, registry).drain()
@@ -174,7 +174,7 @@ async def test_unreachable_relay_defers_then_delivers_when_it_returns(sqlite_eng
     server, port = await sink_server(handler)
     server.close()
     await server.wait_closed()  # nothing listens on `port` now
-    transport = SmarthostTransport(delivery_settings(port), "h", client_tls_context(True))
+    transport = smarthost_transport(delivery_settings(port), "h", client_tls_context(True))
     worker = make_worker(sqlite_engine, transport, clock, CollectorRegistry())
     message_id = await queue(sqlite_engine, clock, "a@example.com")
     assert await worker.drain() == 1
@@ -198,7 +198,7 @@ async def test_deferral_past_max_age_expires(sqlite_engine: AsyncEngine) -> None
     handler = CountingSink(replies={"busy@example.com": "452 4.2.2 mailbox full"})
     server, port = await sink_server(handler)
     clock, registry = FakeClock(), CollectorRegistry()
-    transport = SmarthostTransport(delivery_settings(port), "h", client_tls_context(True))
+    transport = smarthost_transport(delivery_settings(port), "h", client_tls_context(True))
     worker = make_worker(sqlite_engine, transport, clock, registry)
     try:
         message_id = await queue(sqlite_engine, clock, "busy@example.com")
@@ -246,7 +246,7 @@ async def test_connections_are_reused_up_to_the_cap(sqlite_engine: AsyncEngine) 
     handler = CountingSink()
     server, port = await sink_server(handler)
     clock = FakeClock()
-    transport = SmarthostTransport(delivery_settings(port, concurrency=1, messages_per_connection=3),
+    transport = smarthost_transport(delivery_settings(port, concurrency=1, messages_per_connection=3),
                                    "h", client_tls_context(True))  # fmt: skip
     try:
         for n in range(10):
@@ -266,7 +266,7 @@ async def test_leases_are_extended_while_a_slow_send_is_in_flight(sqlite_engine:
     handler.delay = 1.5
     server, port = await sink_server(handler)
     clock = SystemClock()
-    transport = SmarthostTransport(delivery_settings(port), "h", client_tls_context(True))
+    transport = smarthost_transport(delivery_settings(port), "h", client_tls_context(True))
     store = SqlQueueStore(sqlite_engine)
     message_id = (await store.insert_many([Submission("app@postroom.test", ("a@example.com",), CONTENT, "api")],
                                           clock.now()))[0]  # fmt: skip

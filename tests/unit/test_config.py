@@ -192,7 +192,11 @@ level = "loud"
     [
         ("delivery", 'mode = "smarthost"', "smarthost = 'host:port'"),
         ("delivery", 'mode = "capture"', "capture_dir"),
-        ("delivery", 'mode = "mx"', "not available"),
+        ("delivery", 'tls_ca = "/nonexistent/ca.pem"', "cannot read tls_ca"),
+        ("delivery", '[[delivery.destinations]]\nmatch = "*"\nmax_rate = "fast"', "is not a rate"),
+        ("delivery", '[[delivery.destinations]]\nmatch = "*"\nwarmup = [100, 200]', "warmup_start"),
+        ("delivery",
+         '[[delivery.destinations]]\nmatch = "*"\nwarmup = [100]\nwarmup_start = "soon"', "is not a date"),
         ("delivery", 'mode = "capture"\ncapture_dir = "/o"\nsmarthost_password = "p"', "username"),
         ("smtp", 'tls_cert = "/etc/hostname"', "tls_cert and tls_key must be set together"),
         ("smtp", 'submissions_listen = "0.0.0.0:465"', "needs tls_cert"),
@@ -265,13 +269,14 @@ def test_find_config_path_falls_back_to_etc(
     assert find_config_path(None, {}) == Path("/etc/postroom/postroom.toml")
 
 
-def test_a_missing_delivery_section_is_reported_under_its_own_key(tmp_path: Path) -> None:
-    # The default mode is "mx", which this version refuses: an operator must choose one, and
-    # check-config must say which key to set rather than blaming the whole config.
-    problems = problems_of(write(tmp_path, '[smtp]\nhostname = "mail.example.com"\n'))
-    [(key, reason)] = problems.items()
-    assert key.split(".")[0] == "delivery"
-    assert "mode = 'mx'" in reason
+def test_direct_mx_delivery_is_the_default_and_destinations_parse_rates(tmp_path: Path) -> None:
+    path = write(tmp_path, '[smtp]\nhostname = "mail.example.com"\n'
+                 '[[delivery.destinations]]\nmatch = "*.Google.com"\nmax_rate = "600/min"\n'
+                 'tls = "verify"\nwarmup = [50, 100]\nwarmup_start = "2026-11-01"\n')  # fmt: skip
+    settings = load_settings(path, {})
+    assert settings.delivery.mode == "mx" and settings.delivery.mx_port == 25
+    [rule] = settings.delivery.destinations
+    assert (rule.match, rule.max_rate, rule.tls, rule.warmup) == ("*.google.com", 10.0, "verify", (50, 100))
 
 
 def test_secret_path_may_use_the_systemd_credentials_directory(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def settings_keys(
         else:
             # A list of tables is overridden as a whole: POSTROOM_DOMAINS='[{name = "..."}]'.
             for path, _ in settings_keys(nested[1], (*prefix, name, "[]")):
-                yield path, "POSTROOM_" + name.upper()
+                yield path, "POSTROOM_" + "__".join((*prefix, name)).upper()
 
 
 def lookup(tree: Any, path: tuple[str, ...]) -> list[Any]:

@@ -1,6 +1,16 @@
-"""Transports: how a message leaves. Each returns one `RecipientResult` per recipient, never raises
-for a peer's behaviour (refusals, timeouts, dropped connections are results); an exception out of
-`send` means a bug, and the worker parks that message as dead.
+"""Transports: where a recipient domain's mail goes (`route`) and how a message gets there (`send`).
+
+A `Route` names the destination (the scheduler's unit of shaping), its shaping rule, the peers to
+try in order and the TLS policy. Three transports:
+
+- `SmtpTransport` with an `MxRouter`: direct delivery to each domain's MX hosts (RFC 5321 §5.1).
+- `SmtpTransport` with a `SmarthostRouter`: everything to one relay, with its TLS mode and login.
+- `CaptureTransport`: writes each message as it would go on the wire into a directory.
+
+`send` never raises for a peer's behaviour: refusals, timeouts and dropped connections are
+results, and an `Attempt` also says whether the destination throttled us or could not be reached
+at all (the scheduler then slows it down or suspends it). An exception out of `send` is a bug; the
+worker parks that message as dead.
 """
 
 from __future__ import annotations
@@ -9,24 +19,54 @@ import asyncio
 import logging
 import os
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import aiosmtplib
-
-from postroom.config import DeliverySettings, parse_hostport
+from postroom.config import DeliverySettings, DestinationSettings, parse_hostport
 from postroom.core.types import RecipientResult, Verdict
-from postroom.delivery.replies import classify_reply, format_reply
+from postroom.delivery.mx import MxCache, MxRoute
+from postroom.delivery.session import Peer, PeerError, SmtpSession, Timeouts, TlsPolicy, open_session
+from postroom.delivery.shaping import destination_key, rule_for
 from postroom.queue.models import QueuedMessage
 
 logger = logging.getLogger(__name__)
 
+MAX_PEERS = 10  # addresses tried per attempt at most, across all MX hosts
+
+
+@dataclass(frozen=True)
+class Route:
+    key: str  # the destination: what shaping, pooling and suspension are counted by
+    rule: DestinationSettings
+    peers: tuple[Peer, ...] = ()
+    tls: TlsPolicy = "opportunistic"
+
+
+@dataclass(frozen=True)
+class RouteFailure:
+    """No way to `domain` now; `permanent` bounces (null MX, no such domain), else defers."""
+
+    reason: str
+    permanent: bool
+
+
+@dataclass
+class Attempt:
+    results: list[RecipientResult]
+    throttled: str | None = None  # the destination's push-back reply, when it pushed back
+    unreachable: str | None = None  # why no peer of the destination could be used
+    details: dict[str, object] = field(default_factory=dict)
+
 
 class Transport(Protocol):
+    async def route(self, domain: str) -> Route | RouteFailure: ...
+
     async def send(
-        self, message: QueuedMessage, content: bytes, recipients: Sequence[str]
-    ) -> list[RecipientResult]: ...
+        self, route: Route, message: QueuedMessage, content: bytes, recipients: Sequence[str]
+    ) -> Attempt: ...
 
     async def close(self) -> None: ...
 
@@ -35,12 +75,25 @@ def _all(recipients: Sequence[str], verdict: Verdict, reply: str) -> list[Recipi
     return [RecipientResult(r, verdict, reply) for r in recipients]
 
 
+def timeouts_of(settings: DeliverySettings) -> Timeouts:
+    return Timeouts(
+        connect=settings.connect_timeout,
+        greeting=settings.greeting_timeout,
+        command=settings.command_timeout,
+        data_end=settings.data_timeout,
+    )
+
+
 class CaptureTransport:
     """Writes each message exactly as it would go on the wire to `capture_dir/<id>.eml`."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, concurrency: int = 20):
         self._directory = directory
+        self._route = Route("capture", DestinationSettings(match="*", max_connections=concurrency))
         directory.mkdir(parents=True, exist_ok=True)
+
+    async def route(self, domain: str) -> Route:
+        return self._route
 
     def _write(self, message_id: str, content: bytes) -> None:
         final = self._directory / f"{message_id}.eml"
@@ -52,121 +105,216 @@ class CaptureTransport:
         os.replace(temporary, final)
 
     async def send(
-        self, message: QueuedMessage, content: bytes, recipients: Sequence[str]
-    ) -> list[RecipientResult]:
+        self, route: Route, message: QueuedMessage, content: bytes, recipients: Sequence[str]
+    ) -> Attempt:
         try:
             await asyncio.to_thread(self._write, message.id, content)
         except OSError as exc:
-            return _all(recipients, Verdict.DEFERRED, f"capture write failed: {exc.strerror}")
-        return _all(recipients, Verdict.DELIVERED, f"250 captured as {message.id}.eml")
+            reason = f"capture write failed: {exc.strerror}"
+            return Attempt(_all(recipients, Verdict.DEFERRED, reason), unreachable=reason)
+        return Attempt(_all(recipients, Verdict.DELIVERED, f"250 captured as {message.id}.eml"))
 
     async def close(self) -> None:
         return None
 
 
-class SmarthostTransport:
-    """Relays everything to one SMTP server over a pool of reused connections.
+class SmarthostRouter:
+    """Every domain goes to the one relay: a single destination."""
 
-    One TLS context is shared by every connection (aiosmtplib builds one per connection otherwise,
-    at ~30 ms each). A connection carries at most `messages_per_connection` messages, then QUITs.
+    def __init__(self, settings: DeliverySettings):
+        host, port = parse_hostport(settings.smarthost, default_port=25)
+        tls: TlsPolicy = settings.smarthost_tls
+        self._route = Route(
+            f"smarthost {host}:{port}",
+            DestinationSettings(match="*", max_connections=settings.concurrency,
+                                messages_per_connection=settings.messages_per_connection),
+            (Peer(host, host, port),),
+            tls,
+        )  # fmt: skip
+
+    async def route(self, domain: str) -> Route:
+        return self._route
+
+
+class MxRouter:
+    """A domain's route from its MX records (cached), with the shaping rule that matches it."""
+
+    def __init__(
+        self,
+        cache: MxCache,
+        rules: Sequence[DestinationSettings],
+        port: int,
+    ):
+        self._cache = cache
+        self._rules = tuple(rules)
+        self._port = port
+
+    async def route(self, domain: str) -> Route | RouteFailure:
+        destination = await self._cache.resolve(domain)
+        if not isinstance(destination, MxRoute):
+            return RouteFailure(destination.reason, destination.permanent)
+        names = [host.name for host in destination.hosts]
+        rule = rule_for(destination.domain, names, self._rules)
+        peers = tuple(
+            Peer(host.name, address, self._port)
+            for host in destination.hosts
+            for address in host.addresses
+        )[:MAX_PEERS]
+        key = destination_key(names)
+        if rule.tls != "opportunistic":
+            key += f" (tls {rule.tls})"  # a policy is per connection: keep its pool apart
+        return Route(key, rule, peers, rule.tls)
+
+
+class SessionOpener(Protocol):
+    async def __call__(self, peer: Peer, tls: TlsPolicy) -> SmtpSession: ...
+
+
+class SmtpTransport:
+    """Sends over pooled SMTP sessions per destination, trying the route's peers in order.
+
+    A session carries at most the rule's `messages_per_connection` messages (RSET between them),
+    and is closed after `idle_timeout` unused. The scheduler bounds how many sessions a destination
+    has at once, so the pool never holds more than that.
     """
 
-    def __init__(self, settings: DeliverySettings, local_hostname: str, tls_context: ssl.SSLContext):
-        self._host, self._port = parse_hostport(settings.smarthost, default_port=25)
-        self._settings = settings
-        self._local_hostname = local_hostname
-        self._tls_context = tls_context
-        self._idle: list[tuple[aiosmtplib.SMTP, int]] = []
-        self._slots = asyncio.Semaphore(settings.concurrency)
-        self._closing: set[asyncio.Task[None]] = set()  # QUITs in progress, awaited by close()
+    def __init__(self, router: SmarthostRouter | MxRouter, open_peer: SessionOpener, idle_timeout: float):
+        self._router = router
+        self._open_peer = open_peer
+        self._idle_timeout = idle_timeout
+        self._idle: dict[str, list[SmtpSession]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        mode = self._settings.smarthost_tls
-        client = aiosmtplib.SMTP(
-            hostname=self._host,
-            port=self._port,
-            local_hostname=self._local_hostname,
-            timeout=self._settings.command_timeout,
-            use_tls=mode == "implicit",
-            start_tls={"none": False, "opportunistic": None, "required": True}.get(mode, False),
-            tls_context=self._tls_context,
-        )
-        await client.connect(timeout=self._settings.connect_timeout)
-        if self._settings.smarthost_username:
-            await client.login(self._settings.smarthost_username, self._settings.smarthost_password)
-        return client
+    async def route(self, domain: str) -> Route | RouteFailure:
+        return await self._router.route(domain)
 
     async def send(
-        self, message: QueuedMessage, content: bytes, recipients: Sequence[str]
-    ) -> list[RecipientResult]:
-        async with self._slots:
-            client, used = self._idle.pop() if self._idle else (None, 0)
-            try:
-                if client is None or not client.is_connected:
-                    client, used = await self._connect(), 0
-                errors, _reply = await client.sendmail(message.mail_from, list(recipients), content)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                self._keep(client, used + 1)
-                return [
-                    RecipientResult(
-                        r.recipient, classify_reply(r.code, r.message), format_reply(r.code, r.message)
-                    )
-                    for r in exc.recipients
-                ]
-            except aiosmtplib.SMTPAuthenticationError as exc:
-                await self._discard(client)
-                reply = f"smarthost refused our login: {format_reply(exc.code, exc.message)}"
-                return _all(recipients, Verdict.DEFERRED, reply)
-            except aiosmtplib.SMTPResponseException as exc:
-                self._keep(client, used + 1)
-                reply = format_reply(exc.code, exc.message)
-                return _all(recipients, classify_reply(exc.code, exc.message), reply)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                await self._discard(client)
-                reply = f"smarthost {self._host}:{self._port}: {type(exc).__name__}: {exc}"
-                return _all(recipients, Verdict.DEFERRED, reply)
-            self._keep(client, used + 1)
-            results = []
-            for recipient in recipients:
-                refused = errors.get(recipient)
-                if refused is None:
-                    results.append(RecipientResult(recipient, Verdict.DELIVERED, "250 accepted"))
-                else:
-                    code, text = refused.code, refused.message
-                    results.append(
-                        RecipientResult(recipient, classify_reply(code, text), format_reply(code, text))
-                    )
-            return results
-
-    def _keep(self, client: aiosmtplib.SMTP | None, used: int) -> None:
-        if client is None:
-            return
-        if used >= self._settings.messages_per_connection or not client.is_connected:
-            task = asyncio.ensure_future(self._discard(client))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+        self, route: Route, message: QueuedMessage, content: bytes, recipients: Sequence[str]
+    ) -> Attempt:
+        session = self._take(route.key)
+        if session is None:
+            session_or_failure = await self._connect(route, recipients)
+            if isinstance(session_or_failure, Attempt):
+                return session_or_failure
+            session = session_or_failure
+        results = await session.deliver(message.mail_from, recipients, content)
+        attempt = Attempt(results, throttled=session.throttled_reply, details=session.details)
+        if session.usable and session.messages < route.rule.messages_per_connection:
+            self._idle.setdefault(route.key, []).append(session)
         else:
-            self._idle.append((client, used))
+            self._close_later(session)
+        self.sweep()
+        return attempt
 
-    @staticmethod
-    async def _discard(client: aiosmtplib.SMTP | None) -> None:
-        if client is None or not client.is_connected:
-            return
-        try:
-            await asyncio.wait_for(client.quit(), timeout=5)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            client.close()
+    def _take(self, key: str) -> SmtpSession | None:
+        sessions = self._idle.get(key)
+        while sessions:
+            session = sessions.pop()
+            if session.client.is_connected and time.monotonic() - session.last_used < self._idle_timeout:
+                return session
+            self._close_later(session)
+        return None
+
+    async def _connect(self, route: Route, recipients: Sequence[str]) -> SmtpSession | Attempt:
+        reasons: list[str] = []
+        throttled: str | None = None
+        for peer in route.peers:
+            try:
+                try:
+                    return await self._open_peer(peer, route.tls)
+                except PeerError as exc:
+                    if not exc.tls_failed:
+                        raise
+                    # Opportunistic TLS whose handshake failed: like Postfix, try that peer in clear.
+                    logger.info("%s; retrying without TLS", exc.reason)
+                    return await self._open_peer(peer, "none")
+            except PeerError as exc:
+                reasons.append(exc.reason)
+                if exc.throttled and throttled is None:
+                    throttled = exc.reason
+        reason = "; ".join(reasons) or "no address to connect to"
+        results = _all(recipients, Verdict.DEFERRED, reason)
+        if throttled is not None:
+            return Attempt(results, throttled=throttled)
+        return Attempt(results, unreachable=reason)
+
+    def sweep(self) -> None:
+        """Close sessions idle for longer than `idle_timeout`."""
+        now = time.monotonic()
+        for key, sessions in list(self._idle.items()):
+            stale = [s for s in sessions if now - s.last_used >= self._idle_timeout]
+            if stale:
+                self._idle[key] = [s for s in sessions if s not in stale]
+                for session in stale:
+                    self._close_later(session)
+            if not self._idle[key]:
+                del self._idle[key]
+
+    def _close_later(self, session: SmtpSession) -> None:
+        task = asyncio.ensure_future(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        await asyncio.gather(*(self._discard(client) for client, _ in idle), *self._closing)
+        idle, self._idle = self._idle, {}
+        await asyncio.gather(
+            *(session.close() for sessions in idle.values() for session in sessions), *self._closing
+        )
+
+
+def smtp_opener(
+    local_hostname: str,
+    timeouts: Timeouts,
+    context_for: Callable[[TlsPolicy], ssl.SSLContext],
+    username: str = "",
+    password: str = "",
+) -> SessionOpener:
+    """Opens sessions with shared TLS contexts (building one costs ~30 ms of CA loading)."""
+
+    async def open_peer(peer: Peer, tls: TlsPolicy) -> SmtpSession:
+        return await open_session(
+            peer, local_hostname, timeouts, tls, context_for(tls), username, password
+        )
+
+    return open_peer
 
 
 def client_tls_context(verify: bool, ca_file: str = "") -> ssl.SSLContext:
-    """One context for every outbound connection: TLS 1.2 minimum; verification per settings."""
+    """One context for outbound connections: TLS 1.2 minimum; verification per settings."""
     context = ssl.create_default_context(cafile=ca_file or None)
+    if ca_file:
+        context.load_default_certs()  # the system CAs as well as the extra one
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def smarthost_transport(
+    settings: DeliverySettings, local_hostname: str, tls_context: ssl.SSLContext
+) -> SmtpTransport:
+    """Everything to `settings.smarthost` over pooled sessions sharing `tls_context`."""
+    opener = smtp_opener(local_hostname, timeouts_of(settings), lambda tls: tls_context,
+                         settings.smarthost_username, settings.smarthost_password)  # fmt: skip
+    return SmtpTransport(SmarthostRouter(settings), opener, settings.idle_timeout)
+
+
+def build_transport(settings: DeliverySettings, local_hostname: str, cache: MxCache | None) -> Transport:
+    timeouts = timeouts_of(settings)
+    if settings.mode == "capture":
+        return CaptureTransport(Path(settings.capture_dir), settings.concurrency)
+    if settings.mode == "smarthost":
+        tls_context = client_tls_context(settings.smarthost_verify, settings.smarthost_ca)
+        return smarthost_transport(settings, local_hostname, tls_context)
+    if cache is None:
+        raise ValueError("direct MX delivery needs an MX cache")
+    # MX hosts: "verify" checks the certificate against the MX name; otherwise TLS only encrypts
+    # (RFC 7435 opportunistic security: most MX certificates would not verify).
+    verifying, encrypting = client_tls_context(True, settings.tls_ca), client_tls_context(False)
+    opener = smtp_opener(
+        local_hostname, timeouts, lambda tls: verifying if tls == "verify" else encrypting
+    )
+    router = MxRouter(cache, settings.destinations, settings.mx_port)
+    return SmtpTransport(router, opener, settings.idle_timeout)
+

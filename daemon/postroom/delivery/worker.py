@@ -1,33 +1,50 @@
-"""`DeliveryWorker`: claims due deliveries, sends each message once to all its claimed recipients,
-and releases every delivery with its outcome.
+"""`DeliveryWorker`: claims due deliveries and sends them through per-destination lanes.
 
-Leases are extended while a batch is in flight, so a slow destination does not let another worker
-steal live work; if this process dies, the leases run out and the reaper (`run` does it on a timer,
-every worker of every daemon may) returns the deliveries to the queue. A message whose processing
-raises is parked as dead with the error, never dropped.
+The flow is a pipeline, not a batch loop: the claimer leases due deliveries whenever there is room
+(`max_in_flight`), prepares (DKIM-signs) each message once, asks the transport for the route of each
+recipient domain and puts one job per (message, destination) into that destination's lane. Each
+lane runs up to its rule's connections at once, spaced to its rate, so a slow or dead destination
+only ever holds its own lane: the claimer skips the domains of lanes that are suspended or already
+have a full backlog, and every outcome is written as soon as it is known, in batches
+(`OutcomeWriter`), never waiting for the rest of a claim.
+
+A destination that throttles us (421, rate-limit replies) is slowed down and suspended, one that
+cannot be reached at all is suspended, and one past its daily (warm-up) cap waits for the next UTC
+day; the deliveries it held are handed back untried, due when it may be tried again.
+
+Leases are extended while deliveries are held; if this process dies they run out and the reaper
+(every worker runs it) returns them to the queue. A message whose processing raises is parked as
+dead with the error, never dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from postroom.config import DestinationSettings
 from postroom.core.clock import Clock
 from postroom.core.errors import PostroomError, StoreError
 from postroom.core.types import DeliveryState, RecipientResult, Verdict
-from postroom.delivery.transport import Transport
+from postroom.delivery.outcomes import OutcomeWriter, decide, postpone
+from postroom.delivery.shaping import Health, TokenBucket, daily_cap, share
+from postroom.delivery.transport import Route, RouteFailure, Transport
 from postroom.metrics import Metrics
 from postroom.queue.models import ClaimedDelivery, QueuedMessage, Release
-from postroom.queue.retry import RetryPolicy, next_attempt_at, system_draw
+from postroom.queue.retry import RetryPolicy, system_draw
 from postroom.queue.store import SqlQueueStore
+
+__all__ = ["DeliveryWorker", "WorkerOptions", "decide", "send_as_stored"]
 
 logger = logging.getLogger(__name__)
 
 Prepare = Callable[[QueuedMessage], Awaitable[bytes]]
+MAX_EXCLUDED_DOMAINS = 500  # domains held back in one claim query at most
 
 
 async def send_as_stored(message: QueuedMessage) -> bytes:
@@ -42,29 +59,37 @@ class WorkerOptions:
     lease_seconds: float = 60.0
     poll_interval: float = 1.0
     drain_grace: float = 10.0
+    max_in_flight: int = 2000
+    processes: int = 1  # host-wide limits are shared by this many processes
+    throttle_backoff: float = 60.0
+    throttle_backoff_max: float = 3600.0
 
 
-def decide(
-    claimed: ClaimedDelivery,
-    result: RecipientResult,
-    policy: RetryPolicy,
-    now: float,
-    draw: float,
-) -> Release:
-    """Turn one recipient's result into the state to record: pure, so it is tested on its own."""
-    if result.verdict is Verdict.DELIVERED:
-        state, when = DeliveryState.DELIVERED, None
-    elif result.verdict is Verdict.BOUNCED:
-        state, when = DeliveryState.BOUNCED, None
-    else:
-        when = next_attempt_at(policy, claimed.attempts + 1, claimed.accepted_at, now, draw)
-        state = DeliveryState.DEFERRED if when is not None else DeliveryState.EXPIRED
-    reply = result.reply
-    if state is DeliveryState.EXPIRED:
-        reply = f"expired after {claimed.attempts + 1} attempts; last reply: {result.reply}"
-    return Release(
-        claimed.id, claimed.message_id, claimed.recipient, state, reply, when, dict(result.details)
-    )
+@dataclass
+class Job:
+    """One message to the recipients it has at one destination."""
+
+    message: QueuedMessage
+    content: bytes
+    deliveries: list[ClaimedDelivery]
+
+
+@dataclass
+class Lane:
+    """A destination's queue of jobs, its shaping state and its health."""
+
+    route: Route
+    health: Health
+    bucket: TokenBucket
+    jobs: deque[Job] = field(default_factory=deque)
+    domains: set[str] = field(default_factory=set)
+    active: int = 0
+    day: datetime.date | None = None
+    sent_today: int = 0
+
+    @property
+    def rule(self) -> DestinationSettings:
+        return self.route.rule
 
 
 class DeliveryWorker:
@@ -88,52 +113,70 @@ class DeliveryWorker:
         self._prepare = prepare
         self._draw = draw
         self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
         self._in_flight: set[int] = set()
+        self._lanes: dict[str, Lane] = {}
+        self._runners: set[asyncio.Task[None]] = set()
+        # Messages whose deliveries are held, with how many are not yet written (for metrics).
+        self._messages: dict[str, QueuedMessage] = {}
+        self._outstanding: dict[str, int] = defaultdict(int)
+        self._writer = OutcomeWriter(store, options.owner, clock, self._written)
+        self._stopping = False
+
+    # -- the loop -------------------------------------------------------------------------
 
     def wake(self) -> None:
         """Called when new work was committed, so the worker does not wait for its poll timer."""
         self._wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop`; the batch in flight gets `drain_grace` seconds to finish."""
+        """Deliver until `stop`; transactions in flight get `drain_grace` seconds to finish."""
+        writer_stop = asyncio.Event()
+        writer = asyncio.create_task(self._writer.run(writer_stop), name="delivery-outcomes")
         heartbeat = asyncio.create_task(self._heartbeat(stop), name="delivery-heartbeat")
         try:
+            next_reap = 0.0
             while not stop.is_set():
                 self._wakeup.clear()
+                self._room.clear()
+                claimed = 0
                 try:
-                    await self._reap()
-                    batch = asyncio.create_task(self.process_batch())
-                    done = await self._until_done_or_stopped(batch, stop)
+                    if self._clock.now() >= next_reap:
+                        await self._reap()
+                        next_reap = self._clock.now() + self._options.lease_seconds / 4
+                    claimed = await self.claim_once()
                 except StoreError as exc:
                     logger.warning("delivery paused: %s", exc)
-                    done = 0
-                if done == 0 and not stop.is_set():
+                if claimed == 0 and not stop.is_set():
                     await self._idle(stop)
         finally:
+            self._stopping = True
+            await self._finish_runners()
+            self._hand_back_all("handed back at shutdown")
+            writer_stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, timeout=max(1.0, self._options.drain_grace))
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             await self._transport.close()
 
-    async def _until_done_or_stopped(self, batch: asyncio.Task[int], stop: asyncio.Event) -> int:
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({batch, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-        if not batch.done():
-            # Stopping: give the batch in flight a bounded grace period. If it does not finish,
-            # cancelling is safe: its leases run out and another worker takes the deliveries.
-            done, _ = await asyncio.wait({batch}, timeout=self._options.drain_grace)
-            if not done:
-                batch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await batch
-                return 0
-        return batch.result()
+    async def _finish_runners(self) -> None:
+        if not self._runners:
+            return
+        _, pending = await asyncio.wait(set(self._runners), timeout=self._options.drain_grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            # Cancelled mid-transaction: their leases run out and another worker takes them.
+            await asyncio.wait(pending)
 
     async def _idle(self, stop: asyncio.Event) -> None:
-        waiters = {asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())}
+        waiters = {
+            asyncio.ensure_future(self._wakeup.wait()),
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self._room.wait()),
+        }
         try:
             await asyncio.wait(
                 waiters, timeout=self._options.poll_interval, return_when=asyncio.FIRST_COMPLETED
@@ -152,6 +195,7 @@ class DeliveryWorker:
         interval = self._options.lease_seconds / 3
         while not stop.is_set():
             await asyncio.sleep(interval)
+            self._transport_sweep()
             if self._in_flight:
                 try:
                     await self._store.extend(
@@ -162,46 +206,90 @@ class DeliveryWorker:
                 except StoreError as exc:
                     logger.warning("could not extend leases: %s", exc)
 
-    async def drain(self) -> int:
-        """Process batches until nothing is due; return the number of deliveries handled.
+    def _transport_sweep(self) -> None:
+        sweep = getattr(self._transport, "sweep", None)
+        if sweep is not None:
+            sweep()
+        self._forget_idle_lanes()
 
-        The test and CLI mode: no timers, no sleeps.
+    async def drain(self) -> int:
+        """Deliver until nothing is due; return the number of deliveries handled.
+
+        The test and CLI mode: no background loop, no polling.
         """
         total = 0
         while True:
             await self._reap()
-            handled = await self.process_batch()
-            if handled == 0:
+            claimed = await self.claim_once()
+            while self._runners:
+                await asyncio.wait(set(self._runners))
+            await self._writer.flush()
+            if claimed == 0:
                 return total
-            total += handled
+            total += claimed
 
-    async def process_batch(self) -> int:
-        """Claim one batch, send it, release it; return how many deliveries were handled."""
+    # -- claiming and routing -------------------------------------------------------------
+
+    async def claim_once(self) -> int:
+        """Claim what there is room for and hand it to the lanes; return how many were claimed."""
+        room = self._options.max_in_flight - len(self._in_flight)
+        if room <= 0:
+            return 0
         now = self._clock.now()
         claimed = await self._store.claim(
-            self._options.owner, self._options.batch_size, now, self._options.lease_seconds
+            self._options.owner,
+            min(room, self._options.batch_size),
+            now,
+            self._options.lease_seconds,
+            exclude_domains=self._held_back_domains(now),
         )
         if not claimed:
             return 0
         self._in_flight.update(d.id for d in claimed)
+        by_message: dict[str, list[ClaimedDelivery]] = defaultdict(list)
+        for delivery in claimed:
+            by_message[delivery.message_id].append(delivery)
+            self._outstanding[delivery.message_id] += 1
         try:
-            by_message: dict[str, list[ClaimedDelivery]] = defaultdict(list)
-            for delivery in claimed:
-                by_message[delivery.message_id].append(delivery)
             loaded = await self._store.load_messages(by_message)
-            releases = await asyncio.gather(
-                *(self._send_one(loaded.get(mid), mid, group) for mid, group in by_message.items())
-            )
-            outcomes = [release for group in releases for release in group]
-            await self._store.release(self._options.owner, outcomes, self._clock.now())
-            self._count(outcomes, loaded)
-        finally:
+        except StoreError:
             self._in_flight.difference_update(d.id for d in claimed)
+            for message_id in by_message:
+                self._outstanding.pop(message_id, None)
+            raise  # the leases run out and the deliveries come back
+        routes = await self._routes({d.domain for d in claimed})
+        await asyncio.gather(
+            *(self._dispatch(loaded.get(mid), mid, group, routes) for mid, group in by_message.items())
+        )
         return len(claimed)
 
-    async def _send_one(
-        self, message: QueuedMessage | None, message_id: str, group: Sequence[ClaimedDelivery]
-    ) -> list[Release]:
+    async def _routes(self, domains: set[str]) -> dict[str, Route | RouteFailure]:
+        ordered = sorted(domains)
+        answers = await asyncio.gather(*(self._transport.route(d) for d in ordered))
+        return dict(zip(ordered, answers))
+
+    def _held_back_domains(self, now: float) -> list[str]:
+        held: set[str] = set()
+        for lane in self._lanes.values():
+            if lane.health.suspended(now) or len(lane.jobs) >= self._backlog_limit(lane):
+                held.update(lane.domains)
+        return sorted(held)[:MAX_EXCLUDED_DOMAINS]
+
+    def _backlog_limit(self, lane: Lane) -> int:
+        # Enough queued jobs to keep the lane's connections busy for a while, no more: beyond it
+        # the claimer leaves the destination's deliveries in the database for later.
+        connections = self._connections(lane)
+        rate = self._rate(lane)
+        by_rate = int(rate * 5) if rate else 0
+        return max(20, connections * 20, by_rate)
+
+    async def _dispatch(
+        self,
+        message: QueuedMessage | None,
+        message_id: str,
+        group: Sequence[ClaimedDelivery],
+        routes: dict[str, Route | RouteFailure],
+    ) -> None:
         try:
             if message is None:
                 raise LookupError(f"message {message_id} has deliveries but no stored content")
@@ -211,33 +299,227 @@ class DeliveryWorker:
                 # A known, fixable local condition (say a DKIM key that became unreadable): retry
                 # later like a temporary failure, rather than park the message or send it unsigned.
                 logger.error("cannot prepare message %s: %s", message_id, exc)
-                now = self._clock.now()
-                return [
-                    decide(d, RecipientResult(d.recipient, Verdict.DEFERRED, f"local: {exc}"),
-                           self._policy, now, self._draw())
-                    for d in group
-                ]  # fmt: skip
-            results = await self._transport.send(message, content, [d.recipient for d in group])
-            by_recipient = {r.recipient: r for r in results}
-            now = self._clock.now()
-            return [
-                decide(d, by_recipient[d.recipient], self._policy, now, self._draw()) for d in group
-            ]
+                self._record(message, [self._decide(d, Verdict.DEFERRED, f"local: {exc}") for d in group])
+                return
+            by_lane: dict[str, list[ClaimedDelivery]] = defaultdict(list)
+            failed: list[Release] = []
+            for delivery in group:
+                route = routes[delivery.domain]
+                if isinstance(route, RouteFailure):
+                    verdict = Verdict.BOUNCED if route.permanent else Verdict.DEFERRED
+                    failed.append(self._decide(delivery, verdict, route.reason, local=True))
+                    continue
+                lane = self._lane(route)
+                lane.domains.add(delivery.domain)
+                by_lane[route.key].append(delivery)
+            self._record(message, failed)
+            self._messages[message.id] = message
+            for key, deliveries in by_lane.items():
+                lane = self._lanes[key]
+                if lane.health.suspended(self._clock.now()):
+                    self._record(message, [self._postponed(d, lane) for d in deliveries])
+                    continue
+                lane.jobs.append(Job(message, content, deliveries))
+                self._pump(lane)
         except Exception as exc:
-            # A message that crashes the pipeline is parked for a human, never lost or retried hot.
-            error = f"{type(exc).__name__}: {exc}"
-            logger.exception("message %s crashed delivery; parked as dead", message_id)
-            self._metrics.dead.inc()
-            await self._store.park(message_id, error)
-            return [
-                Release(d.id, d.message_id, d.recipient, DeliveryState.DEAD, f"internal error: {error}")
-                for d in group
-            ]
+            await self._park(message, message_id, group, exc)
 
-    def _count(self, outcomes: Sequence[Release], loaded: dict[str, QueuedMessage]) -> None:
+    async def _park(
+        self,
+        message: QueuedMessage | None,
+        message_id: str,
+        group: Sequence[ClaimedDelivery],
+        exc: Exception,
+    ) -> None:
+        # A message that crashes the pipeline is parked for a human, never lost or retried hot.
+        error = f"{type(exc).__name__}: {exc}"
+        logger.error("message %s crashed delivery; parked as dead", message_id, exc_info=exc)
+        self._metrics.dead.inc()
+        try:
+            await self._store.park(message_id, error)
+        except StoreError as store_error:
+            logger.warning("could not park message %s: %s", message_id, store_error)
+        self._record(
+            message,
+            [Release(d.id, d.message_id, d.recipient, DeliveryState.DEAD, f"internal error: {error}")
+             for d in group],
+        )  # fmt: skip
+
+    # -- lanes ----------------------------------------------------------------------------
+
+    def _lane(self, route: Route) -> Lane:
+        lane = self._lanes.get(route.key)
+        if lane is None:
+            now = self._clock.now()
+            lane = Lane(
+                route,
+                Health(self._options.throttle_backoff, self._options.throttle_backoff_max),
+                TokenBucket(share(route.rule.max_rate, self._options.processes), 1.0, now),
+            )
+            self._lanes[route.key] = lane
+        else:
+            lane.route = route  # the newest resolution (addresses may have changed)
+        return lane
+
+    def _connections(self, lane: Lane) -> int:
+        return lane.health.connections(share(lane.rule.max_connections, self._options.processes))
+
+    def _rate(self, lane: Lane) -> float:
+        return lane.health.rate(share(lane.rule.max_rate, self._options.processes))
+
+    def _pump(self, lane: Lane) -> None:
+        """Start runners while the lane has jobs and free connections."""
+        while lane.jobs and lane.active < self._connections(lane) and not self._stopping:
+            lane.active += 1
+            task = asyncio.create_task(self._run_lane(lane), name=f"lane {lane.route.key}")
+            self._runners.add(task)
+            task.add_done_callback(self._runners.discard)
+
+    async def _run_lane(self, lane: Lane) -> None:
+        try:
+            while lane.jobs and not self._stopping:
+                now = self._clock.now()
+                if lane.health.suspended(now):
+                    return  # its jobs were handed back when it was suspended
+                if lane.active > self._connections(lane):
+                    return  # slowed down: fewer connections now
+                lane.bucket.rate = self._rate(lane)
+                wait = lane.bucket.wait(now)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                if self._over_daily_cap(lane, now):
+                    continue
+                lane.bucket.take(now)
+                job = lane.jobs.popleft()
+                await self._attempt(lane, job)
+        except Exception as exc:  # a bug in shaping must not strand the lane's deliveries
+            logger.exception("lane %s failed", lane.route.key)
+            jobs, lane.jobs = list(lane.jobs), deque()
+            for job in jobs:
+                await self._park(job.message, job.message.id, job.deliveries, exc)
+        finally:
+            lane.active -= 1
+
+    def _over_daily_cap(self, lane: Lane, now: float) -> bool:
+        today = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
+        if lane.day != today:
+            lane.day, lane.sent_today = today, 0
+        cap = daily_cap(lane.rule, today, self._options.processes)
+        if cap is None or lane.sent_today < cap:
+            return False
+        tomorrow = datetime.datetime.combine(today + datetime.timedelta(days=1), datetime.time(),
+                                             datetime.UTC).timestamp()  # fmt: skip
+        lane.health.suspended_until = max(lane.health.suspended_until, tomorrow)
+        lane.health.reason = f"daily cap of {cap} reached"
+        self._suspended(lane, "daily_cap")
+        return True
+
+    async def _attempt(self, lane: Lane, job: Job) -> None:
+        recipients = [d.recipient for d in job.deliveries]
+        self._metrics.outbound_sessions.inc()
+        try:
+            attempt = await self._transport.send(lane.route, job.message, job.content, recipients)
+        finally:
+            self._metrics.outbound_sessions.dec()
+        by_recipient = {r.recipient: r for r in attempt.results}
+        now = self._clock.now()
+        releases = [
+            decide(d, by_recipient[d.recipient], self._policy, now, self._draw())
+            for d in job.deliveries
+        ]
+        self._record(job.message, releases)
+        delivered = sum(r.verdict is Verdict.DELIVERED for r in attempt.results)
+        lane.sent_today += delivered
+        if attempt.throttled is not None:
+            lane.health.throttled(now, attempt.throttled)
+            logger.warning("destination %s throttles us (%s); slowed to %.0f%%, suspended for %.0fs",
+                           lane.route.key, attempt.throttled, 100 * lane.health.factor,
+                           lane.health.suspended_until - now)  # fmt: skip
+            self._suspended(lane, "throttled")
+        elif attempt.unreachable is not None:
+            lane.health.unreachable(now, attempt.unreachable)
+            logger.warning("destination %s unreachable (%s); suspended for %.0fs", lane.route.key,
+                           attempt.unreachable, lane.health.suspended_until - now)  # fmt: skip
+            self._suspended(lane, "unreachable")
+        elif delivered:
+            lane.health.succeeded()
+            if lane.health.factor < 1.0:
+                self._metrics.destination_slowdown.labels(lane.route.key).set(lane.health.factor)
+            else:
+                self._forget_metric(self._metrics.destination_slowdown, lane.route.key)
+
+    def _suspended(self, lane: Lane, reason: str) -> None:
+        """Hand back the lane's queued jobs, due when the destination may be tried again."""
+        self._metrics.destination_suspensions.labels(reason).inc()
+        self._metrics.destination_suspended.labels(lane.route.key, reason).set(1)
+        self._metrics.destination_slowdown.labels(lane.route.key).set(lane.health.factor)
+        jobs, lane.jobs = list(lane.jobs), deque()
+        for job in jobs:
+            self._record(job.message, [self._postponed(d, lane) for d in job.deliveries])
+
+    def _postponed(self, delivery: ClaimedDelivery, lane: Lane) -> Release:
+        # Spread the hand-backs over a tenth of the pause so they do not all return at once.
+        pause = max(0.0, lane.health.suspended_until - self._clock.now())
+        until = lane.health.suspended_until + 0.1 * pause * self._draw()
+        return postpone(delivery, until, f"destination {lane.route.key} held back: {lane.health.reason}")
+
+    def _hand_back_all(self, reason: str) -> None:
+        now = self._clock.now()
+        for lane in self._lanes.values():
+            jobs, lane.jobs = list(lane.jobs), deque()
+            for job in jobs:
+                self._record(job.message, [postpone(d, now, reason) for d in job.deliveries])
+
+    def _forget_idle_lanes(self) -> None:
+        now = self._clock.now()
+        for key, lane in list(self._lanes.items()):
+            if lane.health.suspended(now):
+                continue
+            for reason in ("throttled", "unreachable", "daily_cap"):
+                self._forget_metric(self._metrics.destination_suspended, key, reason)
+            capped = lane.rule.daily_limit or lane.rule.warmup  # keeps its count of the day
+            if not lane.jobs and not lane.active and lane.health.factor >= 1.0 and not capped:
+                del self._lanes[key]
+
+    @staticmethod
+    def _forget_metric(metric: object, *labels: str) -> None:
+        with contextlib.suppress(KeyError):
+            metric.remove(*labels)  # type: ignore[attr-defined]
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def _decide(
+        self, delivery: ClaimedDelivery, verdict: Verdict, reply: str, local: bool = False
+    ) -> Release:
+        result = RecipientResult(delivery.recipient, verdict, reply, {"local": True} if local else {})
+        return decide(delivery, result, self._policy, self._clock.now(), self._draw())
+
+    def _record(self, message: QueuedMessage | None, releases: Sequence[Release]) -> None:
+        if not releases:
+            return
+        if message is not None:
+            self._messages[message.id] = message
+        self._writer.add(releases)
+
+    def _written(self, releases: Sequence[Release]) -> None:
+        self._in_flight.difference_update(r.delivery_id for r in releases)
+        self._count(releases)
+        for release in releases:
+            left = self._outstanding.get(release.message_id, 0) - 1
+            if left > 0:
+                self._outstanding[release.message_id] = left
+            else:
+                self._outstanding.pop(release.message_id, None)
+                self._messages.pop(release.message_id, None)
+        self._room.set()
+
+    def _count(self, outcomes: Sequence[Release]) -> None:
         now = self._clock.now()
         for outcome in outcomes:
-            message = loaded.get(outcome.message_id)
+            if not outcome.tried:
+                continue
+            message = self._messages.get(outcome.message_id)
             stream = message.stream if message else "unknown"
             route = message.route if message else "unknown"
             self._metrics.attempted.labels(outcome.state.value).inc()

@@ -8,6 +8,11 @@ from typing import Any
 from postroom.core.types import DeliveryState
 
 
+def recipient_domain(recipient: str) -> str:
+    """The domain part of an address, lower-cased ("" when there is none)."""
+    return recipient.rpartition("@")[2].strip().rstrip(".").lower()
+
+
 @dataclass(frozen=True)
 class ClaimedDelivery:
     """One recipient's copy, leased to a worker."""
@@ -17,6 +22,10 @@ class ClaimedDelivery:
     recipient: str
     attempts: int  # attempts made before this one
     accepted_at: float
+
+    @property
+    def domain(self) -> str:
+        return recipient_domain(self.recipient)
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class Release:
     reply: str
     next_attempt_at: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    tried: bool = True  # False: handed back untried (destination suspended, shutting down)
 
 
 @dataclass(frozen=True)

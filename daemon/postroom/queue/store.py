@@ -27,6 +27,7 @@ from postroom.queue.models import (
     MessageSummary,
     QueuedMessage,
     Release,
+    recipient_domain,
 )
 from postroom.store.engine import WriteGate, read_only, translate_errors
 from postroom.store.sqlite_writer import SqliteBatchWriter
@@ -72,6 +73,7 @@ def insert_statements(
                 {
                     "message_id": message_id,
                     "recipient": recipient,
+                    "domain": recipient_domain(recipient),
                     "state": DeliveryState.QUEUED.value,
                     "attempts": 0,
                     "created_at": now,
@@ -197,13 +199,22 @@ class SqlQueueStore:
     # -- work -----------------------------------------------------------------------------
 
     async def claim(
-        self, owner: str, limit: int, now: float, lease_seconds: float
+        self,
+        owner: str,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        exclude_domains: Sequence[str] = (),
     ) -> list[ClaimedDelivery]:
-        """Lease up to `limit` due deliveries, oldest due first."""
+        """Lease up to `limit` due deliveries, oldest due first, none for `exclude_domains`
+        (the destinations this worker holds back or has enough of)."""
+        candidates = sa.select(deliveries.c.id).where(
+            deliveries.c.state.in_(CLAIMABLE), deliveries.c.next_attempt_at <= now
+        )
+        if exclude_domains:
+            candidates = candidates.where(deliveries.c.domain.not_in(sorted(exclude_domains)))
         due = (
-            sa.select(deliveries.c.id)
-            .where(deliveries.c.state.in_(CLAIMABLE), deliveries.c.next_attempt_at <= now)
-            .order_by(deliveries.c.next_attempt_at)
+            candidates.order_by(deliveries.c.next_attempt_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
             .scalar_subquery()
@@ -319,7 +330,7 @@ class SqlQueueStore:
                         {
                             "b_id": o.delivery_id,
                             "b_state": o.state.value,
-                            "b_tried": 0 if o.state is DeliveryState.DEAD else 1,
+                            "b_tried": 1 if o.tried and o.state is not DeliveryState.DEAD else 0,
                             "b_next": o.next_attempt_at if o.next_attempt_at is not None else now,
                             "b_reply": o.reply[:2000],
                             "b_finished": now if o.state.is_final else None,
@@ -444,12 +455,14 @@ class SqlQueueStore:
                 ).all()
         return {state: int(count) for state, count in rows}
 
-    async def oldest_active_created_at(self) -> float | None:
+    async def oldest_active_created_at(self, state: DeliveryState | None = None) -> float | None:
+        """When the oldest delivery not yet final (or in `state`) was accepted."""
+        states = [state.value] if state is not None else [s.value for s in ACTIVE_STATES]
         with translate_errors("finding the oldest queued delivery"):
             async with self._reads.connect() as conn:
                 value = await conn.scalar(
                     sa.select(sa.func.min(deliveries.c.created_at)).where(
-                        deliveries.c.state.in_([s.value for s in ACTIVE_STATES])
+                        deliveries.c.state.in_(states)
                     )
                 )
         return None if value is None else float(value)

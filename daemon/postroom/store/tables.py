@@ -45,6 +45,8 @@ deliveries = sa.Table(
         "message_id", sa.String(26), sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
     ),
     sa.Column("recipient", sa.String(512), nullable=False),
+    # The recipient's domain, lower-cased: what destinations are grouped and held back by.
+    sa.Column("domain", sa.String(253), nullable=False, server_default=""),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", sa.Float, nullable=False),
@@ -56,6 +58,7 @@ deliveries = sa.Table(
     sa.Column("finished_at", sa.Float),
     sa.Index(None, "state", "next_attempt_at"),
     sa.Index(None, "message_id"),
+    sa.Index(None, "domain", "state"),
 )
 
 events = sa.Table(

@@ -1,0 +1,126 @@
+"""From a recipient's result to the state recorded for its delivery, and the writer that records
+outcomes in batches. `decide` and `postpone` are pure; `OutcomeWriter` groups the releases of many
+concurrent transactions into few database transactions, the way the group committer does for
+submissions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from postroom.core.clock import Clock
+from postroom.core.errors import StoreError
+from postroom.core.types import DeliveryState, RecipientResult, Verdict
+from postroom.queue.models import ClaimedDelivery, Release
+from postroom.queue.retry import RetryPolicy, next_attempt_at
+from postroom.queue.store import SqlQueueStore
+
+logger = logging.getLogger(__name__)
+
+WRITE_RETRY_SECONDS = 1.0
+
+
+def decide(
+    claimed: ClaimedDelivery,
+    result: RecipientResult,
+    policy: RetryPolicy,
+    now: float,
+    draw: float,
+) -> Release:
+    """Turn one recipient's result into the state to record."""
+    if result.verdict is Verdict.DELIVERED:
+        state, when = DeliveryState.DELIVERED, None
+    elif result.verdict is Verdict.BOUNCED:
+        state, when = DeliveryState.BOUNCED, None
+    else:
+        when = next_attempt_at(policy, claimed.attempts + 1, claimed.accepted_at, now, draw)
+        state = DeliveryState.DEFERRED if when is not None else DeliveryState.EXPIRED
+    reply = result.reply
+    if state is DeliveryState.EXPIRED:
+        reply = f"expired after {claimed.attempts + 1} attempts; last reply: {result.reply}"
+    return Release(
+        claimed.id, claimed.message_id, claimed.recipient, state, reply, when, dict(result.details)
+    )
+
+
+def postpone(claimed: ClaimedDelivery, until: float, reason: str) -> Release:
+    """Hand a delivery back untried, due at `until` (its attempt count is unchanged)."""
+    state = DeliveryState.DEFERRED if claimed.attempts else DeliveryState.QUEUED
+    return Release(
+        claimed.id, claimed.message_id, claimed.recipient, state, reason, until,
+        {"postponed": True}, tried=False,
+    )  # fmt: skip
+
+
+class OutcomeWriter:
+    """Collects releases and writes them in batches: whatever arrived while the previous write
+    ran goes in the next one. A failed write is retried (the leases are still ours until they
+    expire, and a release of a lease that was reaped records nothing)."""
+
+    def __init__(
+        self,
+        store: SqlQueueStore,
+        owner: str,
+        clock: Clock,
+        on_written: Callable[[Sequence[Release]], None],
+    ):
+        self._store = store
+        self._owner = owner
+        self._clock = clock
+        self._on_written = on_written
+        self._pending: list[Release] = []
+        self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add(self, releases: Sequence[Release]) -> None:
+        if releases:
+            self._pending.extend(releases)
+            self._idle.clear()
+            self._arrived.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write until `stop` is set and nothing is left."""
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                if not self._pending:
+                    self._idle.set()
+                    if stop.is_set():
+                        return
+                    arrived = asyncio.ensure_future(self._arrived.wait())
+                    await asyncio.wait({arrived, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    arrived.cancel()
+                    self._arrived.clear()
+                    continue
+                if not await self.write_pending():
+                    await asyncio.sleep(WRITE_RETRY_SECONDS)
+        finally:
+            stopping.cancel()
+
+    async def write_pending(self) -> bool:
+        """Write what is pending now; False when the database refused (it stays pending)."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return True
+        try:
+            await self._store.release(self._owner, batch, self._clock.now())
+        except StoreError as exc:
+            logger.warning("delivery outcomes not recorded yet (%d): %s", len(batch), exc)
+            self._pending[:0] = batch
+            return False
+        self._on_written(batch)
+        if not self._pending:
+            self._idle.set()
+        return True
+
+    async def flush(self) -> None:
+        """Write everything pending (the drain path, without the background loop)."""
+        while self._pending:
+            if not await self.write_pending():
+                await asyncio.sleep(WRITE_RETRY_SECONDS)
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()

@@ -1,0 +1,35 @@
+"""Deliveries know their recipient's domain, so the queue can be grouped and held back by it.
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-26
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("deliveries") as batch:
+        batch.add_column(sa.Column("domain", sa.String(253), nullable=False, server_default=""))
+        batch.create_index("ix_deliveries_domain_state", ["domain", "state"])
+    # The part after the last "@", lower-cased, in each engine's own SQL.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("UPDATE deliveries SET domain = lower(substring(recipient from '@([^@]*)$'))")
+    else:
+        op.execute(
+            "UPDATE deliveries SET domain = lower(replace(recipient, "
+            "rtrim(recipient, replace(recipient, '@', '')), ''))"
+        )
+    op.execute("UPDATE deliveries SET domain = '' WHERE domain IS NULL")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("deliveries") as batch:
+        batch.drop_index("ix_deliveries_domain_state")
+        batch.drop_column("domain")
