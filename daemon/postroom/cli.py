@@ -399,11 +399,19 @@ def queue() -> None:
 @config_option
 @click.option("--state", type=click.Choice([s.value for s in DeliveryState]), default=None)
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@click.option("--by-destination", "by_destination", is_flag=True,
+              help="Count deliveries per recipient domain and state instead of listing messages.")
+@click.option("--all", "include_final", is_flag=True,
+              help="With --by-destination: final states (delivered, bounced, expired) too.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def queue_ls(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
-    """List messages, newest first, with their recipients' states."""
+def queue_ls(ctx: click.Context, state: str | None, limit: int, by_destination: bool,
+             include_final: bool, as_json: bool) -> None:  # fmt: skip
+    """List messages, newest first, with their recipients' states (or group by destination)."""
     settings = settings_from(ctx)
+    if by_destination:
+        _queue_by_destination(settings, limit, include_final, as_json)
+        return
     found = run_db(settings, lambda e: SqlQueueStore(e).list_messages(limit=limit, state=state))
     if as_json:
         click.echo(json.dumps([asdict(s) for s in found]))
@@ -417,6 +425,23 @@ def queue_ls(ctx: click.Context, state: str | None, limit: int, as_json: bool) -
         click.echo(f"{s.id:26}  {when(s.created_at):19}  {s.size:>7}  {s.mail_from[:30]:30}  {states}")
 
 
+def _queue_by_destination(settings: Settings, limit: int, include_final: bool, as_json: bool) -> None:
+    groups = run_db(settings, lambda e: SqlQueueStore(e).destinations(include_final=include_final,
+                                                                      limit=limit))  # fmt: skip
+    if as_json:
+        click.echo(json.dumps([asdict(g) for g in groups]))
+        return
+    if not groups:
+        click.echo("no deliveries in the queue")
+        return
+    click.echo(f"{'DESTINATION':32}  {'STATE':9}  {'COUNT':>7}  {'OLDEST (UTC)':19}  "
+               f"{'NEXT ATTEMPT':19}  LAST REPLY")  # fmt: skip
+    for g in groups:
+        upcoming = when(g.next_attempt_at) if g.state in ("queued", "deferred") else ""
+        click.echo(f"{(g.domain or '(none)')[:32]:32}  {g.state:9}  {g.count:>7}  "
+                   f"{when(g.oldest_created_at):19}  {upcoming:19}  {(g.last_reply or '')[:80]}")  # fmt: skip
+
+
 @queue.command("show")
 @config_option
 @click.argument("message_id")
@@ -424,7 +449,7 @@ def queue_ls(ctx: click.Context, state: str | None, limit: int, as_json: bool) -
 @click.option("--content", is_flag=True, help="Print the stored message instead.")
 @click.pass_context
 def queue_show(ctx: click.Context, message_id: str, as_json: bool, content: bool) -> None:
-    """Show one message with every recipient's state and events."""
+    """Show one message with every recipient's state and each delivery attempt."""
     from postroom.http.messages import detail_json
 
     settings = settings_from(ctx)
@@ -442,15 +467,25 @@ def queue_show(ctx: click.Context, message_id: str, as_json: bool, content: bool
                f"size      {s.size} bytes, stream {s.stream}")  # fmt: skip
     if detail.error:
         click.echo(f"error     {detail.error}")
+    for e in detail.events:
+        if e["delivery_id"] is None:
+            click.echo(f"{when(e['at'])} UTC  {e['type']}")
     for d in detail.deliveries:
         click.echo(f"\n  {d.recipient}: {d.state}, {d.attempts} attempt(s)")
-        if d.last_reply:
-            click.echo(f"    last reply: {d.last_reply}")
         if not d.finished_at and d.state in ("queued", "deferred"):
-            click.echo(f"    next attempt: {when(d.next_attempt_at)} UTC")
-    for e in detail.events:
-        who = f" {e['recipient']}" if e["recipient"] else ""
-        click.echo(f"  {when(e['at'])} {e['type']}{who} {e['detail'].get('reply', '')}")
+            click.echo(f"    next attempt {when(d.next_attempt_at)} UTC")
+        for e in detail.events:
+            if e["delivery_id"] == d.id:
+                click.echo(f"    {when(e['at'])} UTC  {describe_attempt(e['type'], e['detail'])}")
+
+
+def describe_attempt(kind: str, detail: dict[str, Any]) -> str:
+    """One line per attempt: result, where it went, with which TLS, and the reply."""
+    where = ""
+    if "mx" in detail:
+        where = f" via {detail['mx']} [{detail.get('ip', '?')}]:{detail.get('port', '?')}"
+        where += f" {detail['tls']}" if detail.get("tls") not in (None, "none") else " no TLS"
+    return f"{kind}{where}: {detail.get('reply', '')}"
 
 
 @queue.command("retry")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from typing import Annotated, Any
 
@@ -206,6 +207,7 @@ class MessageRoutes:
         app.router.add_post("/v1/messages", self.send)
         app.router.add_get("/v1/messages", self.search)
         app.router.add_get("/v1/messages/{id}", self.inspect)
+        app.router.add_get("/v1/queue/destinations", self.destinations)
 
     @requires(Role.SENDER)
     async def send(self, request: web.Request) -> web.Response:
@@ -285,6 +287,23 @@ class MessageRoutes:
         return web.json_response(
             {"data": page, "next": found[-1].id if len(found) == limit else None}
         )
+
+    @requires(Role.VIEWER)
+    async def destinations(self, request: web.Request) -> web.Response:
+        """The queue grouped by recipient domain and state (`postroom queue ls --by-destination`)."""
+        include_final = request.query.get("all", "false").lower()
+        if include_final not in ("true", "false", "1", "0"):
+            raise ApiError(400, "invalid_query", "all must be true or false")
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            raise ApiError(400, "invalid_query", "limit must be a number") from None
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, "invalid_query", "limit must be between 1 and 1000")
+        groups = await self._store.destinations(
+            include_final=include_final in ("true", "1"), limit=limit
+        )
+        return web.json_response({"data": [dataclasses.asdict(g) for g in groups]})
 
     @requires(Role.VIEWER)
     async def inspect(self, request: web.Request) -> web.Response:

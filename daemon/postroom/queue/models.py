@@ -10,7 +10,8 @@ from postroom.core.types import DeliveryState
 
 def recipient_domain(recipient: str) -> str:
     """The domain part of an address, lower-cased ("" when there is none)."""
-    return recipient.rpartition("@")[2].strip().rstrip(".").lower()
+    _, at, domain = recipient.rpartition("@")
+    return domain.strip().rstrip(".").lower() if at else ""
 
 
 @dataclass(frozen=True)
@@ -88,3 +89,15 @@ class MessageDetail:
     error: str | None
     deliveries: list[DeliveryRow]
     events: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class DestinationGroup:
+    """The deliveries to one recipient domain in one state."""
+
+    domain: str
+    state: str
+    count: int
+    oldest_created_at: float
+    next_attempt_at: float
+    last_reply: str | None

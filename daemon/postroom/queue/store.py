@@ -23,6 +23,7 @@ from postroom.core.types import ACTIVE_STATES, DeliveryState, IdempotencyKey, Su
 from postroom.queue.models import (
     ClaimedDelivery,
     DeliveryRow,
+    DestinationGroup,
     MessageDetail,
     MessageSummary,
     QueuedMessage,
@@ -343,7 +344,7 @@ class SqlQueueStore:
                     [
                         {
                             "at": now,
-                            "type": o.state.value,
+                            "type": o.state.value if o.tried else "held",
                             "message_id": o.message_id,
                             "delivery_id": o.delivery_id,
                             "recipient": o.recipient,
@@ -466,6 +467,46 @@ class SqlQueueStore:
                     )
                 )
         return None if value is None else float(value)
+
+    async def destinations(
+        self, *, include_final: bool = False, limit: int = 100
+    ) -> list[DestinationGroup]:
+        """Deliveries grouped by recipient domain and state, largest groups first, with the
+        oldest acceptance, the next attempt and the newest reply of each group."""
+        states = [s.value for s in DeliveryState] if include_final else [s.value for s in ACTIVE_STATES]
+        grouped = (
+            sa.select(
+                deliveries.c.domain,
+                deliveries.c.state,
+                sa.func.count().label("total"),
+                sa.func.min(deliveries.c.created_at).label("oldest"),
+                sa.func.min(deliveries.c.next_attempt_at).label("next_attempt"),
+            )
+            .where(deliveries.c.state.in_(states))
+            .group_by(deliveries.c.domain, deliveries.c.state)
+            .order_by(sa.func.count().desc(), deliveries.c.domain, deliveries.c.state)
+            .limit(limit)
+        )
+        with translate_errors("grouping the queue by destination"):
+            async with self._reads.connect() as conn:
+                rows = (await conn.execute(grouped)).all()
+                groups = []
+                for row in rows:
+                    reply = await conn.scalar(
+                        sa.select(deliveries.c.last_reply)
+                        .where(
+                            deliveries.c.domain == row.domain,
+                            deliveries.c.state == row.state,
+                            deliveries.c.last_reply.is_not(None),
+                        )
+                        .order_by(deliveries.c.updated_at.desc())
+                        .limit(1)
+                    )
+                    groups.append(
+                        DestinationGroup(row.domain, row.state, int(row.total), float(row.oldest),
+                                         float(row.next_attempt), reply)  # fmt: skip
+                    )
+        return groups
 
     async def list_messages(
         self,

@@ -20,13 +20,15 @@ def upgrade() -> None:
         batch.create_index("ix_deliveries_domain_state", ["domain", "state"])
     # The part after the last "@", lower-cased, in each engine's own SQL.
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("UPDATE deliveries SET domain = lower(substring(recipient from '@([^@]*)$'))")
+        op.execute(
+            "UPDATE deliveries SET domain = lower(substring(recipient from '@([^@]*)$'))"
+            " WHERE position('@' in recipient) > 0"
+        )
     else:
         op.execute(
             "UPDATE deliveries SET domain = lower(replace(recipient, "
-            "rtrim(recipient, replace(recipient, '@', '')), ''))"
+            "rtrim(recipient, replace(recipient, '@', '')), '')) WHERE instr(recipient, '@') > 0"
         )
-    op.execute("UPDATE deliveries SET domain = '' WHERE domain IS NULL")
 
 
 def downgrade() -> None:
