@@ -116,7 +116,8 @@ class DeliveryWorker:
         self._room = asyncio.Event()
         self._in_flight: set[int] = set()
         self._lanes: dict[str, Lane] = {}
-        self._runners: set[asyncio.Task[None]] = set()
+        self._runners: set[asyncio.Task[None]] = set()  # one per busy connection of a lane
+        self._routing: set[asyncio.Task[None]] = set()  # claimed mail waiting for its route
         # Messages whose deliveries are held, with how many are not yet written (for metrics).
         self._messages: dict[str, QueuedMessage] = {}
         self._outstanding: dict[str, int] = defaultdict(int)
@@ -162,9 +163,10 @@ class DeliveryWorker:
             await self._transport.close()
 
     async def _finish_runners(self) -> None:
-        if not self._runners:
+        busy = self._routing | self._runners
+        if not busy:
             return
-        _, pending = await asyncio.wait(set(self._runners), timeout=self._options.drain_grace)
+        _, pending = await asyncio.wait(busy, timeout=self._options.drain_grace)
         for task in pending:
             task.cancel()
         if pending:
@@ -221,8 +223,8 @@ class DeliveryWorker:
         while True:
             await self._reap()
             claimed = await self.claim_once()
-            while self._runners:
-                await asyncio.wait(set(self._runners))
+            while self._routing or self._runners:
+                await asyncio.wait(self._routing | self._runners)
             await self._writer.flush()
             if claimed == 0:
                 return total
@@ -257,16 +259,68 @@ class DeliveryWorker:
             for message_id in by_message:
                 self._outstanding.pop(message_id, None)
             raise  # the leases run out and the deliveries come back
-        routes = await self._routes({d.domain for d in claimed})
-        await asyncio.gather(
-            *(self._dispatch(loaded.get(mid), mid, group, routes) for mid, group in by_message.items())
+        prepared = await asyncio.gather(
+            *(self._prepared(loaded.get(mid), mid, group) for mid, group in by_message.items())
         )
+        # One task per recipient domain: a domain whose DNS is slow holds only its own mail.
+        by_domain: dict[str, list[tuple[Job, ClaimedDelivery]]] = defaultdict(list)
+        for job in prepared:
+            if job is not None:
+                for delivery in job.deliveries:
+                    by_domain[delivery.domain].append((job, delivery))
+        for domain, items in by_domain.items():
+            task = asyncio.create_task(self._route_and_queue(domain, items), name=f"route {domain}")
+            self._routing.add(task)
+            task.add_done_callback(self._routing.discard)
         return len(claimed)
 
-    async def _routes(self, domains: set[str]) -> dict[str, Route | RouteFailure]:
-        ordered = sorted(domains)
-        answers = await asyncio.gather(*(self._transport.route(d) for d in ordered))
-        return dict(zip(ordered, answers))
+    async def _prepared(
+        self, message: QueuedMessage | None, message_id: str, group: list[ClaimedDelivery]
+    ) -> Job | None:
+        """The message signed and ready to send to `group`; None when it could not be (the
+        deliveries are then deferred, or parked as dead when the pipeline crashed)."""
+        try:
+            if message is None:
+                raise LookupError(f"message {message_id} has deliveries but no stored content")
+            self._messages[message.id] = message
+            try:
+                content = await self._prepare(message)
+            except PostroomError as exc:
+                # A known, fixable local condition (say a DKIM key that became unreadable): retry
+                # later like a temporary failure, rather than park the message or send it unsigned.
+                logger.error("cannot prepare message %s: %s", message_id, exc)
+                self._record(message, [self._decide(d, Verdict.DEFERRED, f"local: {exc}") for d in group])
+                return None
+            return Job(message, content, group)
+        except Exception as exc:
+            await self._park(message, message_id, group, exc)
+            return None
+
+    async def _route_and_queue(self, domain: str, items: list[tuple[Job, ClaimedDelivery]]) -> None:
+        try:
+            route = await self._transport.route(domain)
+            if isinstance(route, RouteFailure):
+                verdict = Verdict.BOUNCED if route.permanent else Verdict.DEFERRED
+                for job, delivery in items:
+                    self._record(job.message, [self._decide(delivery, verdict, route.reason, local=True)])
+                return
+            lane = self._lane(route)
+            lane.domains.add(domain)
+            by_message: dict[str, list[ClaimedDelivery]] = defaultdict(list)
+            jobs: dict[str, Job] = {}
+            for job, delivery in items:
+                by_message[job.message.id].append(delivery)
+                jobs[job.message.id] = job
+            for message_id, deliveries in by_message.items():
+                job = jobs[message_id]
+                if lane.health.suspended(self._clock.now()) or self._stopping:
+                    self._record(job.message, [self._postponed(d, lane) for d in deliveries])
+                    continue
+                lane.jobs.append(Job(job.message, job.content, deliveries))
+            self._pump(lane)
+        except Exception as exc:
+            for job, delivery in items:
+                await self._park(job.message, job.message.id, [delivery], exc)
 
     def _held_back_domains(self, now: float) -> list[str]:
         held: set[str] = set()
@@ -282,47 +336,6 @@ class DeliveryWorker:
         rate = self._rate(lane)
         by_rate = int(rate * 5) if rate else 0
         return max(20, connections * 20, by_rate)
-
-    async def _dispatch(
-        self,
-        message: QueuedMessage | None,
-        message_id: str,
-        group: Sequence[ClaimedDelivery],
-        routes: dict[str, Route | RouteFailure],
-    ) -> None:
-        try:
-            if message is None:
-                raise LookupError(f"message {message_id} has deliveries but no stored content")
-            try:
-                content = await self._prepare(message)
-            except PostroomError as exc:
-                # A known, fixable local condition (say a DKIM key that became unreadable): retry
-                # later like a temporary failure, rather than park the message or send it unsigned.
-                logger.error("cannot prepare message %s: %s", message_id, exc)
-                self._record(message, [self._decide(d, Verdict.DEFERRED, f"local: {exc}") for d in group])
-                return
-            by_lane: dict[str, list[ClaimedDelivery]] = defaultdict(list)
-            failed: list[Release] = []
-            for delivery in group:
-                route = routes[delivery.domain]
-                if isinstance(route, RouteFailure):
-                    verdict = Verdict.BOUNCED if route.permanent else Verdict.DEFERRED
-                    failed.append(self._decide(delivery, verdict, route.reason, local=True))
-                    continue
-                lane = self._lane(route)
-                lane.domains.add(delivery.domain)
-                by_lane[route.key].append(delivery)
-            self._record(message, failed)
-            self._messages[message.id] = message
-            for key, deliveries in by_lane.items():
-                lane = self._lanes[key]
-                if lane.health.suspended(self._clock.now()):
-                    self._record(message, [self._postponed(d, lane) for d in deliveries])
-                    continue
-                lane.jobs.append(Job(message, content, deliveries))
-                self._pump(lane)
-        except Exception as exc:
-            await self._park(message, message_id, group, exc)
 
     async def _park(
         self,
@@ -392,12 +405,17 @@ class DeliveryWorker:
                     continue
                 lane.bucket.take(now)
                 job = lane.jobs.popleft()
-                await self._attempt(lane, job)
-        except Exception as exc:  # a bug in shaping must not strand the lane's deliveries
-            logger.exception("lane %s failed", lane.route.key)
+                try:
+                    await self._attempt(lane, job)
+                except Exception as exc:  # the transport raised: a bug, parked with this message
+                    await self._park(job.message, job.message.id, job.deliveries, exc)
+        except Exception:  # a bug in shaping must not strand the lane's deliveries
+            logger.exception("lane %s failed; its queued deliveries are handed back", lane.route.key)
+            now = self._clock.now()
             jobs, lane.jobs = list(lane.jobs), deque()
             for job in jobs:
-                await self._park(job.message, job.message.id, job.deliveries, exc)
+                self._record(job.message, [postpone(d, now, "handed back after an internal error")
+                                           for d in job.deliveries])  # fmt: skip
         finally:
             lane.active -= 1
 
