@@ -125,8 +125,13 @@ class Health:
         return now < self.suspended_until
 
     def throttled(self, now: float, reply: str) -> float:
-        """The destination pushed back: slow down and suspend; return when it may be tried again."""
-        self.factor = max(SLOWEST_FACTOR, self.factor / 2)
+        """The destination pushed back: slow down and suspend; return when it may be tried again.
+
+        Push-backs arriving while it is already suspended (the other connections that were in
+        flight) belong to the same incident: they neither slow it down further nor extend it.
+        """
+        if not self.suspended(now):
+            self.factor = max(SLOWEST_FACTOR, self.factor / 2)
         return self._suspend(now, f"throttled: {reply}")
 
     def unreachable(self, now: float, reason: str) -> float:
@@ -134,6 +139,8 @@ class Health:
         return self._suspend(now, f"unreachable: {reason}")
 
     def _suspend(self, now: float, reason: str) -> float:
+        if self.suspended(now):
+            return self.suspended_until  # the same incident, reported by another connection
         self._backoff = min(self.backoff_max, self._backoff * 2 if self._backoff else self.backoff_base)
         self.suspended_until = max(self.suspended_until, now + self._backoff)
         self.reason = reason

@@ -449,17 +449,20 @@ class DeliveryWorker:
         self._record(job.message, releases)
         delivered = sum(r.verdict is Verdict.DELIVERED for r in attempt.results)
         lane.sent_today += delivered
+        already = lane.health.suspended(now)  # other connections reported this incident first
         if attempt.throttled is not None:
             lane.health.throttled(now, attempt.throttled)
-            logger.warning("destination %s throttles us (%s); slowed to %.0f%%, suspended for %.0fs",
-                           lane.route.key, attempt.throttled, 100 * lane.health.factor,
-                           lane.health.suspended_until - now)  # fmt: skip
-            self._suspended(lane, "throttled")
+            if not already:
+                logger.warning("destination %s throttles us (%s); slowed to %.0f%%, suspended for %.0fs",
+                               lane.route.key, attempt.throttled, 100 * lane.health.factor,
+                               lane.health.suspended_until - now)  # fmt: skip
+                self._suspended(lane, "throttled")
         elif attempt.unreachable is not None:
             lane.health.unreachable(now, attempt.unreachable)
-            logger.warning("destination %s unreachable (%s); suspended for %.0fs", lane.route.key,
-                           attempt.unreachable, lane.health.suspended_until - now)  # fmt: skip
-            self._suspended(lane, "unreachable")
+            if not already:
+                logger.warning("destination %s unreachable (%s); suspended for %.0fs", lane.route.key,
+                               attempt.unreachable, lane.health.suspended_until - now)  # fmt: skip
+                self._suspended(lane, "unreachable")
         elif delivered:
             lane.health.succeeded()
             if lane.health.factor < 1.0:
