@@ -34,6 +34,7 @@ async def test_resolve_two_mx_hosts_in_preference_order() -> None:
             MxHost("primary.two.example", ("127.0.0.2", "::1"), 10),
             MxHost("backup.two.example", ("127.0.0.3",), 20),
         ),
+        ttl=0.0,  # the local server's records have TTL 0
     )
     assert ("two.example", "MX") in server.queries
 
@@ -56,3 +57,14 @@ async def test_cache_over_real_dns_asks_once() -> None:
         second = await cache.resolve("two.example")
     assert first == second
     assert server.queries.count(("two.example", "MX")) == 1
+
+
+async def test_the_dnspython_lookup_reports_the_ttl_of_its_answers() -> None:
+    # The local server answers with TTL 0; the MX cache then keeps the route MIN_ROUTE_TTL seconds.
+    async with serve_dns({("ttl.example", "MX"): ["10 mx.ttl.example"],
+                          ("mx.ttl.example", "A"): ["127.0.0.1"]}) as (_, port):  # fmt: skip
+        lookup = DnspythonLookup(("127.0.0.1", port), timeout=2.0)
+        assert lookup.ttl("ttl.example", "MX") is None
+        destination = await resolve("ttl.example", lookup, lambda: 0.0)
+        assert lookup.ttl("ttl.example", "MX") == 0 and lookup.ttl("MX.ttl.example", "A") == 0
+        assert isinstance(destination, MxRoute) and destination.ttl == 0.0

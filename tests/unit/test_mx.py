@@ -318,3 +318,51 @@ async def test_cache_evicts_the_least_recently_used_domain() -> None:
 def test_cache_needs_room_for_one_entry() -> None:
     with pytest.raises(ValueError):
         MxCache(FakeResolve({}), FakeClock(), max_entries=0)
+
+
+class TtlDnsLookup(DictDnsLookup):
+    """A dict lookup that also reports record TTLs (`RecordTtls`), like DnspythonLookup."""
+
+    def __init__(self, records: Records, ttls: dict[tuple[str, str], int]) -> None:
+        super().__init__(records)
+        self.ttls = ttls
+
+    def ttl(self, name: str, rdtype: str) -> int | None:
+        return self.ttls.get((name, rdtype))
+
+
+TTL_RECORDS: Records = {
+    ("example.com", "MX"): ["10 mx1.example.com", "20 mx2.example.com"],
+    ("mx1.example.com", "A"): ["192.0.2.1"],
+    ("mx2.example.com", "A"): ["192.0.2.2"],
+    ("bare.example", "A"): ["192.0.2.9"],
+}
+
+
+async def test_route_carries_the_smallest_ttl_of_its_records() -> None:
+    ttls = {("example.com", "MX"): 3600, ("mx1.example.com", "A"): 120, ("mx2.example.com", "A"): 900,
+            ("bare.example", "A"): 42}  # fmt: skip
+    lookup = TtlDnsLookup(TTL_RECORDS, ttls)
+    routed = await resolve("example.com", lookup, no_draw)
+    assert isinstance(routed, MxRoute) and routed.ttl == 120.0
+    bare = await resolve("bare.example", lookup, no_draw)
+    assert isinstance(bare, MxRoute) and bare.ttl == 42.0
+    unknown = await resolve("example.com", DictDnsLookup(TTL_RECORDS), no_draw)
+    assert isinstance(unknown, MxRoute) and unknown.ttl is None
+
+
+@pytest.mark.parametrize(("record_ttl", "kept"), [(30.0, 30.0), (0.0, 5.0), (86400.0, 300.0), (None, 300.0)])
+async def test_cache_keeps_a_route_for_its_record_ttl_within_bounds(
+    record_ttl: float | None, kept: float
+) -> None:
+    clock = FakeClock()
+    route_with_ttl = MxRoute(DOMAIN, ROUTE.hosts, record_ttl)
+    fake = FakeResolve({DOMAIN: route_with_ttl})
+    cache = MxCache(fake, clock, ttl=300.0)
+    await cache.resolve(DOMAIN)
+    clock.advance(kept - 0.5)
+    await cache.resolve(DOMAIN)
+    assert len(fake.calls) == 1
+    clock.advance(0.5)
+    await cache.resolve(DOMAIN)
+    assert len(fake.calls) == 2

@@ -7,9 +7,9 @@ domain can never take mail (null MX, no mail host: bounce now) or DNS failed thi
 `MxCache` keeps answers for a while, coalesces concurrent lookups of one domain into one, and
 evicts least recently used domains past a bound.
 
-Known limit (follow-up): the cache keeps every answer for a fixed `ttl`, not the TTL of the DNS
-records, because `DnsLookup` returns values without their TTLs; honouring them needs the lookup
-contract to return them. Address literals in recipients (`user@[192.0.2.1]`) are not handled here.
+A route is cached for the smallest TTL of the records it was built from (MX, A, AAAA) when the
+lookup can tell it (`RecordTtls`), within [`MIN_ROUTE_TTL`, the cache's `ttl`]; otherwise for
+`ttl`. Address literals in recipients (`user@[192.0.2.1]`) are not handled here.
 """
 
 from __future__ import annotations
@@ -22,13 +22,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from postroom.core.clock import Clock
-from postroom.domains.lookup import DnsLookup, DnsLookupError
+from postroom.domains.lookup import DnsLookup, DnsLookupError, RecordTtls
 
 logger = logging.getLogger(__name__)
 
 # How long a temporary failure (DNS unreachable, SERVFAIL) may be served from the cache at most:
 # long enough to absorb a burst of messages to one domain, short enough that recovery is seen soon.
 TEMPORARY_FAILURE_TTL = 5.0
+# A route is kept at least this long even if its records say less (TTL 0 would mean a lookup
+# per message to the domain).
+MIN_ROUTE_TTL = 5.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class MxRoute:
 
     domain: str
     hosts: tuple[MxHost, ...]
+    ttl: float | None = None  # the smallest TTL of the records behind it, when known
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ async def resolve(domain: str, lookup: DnsLookup, draw: Callable[[], float]) -> 
             return MxFailure(domain, f"DNS temporarily unavailable: {exc}", permanent=False)
         if not addresses:
             return MxFailure(domain, "no mail host (no MX, A or AAAA records)", permanent=True)
-        return MxRoute(domain, (MxHost(domain, _unique(addresses), 0),))
+        return MxRoute(domain, (MxHost(domain, _unique(addresses), 0),), _smallest_ttl(lookup, [domain]))
 
     preferences: dict[str, int] = {}
     for preference, host in records:
@@ -132,7 +136,7 @@ async def resolve(domain: str, lookup: DnsLookup, draw: Callable[[], float]) -> 
         elif answer:
             hosts.append(MxHost(name, _unique(answer), preferences[name]))
     if hosts:
-        return MxRoute(domain, tuple(hosts))
+        return MxRoute(domain, tuple(hosts), _smallest_ttl(lookup, [h.name for h in hosts], mx_of=domain))
     if errors:
         return MxFailure(domain, f"DNS temporarily unavailable: {errors[0]}", permanent=False)
     # Probably a transient mistake in the domain's zone (an MX published before its host); the
@@ -145,6 +149,16 @@ async def _addresses(lookup: DnsLookup, name: str) -> list[str] | DnsLookupError
         return await lookup.addresses(name)
     except DnsLookupError as exc:
         return exc
+
+
+def _smallest_ttl(lookup: DnsLookup, hosts: list[str], mx_of: str | None = None) -> float | None:
+    if not isinstance(lookup, RecordTtls):
+        return None
+    known = [lookup.ttl(mx_of, "MX")] if mx_of else []
+    for host in hosts:
+        known += [lookup.ttl(host, "A"), lookup.ttl(host, "AAAA")]
+    ttls = [ttl for ttl in known if ttl is not None]
+    return float(min(ttls)) if ttls else None
 
 
 def _unique(addresses: list[str]) -> tuple[str, ...]:
@@ -220,6 +234,8 @@ class MxCache:
     def _store(self, key: str, destination: Destination) -> None:
         if isinstance(destination, MxRoute):
             ttl = self._ttl
+            if destination.ttl is not None:
+                ttl = min(self._ttl, max(MIN_ROUTE_TTL, destination.ttl))
         elif destination.permanent:
             ttl = self._negative_ttl
         else:

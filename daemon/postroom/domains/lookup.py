@@ -9,7 +9,7 @@ to get an answer at all (timeout, SERVFAIL, refused) raises `DnsLookupError`.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from postroom.core.errors import PostroomError
 
@@ -32,3 +32,10 @@ class DnsLookup(Protocol):
     async def addresses(self, name: str) -> list[str]:
         """The A and AAAA records of `name` as address text, IPv4 first."""
         ...
+
+
+@runtime_checkable
+class RecordTtls(Protocol):
+    """Optionally, a `DnsLookup` also tells the TTL of the records it last returned."""
+
+    def ttl(self, name: str, rdtype: str) -> int | None: ...

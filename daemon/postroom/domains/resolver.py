@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections import OrderedDict
 
 import dns.asyncresolver
 import dns.exception
@@ -31,6 +32,8 @@ from postroom.domains.lookup import DnsLookupError
 _EDNS_PAYLOAD = 1232
 # One attempt waits at most this long before dnspython asks again, within the overall timeout.
 _ATTEMPT_TIMEOUT = 2.0
+# TTLs of positive answers kept for `ttl` (the MX cache asks right after its lookups).
+_MAX_TTLS = 4096
 
 
 class DnspythonLookup:
@@ -61,6 +64,11 @@ class DnspythonLookup:
         resolver.timeout = min(_ATTEMPT_TIMEOUT, timeout)
         resolver.use_edns(0, 0, _EDNS_PAYLOAD)
         self._resolver = resolver
+        self._ttls: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    def ttl(self, name: str, rdtype: str) -> int | None:
+        """The TTL of the last positive answer for (name, type), when one was seen."""
+        return self._ttls.get((name.lower(), rdtype))
 
     async def txt(self, name: str) -> list[str]:
         answer = await self._query(name, dns.rdatatype.TXT)
@@ -111,7 +119,15 @@ class DnspythonLookup:
             ) from exc
         except (dns.exception.DNSException, OSError) as exc:
             raise DnsLookupError(f"DNS query {query} via {self._server}: {exc}") from exc
+        if answer.rrset is not None:
+            self._remember_ttl((name.lower(), rdtype.name), answer.rrset.ttl)
         return list(answer)
+
+    def _remember_ttl(self, key: tuple[str, str], ttl: int) -> None:
+        self._ttls[key] = ttl
+        self._ttls.move_to_end(key)
+        while len(self._ttls) > _MAX_TTLS:
+            self._ttls.popitem(last=False)
 
 
 def _exchange(name: dns.name.Name) -> str:
