@@ -168,7 +168,10 @@ class DestinationSettings(_Section):
     @field_validator("match")
     @classmethod
     def _lower_pattern(cls, value: str) -> str:
-        return value.strip().lower().rstrip(".")
+        pattern = value.strip().lower().rstrip(".")
+        if not pattern:
+            raise ValueError("match must name a domain or pattern, e.g. 'example.com' or '*'")
+        return pattern
 
     @model_validator(mode="after")
     def _warmup_needs_start(self) -> DestinationSettings:

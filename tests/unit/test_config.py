@@ -304,3 +304,99 @@ def test_a_secret_and_its_file_together_are_refused(tmp_path: Path) -> None:
     problems = problems_of(write(tmp_path, text))
     assert list(problems) == ["delivery.smarthost_password_file"]
     assert "not both" in problems["delivery.smarthost_password_file"]
+
+
+# --- Destination shaping rules: `parse_rate` and `DestinationSettings` ----------------------------
+
+from postroom.config import DestinationSettings, parse_rate  # noqa: E402  (appended section)
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second"),
+    [
+        ("100/s", 100.0),
+        ("100/sec", 100.0),
+        ("100/second", 100.0),
+        ("600/min", 10.0),
+        ("600/m", 10.0),
+        ("600/minute", 10.0),
+        ("5000/h", 5000 / 3600),
+        ("5000/hour", 5000 / 3600),
+        ("20000/day", 20000 / 86400),
+        ("20000/d", 20000 / 86400),
+        ("1.5/s", 1.5),
+        ("0/s", 0.0),
+        (" 100 / s ", 100.0),
+        ("90 /min", 1.5),
+    ],
+)
+def test_parse_rate_turns_a_rate_into_messages_per_second(text: str, per_second: float) -> None:
+    assert parse_rate(text) == pytest.approx(per_second, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "fast", "100", "/s", "100/", "100/ms", "100/week", "100/S", "100 per s", "-1/s", ".5/s",
+     "1e3/s", "1,5/s", "100/s/s", "100//s", "1.5.0/s"],
+)  # fmt: skip
+def test_parse_rate_refuses_anything_else(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a rate"):
+        parse_rate(text)
+
+
+@pytest.mark.parametrize("number", [0, 5, 2.5, 1e-3])
+def test_parse_rate_passes_numbers_through(number: float) -> None:
+    assert parse_rate(number) is number
+
+
+def test_destination_rates_are_parsed_and_numbers_kept() -> None:
+    assert DestinationSettings.model_validate({"match": "*", "max_rate": "600/min"}).max_rate == 10.0
+    assert DestinationSettings(match="*", max_rate=2.5).max_rate == 2.5
+    assert DestinationSettings(match="*").max_rate == 0.0  # no cap
+
+
+def test_destination_pattern_is_trimmed_and_lower_cased() -> None:
+    assert DestinationSettings(match=" *.Google.COM. ").match == "*.google.com"
+
+
+@pytest.mark.parametrize(
+    ("values", "mentions"),
+    [
+        ({"warmup": [100, 200]}, "warmup needs warmup_start"),
+        ({"warmup": [100], "warmup_start": "soon"}, "is not a date"),
+        ({"warmup": [100], "warmup_start": "2026-02-30"}, "is not a date"),
+        ({"warmup_start": "2026-13-01"}, "is not a date"),
+        ({"warmup": [100, 0], "warmup_start": "2026-03-01"}, "warmup caps must be positive"),
+        ({"warmup": [-5], "warmup_start": "2026-03-01"}, "warmup caps must be positive"),
+        ({"daily_limit": -1}, "greater than or equal to 0"),
+        ({"max_connections": 0}, "greater than or equal to 1"),
+        ({"max_connections": 1001}, "less than or equal to 1000"),
+        ({"messages_per_connection": 0}, "greater than or equal to 1"),
+        ({"max_rate": -1.0}, "greater than or equal to 0"),
+        ({"max_rate": "-1/s"}, "is not a rate"),
+        ({"tls": "sometimes"}, "tls"),
+        ({"match": ""}, "at least 1 character"),
+        ({"colour": "blue"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_destination_settings_are_refused(values: dict[str, Any], mentions: str) -> None:
+    with pytest.raises(ValidationError, match=mentions):
+        DestinationSettings.model_validate({"match": "*", **values})
+
+
+def test_warmup_with_a_start_date_is_accepted() -> None:
+    rule = DestinationSettings(match="*", warmup=(50, 100), warmup_start="2026-03-01", daily_limit=0)
+    assert (rule.warmup, rule.warmup_start, rule.daily_limit) == ((50, 100), "2026-03-01", 0)
+
+
+@pytest.mark.parametrize("match", ["   ", ".", " . "])
+def test_a_pattern_that_is_empty_once_trimmed_is_refused(match: str) -> None:
+    with pytest.raises(ValidationError):
+        DestinationSettings(match=match)
+
+
+def test_a_bad_destination_is_reported_with_its_index(tmp_path: Path) -> None:
+    text = ('[[delivery.destinations]]\nmatch = "*.google.com"\nmax_rate = "10/s"\n'
+            '[[delivery.destinations]]\nmatch = "*"\ndaily_limit = -5\n')  # fmt: skip
+    problems = problems_of(write(tmp_path, text))
+    assert list(problems) == ["delivery.destinations.1.daily_limit"]

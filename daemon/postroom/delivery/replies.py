@@ -26,12 +26,15 @@ _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 # Phrases the large mailbox providers put in their throttling replies (Gmail 4.7.28 "rate limited",
 # Microsoft 4.7.650 "throttled", Yahoo "TSS04 ... temporarily deferred", generic "too many ...").
 _THROTTLE_TEXT = re.compile(
-    r"rate.?limit|throttl|too many (connections|messages|recipients|concurrent)"
-    r"|try (again )?later|temporarily (deferred|rate)|TSS0\d|slow down|excessive",
+    r"rate.?limit|throttl|too many (connections|messages|concurrent)|maximum number of connections"
+    r"|temporarily (deferred|rate)|TSS0\d|slow down|excessive",
     re.IGNORECASE,
 )
 # RFC 3463 / RFC 7372 codes that mean "you are sending too much or too fast".
-_THROTTLE_CODES = frozenset({"4.7.0", "4.7.28", "4.7.650", "4.7.651", "4.3.2", "4.4.5"})
+_THROTTLE_CODES = frozenset({"4.7.0", "4.7.28", "4.3.2", "4.4.5"})
+# Subjects about one address, one mailbox or one transaction (4.1.x, 4.2.x, 4.5.x: "too many
+# recipients" is a per-transaction limit, RFC 5321 §4.5.3.1.10): never the whole destination.
+_PER_MESSAGE_SUBJECTS = frozenset({"1", "2", "5"})
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,12 @@ def _throttled(code: int, status: str | None, text: str, verdict: Verdict) -> bo
         return False
     if code == 421:
         return True  # RFC 5321 §3.8: the service is closing the channel; the whole host is affected
-    if status in _THROTTLE_CODES:
-        return True
+    if status is not None:
+        _, subject, detail = status.split(".")
+        if subject in _PER_MESSAGE_SUBJECTS:
+            return False
+        if status in _THROTTLE_CODES or (subject == "7" and 500 <= int(detail) < 700):
+            return True  # Microsoft's 4.7.5xx-6xx: server busy, rate limited, connection limits
     return bool(_THROTTLE_TEXT.search(text))
 
 
