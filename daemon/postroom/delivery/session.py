@@ -13,6 +13,8 @@ a connection that broke mid-way is marked unusable (`usable` False) and its reci
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -201,7 +203,6 @@ async def open_session(
     """Connect, greet, EHLO, apply `tls`, log in if asked; raise `PeerError` when it cannot."""
     client = aiosmtplib.SMTP(
         hostname=peer.address,
-        port=peer.port,
         local_hostname=local_hostname,
         timeout=timeouts.command,
         use_tls=tls == "implicit",
@@ -209,12 +210,18 @@ async def open_session(
         tls_context=tls_context,
     )
     try:
+        # aiosmtplib's connect bounds the TCP connection and the greeting by one timeout, but the
+        # greeting has its own (RFC 5321 §4.5.3.2.1: 5 minutes), so the socket is connected here.
+        sock = await _connect_socket(peer, timeouts.connect)
         try:
-            await client.connect(timeout=timeouts.connect)
+            await client.connect(sock=sock, timeout=timeouts.greeting)
         except aiosmtplib.SMTPConnectResponseError as exc:
             classified = classify(exc.code, exc.message)
             raise PeerError(f"{peer} greeted with {format_reply(exc.code, exc.message)}",
                             exc.code, classified.throttled or exc.code == 421) from None  # fmt: skip
+        except BaseException:
+            sock.close()  # ours until asyncio's transport takes it over (closing twice is harmless)
+            raise
         await client.ehlo(timeout=timeouts.command)
         if tls in ("opportunistic", "required", "verify"):
             if client.supports_extension("starttls"):
@@ -246,6 +253,33 @@ async def open_session(
     ssl_object = client.get_transport_info("ssl_object")
     version = ssl_object.version() if ssl_object is not None else None
     return SmtpSession(client, peer, version, timeouts)
+
+
+async def _connect_socket(peer: Peer, timeout: float) -> socket.socket:
+    """A TCP connection to `peer` within `timeout` seconds, trying each address its name has."""
+    loop = asyncio.get_running_loop()
+
+    async def connect() -> socket.socket:
+        infos = await loop.getaddrinfo(peer.address, peer.port, type=socket.SOCK_STREAM)
+        error: OSError = OSError(f"no address for {peer.address}")
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+            except BaseException:
+                sock.close()
+                raise
+        raise error
+
+    try:
+        return await asyncio.wait_for(connect(), timeout)
+    except TimeoutError:
+        raise TimeoutError(f"connecting took more than {timeout:g}s") from None
 
 
 def _describe(exc: BaseException) -> str:

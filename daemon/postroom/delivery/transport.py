@@ -191,7 +191,7 @@ class SmtpTransport:
     async def send(
         self, route: Route, message: QueuedMessage, content: bytes, recipients: Sequence[str]
     ) -> Attempt:
-        session = self._take(route.key)
+        session = await self._take(route.key)
         if session is None:
             session_or_failure = await self._connect(route, recipients)
             if isinstance(session_or_failure, Attempt):
@@ -202,17 +202,18 @@ class SmtpTransport:
         if session.usable and session.messages < route.rule.messages_per_connection:
             self._idle.setdefault(route.key, []).append(session)
         else:
-            self._close_later(session)
+            # Closed before the caller may open the next one: a connection saying QUIT still
+            # counts against the destination's `max_connections`.
+            await session.close()
         self.sweep()
         return attempt
 
-    def _take(self, key: str) -> SmtpSession | None:
-        sessions = self._idle.get(key)
-        while sessions:
+    async def _take(self, key: str) -> SmtpSession | None:
+        while sessions := self._idle.get(key):  # fetched again after each wait: `sweep` replaces it
             session = sessions.pop()
             if session.client.is_connected and time.monotonic() - session.last_used < self._idle_timeout:
                 return session
-            self._close_later(session)
+            await session.close()  # before a new one is opened in its place
         return None
 
     async def _connect(self, route: Route, recipients: Sequence[str]) -> SmtpSession | Attempt:

@@ -465,6 +465,8 @@ class DeliveryWorker:
                 self._suspended(lane, "unreachable")
         elif delivered:
             lane.health.succeeded()
+            # It takes mail again: no longer held back (not only once the heartbeat tidies up).
+            self._forget_suspended(lane.route.key)
             if lane.health.factor < 1.0:
                 self._metrics.destination_slowdown.labels(lane.route.key).set(lane.health.factor)
             else:
@@ -497,11 +499,14 @@ class DeliveryWorker:
         for key, lane in list(self._lanes.items()):
             if lane.health.suspended(now):
                 continue
-            for reason in ("throttled", "unreachable", "daily_cap"):
-                self._forget_metric(self._metrics.destination_suspended, key, reason)
+            self._forget_suspended(key)
             capped = lane.rule.daily_limit or lane.rule.warmup  # keeps its count of the day
             if not lane.jobs and not lane.active and lane.health.factor >= 1.0 and not capped:
                 del self._lanes[key]
+
+    def _forget_suspended(self, key: str) -> None:
+        for reason in ("throttled", "unreachable", "daily_cap"):
+            self._forget_metric(self._metrics.destination_suspended, key, reason)
 
     @staticmethod
     def _forget_metric(metric: object, *labels: str) -> None:
