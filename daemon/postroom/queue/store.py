@@ -151,10 +151,14 @@ class SqlQueueStore:
                         existing = await self._live_key(conn, key, now)
                         if existing is not None:
                             return existing, False
+                        # Only an expired use of the key is replaced. (Deleting whatever is there
+                        # let a request that looked before a concurrent one committed delete that
+                        # one's fresh key and queue a second message.)
                         await conn.execute(
                             idempotency_keys.delete().where(
                                 idempotency_keys.c.scope == key.scope,
                                 idempotency_keys.c.key == key.key,
+                                idempotency_keys.c.created_at <= now - IDEMPOTENCY_WINDOW,
                             )
                         )
                         await conn.execute(
