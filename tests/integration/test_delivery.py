@@ -288,3 +288,42 @@ async def test_leases_are_extended_while_a_slow_send_is_in_flight(sqlite_engine:
         server.close()
     assert await states(sqlite_engine, message_id) == {"a@example.com": "delivered"}
     assert len(handler.messages) == 1
+
+
+async def test_recipients_at_several_domains_go_to_the_smarthost_in_one_transaction(
+    sqlite_engine: AsyncEngine,
+) -> None:
+    handler = CountingSink()
+    server, port = await sink_server(handler)
+    clock = FakeClock()
+    transport = smarthost_transport(delivery_settings(port), "h", client_tls_context(True))
+    try:
+        message_id = await queue(sqlite_engine, clock, "a@example.com", "b@example.net", "c@example.org")
+        assert await make_worker(sqlite_engine, transport, clock, CollectorRegistry()).drain() == 3
+        await transport.close()
+    finally:
+        server.close()
+    assert set((await states(sqlite_engine, message_id)).values()) == {"delivered"}
+    [received] = handler.messages  # one copy, as Postfix sends it through a relayhost
+    assert sorted(received.recipients) == ["a@example.com", "b@example.net", "c@example.org"]
+
+
+async def test_opportunistic_tls_to_a_smarthost_that_fails_verification_is_not_sent_in_clear(
+    sqlite_engine: AsyncEngine, tls: Tls
+) -> None:
+    handler = CountingSink()
+    server, port = await sink_server(handler, tls=tls)  # offers STARTTLS with trustme's certificate
+    clock = FakeClock()
+    settings = delivery_settings(port, smarthost_tls="opportunistic", smarthost_verify=True)
+    untrusting = client_tls_context(True)  # the system CAs: trustme's CA is not among them
+    transport = smarthost_transport(settings, "h", untrusting)
+    try:
+        message_id = await queue(sqlite_engine, clock, "a@example.com")
+        await make_worker(sqlite_engine, transport, clock, CollectorRegistry()).drain()
+        await transport.close()
+    finally:
+        server.close()
+    assert await states(sqlite_engine, message_id) == {"a@example.com": "deferred"}
+    assert handler.messages == []
+    detail = await SqlQueueStore(sqlite_engine).show(message_id)
+    assert "certificate" in (detail.deliveries[0].last_reply or "").lower()

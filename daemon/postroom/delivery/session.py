@@ -232,6 +232,9 @@ async def open_session(
                     if tls != "opportunistic":
                         raise
                     raise PeerError(f"{peer}: STARTTLS failed: {_describe(exc)}", tls_failed=True) from None
+                # RFC 3207 §4.2: the extensions offered before TLS are void; ask again now, so
+                # SIZE, 8BITMIME and SMTPUTF8 are known before the first MAIL.
+                await client.ehlo(timeout=timeouts.command)
             elif tls != "opportunistic":
                 raise PeerError(f"{peer} does not offer STARTTLS and TLS is required; not sent in clear")
         if username:

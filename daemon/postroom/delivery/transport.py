@@ -43,6 +43,9 @@ class Route:
     rule: DestinationSettings
     peers: tuple[Peer, ...] = ()
     tls: TlsPolicy = "opportunistic"
+    # Opportunistic TLS whose handshake fails is retried in clear (Postfix's "may"), unless the
+    # certificate was to be verified: then a failure defers instead of sending in clear.
+    clear_fallback: bool = True
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ class SmarthostRouter:
                                 messages_per_connection=settings.messages_per_connection),
             (Peer(host, host, port),),
             tls,
+            clear_fallback=not settings.smarthost_verify,
         )  # fmt: skip
 
     async def route(self, domain: str) -> Route:
@@ -224,7 +228,7 @@ class SmtpTransport:
                 try:
                     return await self._open_peer(peer, route.tls)
                 except PeerError as exc:
-                    if not exc.tls_failed:
+                    if not (exc.tls_failed and route.clear_fallback):
                         raise
                     # Opportunistic TLS whose handshake failed: like Postfix, try that peer in clear.
                     logger.info("%s; retrying without TLS", exc.reason)

@@ -86,10 +86,31 @@ class Lane:
     active: int = 0
     day: datetime.date | None = None
     sent_today: int = 0
+    waiting: dict[str, Job] = field(default_factory=dict)  # queued jobs by message id
 
     @property
     def rule(self) -> DestinationSettings:
         return self.route.rule
+
+    def enqueue(self, job: Job) -> None:
+        """Queue a job; recipients of a message already waiting here join its transaction (a
+        message to two domains behind one relay goes as one copy, as Postfix sends it)."""
+        waiting = self.waiting.get(job.message.id)
+        if waiting is not None:
+            waiting.deliveries.extend(job.deliveries)
+            return
+        self.jobs.append(job)
+        self.waiting[job.message.id] = job
+
+    def next_job(self) -> Job:
+        job = self.jobs.popleft()
+        self.waiting.pop(job.message.id, None)
+        return job
+
+    def take_all(self) -> list[Job]:
+        jobs, self.jobs = list(self.jobs), deque()
+        self.waiting.clear()
+        return jobs
 
 
 class DeliveryWorker:
@@ -316,7 +337,7 @@ class DeliveryWorker:
                 if lane.health.suspended(self._clock.now()) or self._stopping:
                     self._record(job.message, [self._postponed(d, lane) for d in deliveries])
                     continue
-                lane.jobs.append(Job(job.message, job.content, deliveries))
+                lane.enqueue(Job(job.message, job.content, deliveries))
             self._pump(lane)
         except Exception as exc:
             for job, delivery in items:
@@ -404,7 +425,7 @@ class DeliveryWorker:
                 if self._over_daily_cap(lane, now):
                     continue
                 lane.bucket.take(now)
-                job = lane.jobs.popleft()
+                job = lane.next_job()
                 try:
                     await self._attempt(lane, job)
                 except Exception as exc:  # the transport raised: a bug, parked with this message
@@ -412,7 +433,7 @@ class DeliveryWorker:
         except Exception:  # a bug in shaping must not strand the lane's deliveries
             logger.exception("lane %s failed; its queued deliveries are handed back", lane.route.key)
             now = self._clock.now()
-            jobs, lane.jobs = list(lane.jobs), deque()
+            jobs = lane.take_all()
             for job in jobs:
                 self._record(job.message, [postpone(d, now, "handed back after an internal error")
                                            for d in job.deliveries])  # fmt: skip
@@ -477,7 +498,7 @@ class DeliveryWorker:
         self._metrics.destination_suspensions.labels(reason).inc()
         self._metrics.destination_suspended.labels(lane.route.key, reason).set(1)
         self._metrics.destination_slowdown.labels(lane.route.key).set(lane.health.factor)
-        jobs, lane.jobs = list(lane.jobs), deque()
+        jobs = lane.take_all()
         for job in jobs:
             self._record(job.message, [self._postponed(d, lane) for d in job.deliveries])
 
@@ -490,7 +511,7 @@ class DeliveryWorker:
     def _hand_back_all(self, reason: str) -> None:
         now = self._clock.now()
         for lane in self._lanes.values():
-            jobs, lane.jobs = list(lane.jobs), deque()
+            jobs = lane.take_all()
             for job in jobs:
                 self._record(job.message, [postpone(d, now, reason) for d in job.deliveries])
 

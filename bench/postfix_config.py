@@ -1,0 +1,208 @@
+"""What a private Postfix instance is told: its ``main.cf`` and ``master.cf``, as text.
+
+This module owns the configuration of the instances ``postfix_lab.py`` runs:
+pure functions from a mode (hold, relay, mailbox), the instance's directory,
+an optional STARTTLS certificate and some tuning to the two files' text. No
+processes, no sockets; the one lookup is the mailbox owner's uid in the
+password database.
+"""
+
+from __future__ import annotations
+
+import pwd
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PostfixTools:
+    """Where the Debian postfix package installs the programs we drive."""
+
+    postfix: str = "/usr/sbin/postfix"
+    postqueue: str = "/usr/sbin/postqueue"
+    daemon_directory: str = "/usr/lib/postfix/sbin"
+    mail_owner: str = "postfix"
+    setgid_group: str = "postdrop"
+    mailbox_owner: str = "nobody"  # virtual(8) writes the Maildirs as this user (mailbox mode)
+
+
+@dataclass(frozen=True)
+class PostfixTuning:
+    """Limits that keep Postfix from throttling a benchmark on loopback."""
+
+    process_limit: int = 100
+    destination_concurrency: int = 20
+    maillog: bool = True
+    # Log every SMTP command the client sends (debug_peer_list for loopback): shows what a client
+    # under test puts on MAIL FROM (SIZE=, BODY=8BITMIME, SMTPUTF8). Noisy, and it logs AUTH
+    # arguments, so it is for tests, not benchmarks.
+    log_client_commands: bool = False
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """STARTTLS for the SMTP listener: PEM files (copied into the instance) and the level.
+
+    ``level`` is smtpd_tls_security_level: ``may`` offers STARTTLS, ``encrypt``
+    answers MAIL without it with ``530 5.7.0 Must issue a STARTTLS command first``.
+    """
+
+    cert_chain: str  # the server certificate first, then any intermediates
+    key: str
+    level: str = "may"
+
+    def __post_init__(self) -> None:
+        if self.level not in ("may", "encrypt"):
+            raise ValueError(f"TLS level must be 'may' or 'encrypt', not {self.level!r}")
+
+
+def mailbox_domains(mailboxes: Sequence[str]) -> list[str]:
+    """The domains of ``mailboxes`` (``local@domain``), lower-cased, in order, each once."""
+    domains: list[str] = []
+    for address in mailboxes:
+        local, at, domain = address.rpartition("@")
+        if not (local and at and domain) or any(c.isspace() for c in address):
+            raise ValueError(f"not a mailbox address: {address!r}")
+        if domain.lower() not in domains:
+            domains.append(domain.lower())
+    return domains
+
+
+def maildir_of(address: str) -> str:
+    """Where virtual(8) keeps ``address``'s Maildir, relative to the mailbox base."""
+    local, _, domain = address.rpartition("@")
+    return f"{domain.lower()}/{local}/"  # the trailing slash selects Maildir, not mbox
+
+
+def render_main_cf(
+    root: Path,
+    mode: str,
+    relay: tuple[str, int] | None,
+    tools: PostfixTools,
+    tuning: PostfixTuning,
+    *,
+    mailboxes: Sequence[str] = (),
+    tls: ServerTls | None = None,
+) -> str:
+    """Build main.cf for a private instance rooted at ``root``."""
+    relay_restrictions = "permit_mynetworks, reject"
+    mailbox_lines: list[str] = []
+    if mode == "hold":
+        recipient_restrictions = "check_client_access static:HOLD, permit_mynetworks, reject"
+        relayhost = ""
+    elif mode == "relay" and relay is not None:
+        recipient_restrictions = "permit_mynetworks, reject"
+        relayhost = f"[{relay[0]}]:{relay[1]}"
+    elif mode == "mailbox" and mailboxes:
+        # A final MX: unknown users get 550 5.1.1 (reject_unlisted_recipient), other domains
+        # 554 5.7.1 (reject_unauth_destination); loopback clients get no special trust.
+        relay_restrictions = "reject_unauth_destination"
+        recipient_restrictions = "reject_unlisted_recipient"
+        relayhost = ""
+        owner = pwd.getpwnam(tools.mailbox_owner)
+        mailbox_lines = [
+            f"virtual_mailbox_domains = {', '.join(mailbox_domains(mailboxes))}",
+            f"virtual_mailbox_maps = texthash:{root / 'etc' / 'mailboxes'}",
+            f"virtual_mailbox_base = {root / 'mail'}",
+            f"virtual_uid_maps = static:{owner.pw_uid}",
+            f"virtual_gid_maps = static:{owner.pw_gid}",
+            "virtual_transport = virtual",
+        ]
+    else:
+        raise ValueError(f"bad mode {mode!r} / relay {relay!r} / mailboxes {mailboxes!r}")
+    tls_lines = ["smtpd_tls_security_level = none"]
+    if tls is not None:
+        tls_dir = root / "etc" / "tls"
+        tls_lines = [
+            f"smtpd_tls_security_level = {tls.level}",
+            f"smtpd_tls_chain_files = {tls_dir / 'key.pem'}, {tls_dir / 'chain.pem'}",
+            "smtpd_tls_loglevel = 1",  # one line per TLS session: protocol and cipher
+            "smtpd_tls_received_header = yes",  # ... and the same in the Received header
+        ]
+    lines = [
+        "# Generated by bench/postfix_lab.py -- private benchmark instance.",
+        "compatibility_level = 3.6",
+        f"config_directory = {root / 'etc'}",
+        f"queue_directory = {root / 'queue'}",
+        f"data_directory = {root / 'data'}",
+        f"mail_owner = {tools.mail_owner}",
+        f"setgid_group = {tools.setgid_group}",
+        "myhostname = postfix-lab.localdomain",
+        "mydomain = localdomain",
+        "myorigin = $myhostname",
+        "inet_interfaces = 127.0.0.1",
+        "inet_protocols = ipv4",
+        "mynetworks = 127.0.0.0/8",
+        # No local delivery at all.
+        "mydestination =",
+        "relay_domains =",
+        "local_recipient_maps =",
+        "local_transport = error:5.1.1 local delivery is disabled",
+        "alias_maps =",
+        "alias_database =",
+        "biff = no",
+        "append_dot_mydomain = no",
+        "readme_directory = no",
+        # Routing: hold everything, relay everything to the sink, or store it in Maildirs.
+        f"relayhost = {relayhost}",
+        f"smtpd_relay_restrictions = {relay_restrictions}",
+        f"smtpd_recipient_restrictions = {recipient_restrictions}",
+        *mailbox_lines,
+        # No DNS anywhere.
+        "smtp_dns_support_level = disabled",
+        "smtp_host_lookup = native",
+        "lmtp_host_lookup = native",
+        "smtpd_peername_lookup = no",
+        "smtp_tls_security_level = none",
+        *tls_lines,
+        # Large limits: nothing artificially throttled.
+        f"default_process_limit = {tuning.process_limit}",
+        "smtpd_client_connection_count_limit = 0",
+        "smtpd_client_connection_rate_limit = 0",
+        "smtpd_client_message_rate_limit = 0",
+        "smtpd_client_recipient_rate_limit = 0",
+        "in_flow_delay = 0",
+        f"default_destination_concurrency_limit = {tuning.destination_concurrency}",
+        f"initial_destination_concurrency = {tuning.destination_concurrency}",
+    ]
+    if tuning.log_client_commands:
+        lines += ["debug_peer_list = 127.0.0.0/8", "debug_peer_level = 1"]
+    if tuning.maillog:
+        lines += [
+            f"maillog_file = {root / 'maillog'}",
+            f"maillog_file_prefixes = {root}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def render_master_cf(listen_port: int, maillog: bool, tls: bool = False) -> str:
+    """Build master.cf: an SMTP listener on 127.0.0.1 and no chroot anywhere."""
+    services = [
+        f"127.0.0.1:{listen_port} inet n - n - - smtpd",
+        "pickup unix n - n 60 1 pickup",
+        "cleanup unix n - n - 0 cleanup",
+        "qmgr unix n - n 300 1 qmgr",
+        "rewrite unix - - n - - trivial-rewrite",
+        "bounce unix - - n - 0 bounce",
+        "defer unix - - n - 0 bounce",
+        "trace unix - - n - 0 bounce",
+        "verify unix - - n - 1 verify",
+        "flush unix n - n 1000? 0 flush",
+        "proxymap unix - - n - - proxymap",
+        "proxywrite unix - - n - 1 proxymap",
+        "smtp unix - - n - - smtp",
+        "relay unix - - n - - smtp",
+        "showq unix n - n - - showq",
+        "error unix - - n - - error",
+        "retry unix - - n - - error",
+        "discard unix - - n - - discard",
+        "anvil unix - - n - 1 anvil",
+        "scache unix - - n - 1 scache",
+        "virtual unix - n n - - virtual",
+    ]
+    if tls:
+        services.append("tlsmgr unix - - n 1000? 1 tlsmgr")
+    if maillog:
+        services.append("postlog unix-dgram n - n - 1 postlogd")
+    return "# Generated by bench/postfix_lab.py\n" + "\n".join(services) + "\n"
