@@ -9,17 +9,21 @@ Assertions read the tables directly where the store has no read method for the f
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postroom.config import DatabaseSettings
 from postroom.core.clock import FakeClock
 from postroom.core.errors import ConflictError, NotFoundError
 from postroom.core.types import DeliveryState, IdempotencyKey, Submission
 from postroom.queue.models import ClaimedDelivery, Release
 from postroom.queue.store import IDEMPOTENCY_WINDOW, SqlQueueStore, request_hash
+from postroom.store.engine import WriteGate
+from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.store.tables import deliveries, events, idempotency_keys, messages
 
 LEASE = 300.0
@@ -32,8 +36,18 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(engine: AsyncEngine) -> SqlQueueStore:
-    return SqlQueueStore(engine)
+def store(engine: AsyncEngine) -> Iterator[SqlQueueStore]:
+    """As the daemon builds it: on SQLite, writes go through the writer thread (the SQLAlchemy
+    path is the one PostgreSQL runs)."""
+    if engine.dialect.name != "sqlite":
+        yield SqlQueueStore(engine)
+        return
+    settings = DatabaseSettings(url=str(engine.url))
+    writer = SqliteBatchWriter(settings)
+    try:
+        yield SqlQueueStore(engine, WriteGate.for_database(settings), writer)
+    finally:
+        writer.close()
 
 
 def submission(*recipients: str, **fields: Any) -> Submission:

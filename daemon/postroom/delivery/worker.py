@@ -259,7 +259,7 @@ class DeliveryWorker:
         if room <= 0:
             return 0
         now = self._clock.now()
-        claimed = await self._store.claim(
+        claimed, loaded = await self._store.claim_with_messages(
             self._options.owner,
             min(room, self._options.batch_size),
             now,
@@ -273,13 +273,6 @@ class DeliveryWorker:
         for delivery in claimed:
             by_message[delivery.message_id].append(delivery)
             self._outstanding[delivery.message_id] += 1
-        try:
-            loaded = await self._store.load_messages(by_message)
-        except StoreError:
-            self._in_flight.difference_update(d.id for d in claimed)
-            for message_id in by_message:
-                self._outstanding.pop(message_id, None)
-            raise  # the leases run out and the deliveries come back
         prepared = await asyncio.gather(
             *(self._prepared(loaded.get(mid), mid, group) for mid, group in by_message.items())
         )

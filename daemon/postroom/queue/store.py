@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -31,7 +32,10 @@ from postroom.queue.models import (
     recipient_domain,
 )
 from postroom.store.engine import WriteGate, read_only, translate_errors
-from postroom.store.sqlite_writer import SqliteBatchWriter
+from postroom.store.sqlite_writer import SqliteBatchWriter, sql_and_rows
+from postroom.store.sqlite_writer import compiled as sqlite_compiled
+from postroom.store.sqlite_writer import execute as sqlite_execute
+from postroom.store.sqlite_writer import executemany as sqlite_executemany
 from postroom.store.tables import deliveries, events, idempotency_keys, messages
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
@@ -213,104 +217,73 @@ class SqlQueueStore:
     ) -> list[ClaimedDelivery]:
         """Lease up to `limit` due deliveries, oldest due first, none for `exclude_domains`
         (the destinations this worker holds back or has enough of)."""
-        candidates = sa.select(deliveries.c.id).where(
-            deliveries.c.state.in_(CLAIMABLE), deliveries.c.next_attempt_at <= now
-        )
-        if exclude_domains:
-            candidates = candidates.where(deliveries.c.domain.not_in(sorted(exclude_domains)))
-        due = (
-            candidates.order_by(deliveries.c.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        statement = (
-            deliveries.update()
-            .where(deliveries.c.id.in_(due))
-            .values(
-                state=DeliveryState.SENDING.value,
-                lease_owner=owner,
-                lease_expires_at=now + lease_seconds,
-                updated_at=now,
-            )
-            .returning(
-                deliveries.c.id,
-                deliveries.c.message_id,
-                deliveries.c.recipient,
-                deliveries.c.attempts,
-                deliveries.c.created_at,
-            )
-        )
+        claimed, _ = await self.claim_with_messages(owner, limit, now, lease_seconds,
+                                                    exclude_domains, load=False)  # fmt: skip
+        return claimed
+
+    async def claim_with_messages(
+        self,
+        owner: str,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        exclude_domains: Sequence[str] = (),
+        load: bool = True,
+    ) -> tuple[list[ClaimedDelivery], dict[str, QueuedMessage]]:
+        """`claim`, and the claimed deliveries' messages (on SQLite in the same hop)."""
+        statement = _claim_statement(owner, limit, now, lease_seconds, exclude_domains)
         with translate_errors("claiming deliveries"):
+            if self._sqlite_writer is not None:
+
+                def claim_and_load(connection: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+                    rows = sqlite_execute(connection, statement)
+                    wanted = sorted({row[1] for row in rows})
+                    found = sqlite_execute(connection, _messages_statement(wanted)) if load and wanted else []
+                    return rows, found
+
+                async with self._gate.hold():
+                    rows, found = await self._sqlite_writer.run(claim_and_load, durable=False)
+                claimed = _claimed(rows)
+                return claimed, {row[0]: _queued_message(row) for row in found}
             async with self._write() as conn:
-                rows = (await conn.execute(statement)).all()
-        return [
-            ClaimedDelivery(r.id, r.message_id, r.recipient, r.attempts, r.created_at)
-            for r in sorted(rows, key=lambda r: r.id)
-        ]
+                claimed = _claimed((await conn.execute(statement)).all())
+        loaded = await self.load_messages(d.message_id for d in claimed) if load else {}
+        return claimed, loaded
 
     async def load_messages(self, message_ids: Iterable[str]) -> dict[str, QueuedMessage]:
         wanted = sorted(set(message_ids))
         if not wanted:
             return {}
-        statement = sa.select(
-            messages.c.id,
-            messages.c.mail_from,
-            messages.c.content,
-            messages.c.stream,
-            messages.c.route,
-            messages.c.created_at,
-            messages.c.header_from,
-        ).where(messages.c.id.in_(wanted))
         with translate_errors("loading messages"):
             async with self._reads.connect() as conn:
-                rows = (await conn.execute(statement)).all()
-        return {
-            r.id: QueuedMessage(
-                r.id, r.mail_from, bytes(r.content), r.stream, r.route, r.created_at, r.header_from
-            )
-            for r in rows
-        }
+                rows = (await conn.execute(_messages_statement(wanted))).all()
+        return {row[0]: _queued_message(row) for row in rows}
 
     async def extend(self, owner: str, delivery_ids: Sequence[int], until: float) -> int:
         """Push the lease of deliveries still being sent; return how many are still ours."""
         if not delivery_ids:
             return 0
-        with translate_errors("extending leases"):
-            async with self._write() as conn:
-                result = await conn.execute(
-                    deliveries.update()
-                    .where(
-                        deliveries.c.id.in_(list(delivery_ids)),
-                        deliveries.c.lease_owner == owner,
-                        deliveries.c.state == DeliveryState.SENDING.value,
-                    )
-                    .values(lease_expires_at=until)
-                )
-        return int(result.rowcount)
-
-    async def release(self, owner: str, outcomes: Sequence[Release], now: float) -> int:
-        """Record outcomes and their events in one transaction; return how many were still ours."""
-        if not outcomes:
-            return 0
         statement = (
             deliveries.update()
             .where(
-                deliveries.c.id == sa.bindparam("b_id"),
+                deliveries.c.id.in_(list(delivery_ids)),
                 deliveries.c.lease_owner == owner,
                 deliveries.c.state == DeliveryState.SENDING.value,
             )
-            .values(
-                state=sa.bindparam("b_state"),
-                attempts=deliveries.c.attempts + sa.bindparam("b_tried"),
-                next_attempt_at=sa.bindparam("b_next"),
-                last_reply=sa.bindparam("b_reply"),
-                finished_at=sa.bindparam("b_finished"),
-                updated_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
+            .values(lease_expires_at=until)
         )
+        with translate_errors("extending leases"):
+            return await self._bookkeeping(statement)
+
+    async def release(self, owner: str, outcomes: Sequence[Release], now: float) -> int:
+        """Record outcomes and their events in one transaction; return how many were still ours.
+
+        Only outcomes whose lease is still ours are recorded, events included: a worker whose
+        lease was reaped must not log a stale result beside the new owner's. (The id list also
+        gives the count, which asyncpg cannot report for executemany.)
+        """
+        if not outcomes:
+            return 0
         still_ours = (
             sa.select(deliveries.c.id)
             .where(
@@ -320,43 +293,27 @@ class SqlQueueStore:
             )
             .with_for_update()
         )
+        update = _release_statement(owner, now)
         with translate_errors("recording delivery outcomes"):
+            if self._sqlite_writer is not None:
+
+                def record(connection: sqlite3.Connection) -> int:
+                    ours = {row[0] for row in sqlite_execute(connection, still_ours)}
+                    kept = [o for o in outcomes if o.delivery_id in ours]
+                    if kept:
+                        sqlite_executemany(connection, update, _release_rows(kept, now))
+                        connection.executemany(*sql_and_rows(events.insert(), _event_rows(kept, now)))
+                    return len(kept)
+
+                async with self._gate.hold():
+                    return await self._sqlite_writer.run(record, durable=False)
             async with self._write() as conn:
-                # Only outcomes whose lease is still ours are recorded, events included: a worker
-                # whose lease was reaped must not log a stale result beside the new owner's. (The
-                # id list also gives the count, which asyncpg cannot report for executemany.)
                 ours = set((await conn.execute(still_ours)).scalars())
                 kept = [o for o in outcomes if o.delivery_id in ours]
                 if not kept:
                     return 0
-                await conn.execute(
-                    statement,
-                    [
-                        {
-                            "b_id": o.delivery_id,
-                            "b_state": o.state.value,
-                            "b_tried": 1 if o.tried and o.state is not DeliveryState.DEAD else 0,
-                            "b_next": o.next_attempt_at if o.next_attempt_at is not None else now,
-                            "b_reply": o.reply[:2000],
-                            "b_finished": now if o.state.is_final else None,
-                        }
-                        for o in kept
-                    ],
-                )
-                await conn.execute(
-                    events.insert(),
-                    [
-                        {
-                            "at": now,
-                            "type": o.state.value if o.tried else "held",
-                            "message_id": o.message_id,
-                            "delivery_id": o.delivery_id,
-                            "recipient": o.recipient,
-                            "detail": {"reply": o.reply[:2000], **o.detail},
-                        }
-                        for o in kept
-                    ],
-                )
+                await conn.execute(update, _release_rows(kept, now))
+                await conn.execute(events.insert(), _event_rows(kept, now))
         return len(kept)
 
     async def park(self, message_id: str, error: str) -> None:
@@ -369,22 +326,35 @@ class SqlQueueStore:
 
     async def reap(self, now: float) -> int:
         """Return deliveries whose lease ran out (their worker died) to the queue."""
+        statement = (
+            deliveries.update()
+            .where(
+                deliveries.c.state == DeliveryState.SENDING.value,
+                deliveries.c.lease_expires_at < now,
+            )
+            .values(
+                state=DeliveryState.QUEUED.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                next_attempt_at=now,
+                updated_at=now,
+            )
+        )
         with translate_errors("reaping expired leases"):
-            async with self._write() as conn:
-                result = await conn.execute(
-                    deliveries.update()
-                    .where(
-                        deliveries.c.state == DeliveryState.SENDING.value,
-                        deliveries.c.lease_expires_at < now,
-                    )
-                    .values(
-                        state=DeliveryState.QUEUED.value,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        next_attempt_at=now,
-                        updated_at=now,
-                    )
-                )
+            return await self._bookkeeping(statement)
+
+    async def _bookkeeping(self, statement: sa.Update) -> int:
+        """Run one UPDATE of delivery bookkeeping; return the rows it changed."""
+        if self._sqlite_writer is not None:
+
+            def update(connection: sqlite3.Connection) -> int:
+                sql, params = sqlite_compiled(statement)
+                return connection.execute(sql, params).rowcount
+
+            async with self._gate.hold():
+                return await self._sqlite_writer.run(update, durable=False)
+        async with self._write() as conn:
+            result = await conn.execute(statement)
         return int(result.rowcount)
 
     # -- operators ------------------------------------------------------------------------
@@ -647,6 +617,110 @@ class SqlQueueStore:
         if value is None:
             raise NotFoundError(f"no message {message_id}")
         return bytes(value)
+
+
+def _claim_statement(
+    owner: str, limit: int, now: float, lease_seconds: float, exclude_domains: Sequence[str]
+) -> sa.Update:
+    candidates = sa.select(deliveries.c.id).where(
+        deliveries.c.state.in_(CLAIMABLE), deliveries.c.next_attempt_at <= now
+    )
+    if exclude_domains:
+        candidates = candidates.where(deliveries.c.domain.not_in(sorted(exclude_domains)))
+    due = (
+        candidates.order_by(deliveries.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return (
+        deliveries.update()
+        .where(deliveries.c.id.in_(due))
+        .values(
+            state=DeliveryState.SENDING.value,
+            lease_owner=owner,
+            lease_expires_at=now + lease_seconds,
+            updated_at=now,
+        )
+        .returning(
+            deliveries.c.id,
+            deliveries.c.message_id,
+            deliveries.c.recipient,
+            deliveries.c.attempts,
+            deliveries.c.created_at,
+        )
+    )
+
+
+def _claimed(rows: Iterable[Any]) -> list[ClaimedDelivery]:
+    return [
+        ClaimedDelivery(r[0], r[1], r[2], r[3], r[4]) for r in sorted(rows, key=lambda r: r[0])
+    ]
+
+
+def _messages_statement(message_ids: list[str]) -> sa.Select[Any]:
+    return sa.select(
+        messages.c.id,
+        messages.c.mail_from,
+        messages.c.content,
+        messages.c.stream,
+        messages.c.route,
+        messages.c.created_at,
+        messages.c.header_from,
+    ).where(messages.c.id.in_(message_ids))
+
+
+def _queued_message(row: Any) -> QueuedMessage:
+    return QueuedMessage(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], row[6])
+
+
+def _release_statement(owner: str, now: float) -> sa.Update:
+    return (
+        deliveries.update()
+        .where(
+            deliveries.c.id == sa.bindparam("b_id"),
+            deliveries.c.lease_owner == owner,
+            deliveries.c.state == DeliveryState.SENDING.value,
+        )
+        .values(
+            state=sa.bindparam("b_state"),
+            attempts=deliveries.c.attempts + sa.bindparam("b_tried"),
+            next_attempt_at=sa.bindparam("b_next"),
+            last_reply=sa.bindparam("b_reply"),
+            finished_at=sa.bindparam("b_finished"),
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+
+
+def _release_rows(kept: Sequence[Release], now: float) -> list[dict[str, Any]]:
+    return [
+        {
+            "b_id": o.delivery_id,
+            "b_state": o.state.value,
+            "b_tried": 1 if o.tried and o.state is not DeliveryState.DEAD else 0,
+            "b_next": o.next_attempt_at if o.next_attempt_at is not None else now,
+            "b_reply": o.reply[:2000],
+            "b_finished": now if o.state.is_final else None,
+        }
+        for o in kept
+    ]
+
+
+def _event_rows(kept: Sequence[Release], now: float) -> list[dict[str, Any]]:
+    return [
+        {
+            "at": now,
+            "type": o.state.value if o.tried else "held",
+            "message_id": o.message_id,
+            "delivery_id": o.delivery_id,
+            "recipient": o.recipient,
+            "detail": {"reply": o.reply[:2000], **o.detail},
+        }
+        for o in kept
+    ]
 
 
 def _event_dict(row: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`SqliteBatchWriter`: group commits to SQLite in one hop to one dedicated thread.
+"""`SqliteBatchWriter`: write transactions on SQLite in one hop to one dedicated thread.
 
 Through SQLAlchemy and aiosqlite a transaction is six or so hops to the driver's thread, and each
 hop's result waits for a turn of a busy event loop: under ingest load a 10-message commit took
@@ -7,6 +7,11 @@ scaling (each sat idle waiting for its commits). Here the whole transaction (BEG
 executemany per table, COMMIT) runs as one function on a single writer thread with its own
 connection, and the loop awaits it once. The loop thread never blocks on SQLite's lock, so other
 connections of this process holding it can always finish.
+
+`run` takes any function of the connection and runs it as one transaction there: the delivery
+worker's claims and outcomes use it too (`durable=False`: synchronous=NORMAL, see `run`), with
+SQLAlchemy Core statements compiled for SQLite by `execute` / `executemany`, so the SQL is the one
+the SQLAlchemy path sends, not a second copy written by hand.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -25,9 +31,29 @@ from postroom.config import DatabaseSettings
 Statement = tuple[sa.Insert, list[dict[str, Any]]]
 
 _DIALECT = sqlite_dialect.dialect(paramstyle="named")
+T = TypeVar("T")
 
 
-def _sql_and_rows(statement: sa.Insert, rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+def compiled(statement: sa.ClauseElement) -> tuple[str, dict[str, Any]]:
+    """SQLite SQL and its parameters for a Core statement (IN lists expanded in place)."""
+    result = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+    return str(result), dict(result.params)
+
+
+def execute(connection: sqlite3.Connection, statement: sa.ClauseElement) -> list[tuple[Any, ...]]:
+    """Run one Core statement on the writer's connection; its rows (for SELECT / RETURNING)."""
+    sql, params = compiled(statement)
+    return connection.execute(sql, params).fetchall()
+
+
+def executemany(connection: sqlite3.Connection, statement: sa.ClauseElement, rows: list[dict[str, Any]]) -> None:
+    """Run one Core statement with `bindparam`s once per row."""
+    if rows:
+        sql, params = compiled(statement)  # the statement's own values, then each row's
+        connection.executemany(sql, [{**params, **row} for row in rows])
+
+
+def sql_and_rows(statement: sa.Insert, rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """The INSERT for exactly the columns given, and rows with JSON columns serialised."""
     columns = list(rows[0])
     sql = str(statement.compile(dialect=_DIALECT, column_keys=columns))
@@ -42,6 +68,7 @@ class SqliteBatchWriter:
         self._path = sa.make_url(settings.url).database or ""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._connection: sqlite3.Connection | None = None
+        self._durable = True
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
@@ -52,23 +79,45 @@ class SqliteBatchWriter:
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA foreign_keys=ON")
             self._connection = connection
+            self._durable = True
         return self._connection
 
-    def _write(self, statements: list[tuple[str, list[dict[str, Any]]]]) -> None:
+    def _transaction(self, work: Callable[[sqlite3.Connection], T], durable: bool) -> T:
         connection = self._connect()
+        if durable != self._durable:
+            connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
         connection.execute("BEGIN IMMEDIATE")
         try:
-            for sql, rows in statements:
-                connection.executemany(sql, rows)
+            result = work(connection)
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
+        return result
+
+    async def run(self, work: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+        """Run `work(connection)` as one transaction on the writer thread and return its result.
+
+        `durable` commits with synchronous=FULL (fsynced: what acknowledging a message needs).
+        `durable=False` commits with NORMAL: safe against a crash of the process (kill -9), and a
+        power cut can lose only the last such commits. Delivery bookkeeping uses it, since
+        delivery is at-least-once anyway: a lost claim is reaped, a lost outcome is sent again.
+        The next durable commit fsyncs the journal, and with it everything committed before.
+        """
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._transaction, work, durable
+        )
 
     async def write(self, statements: list[Statement]) -> None:
         """Commit the rows of every statement in one transaction, fsynced (synchronous=FULL)."""
-        prepared = [_sql_and_rows(statement, rows) for statement, rows in statements if rows]
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._write, prepared)
+        prepared = [sql_and_rows(statement, rows) for statement, rows in statements if rows]
+
+        def insert_all(connection: sqlite3.Connection) -> None:
+            for sql, rows in prepared:
+                connection.executemany(sql, rows)
+
+        await self.run(insert_all, durable=True)
 
     def close(self) -> None:
         def close_connection() -> None:
