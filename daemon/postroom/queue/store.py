@@ -9,7 +9,9 @@ and serialises writers, so the single statement is atomic there too. Every relea
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
@@ -231,22 +233,33 @@ class SqlQueueStore:
         load: bool = True,
     ) -> tuple[list[ClaimedDelivery], dict[str, QueuedMessage]]:
         """`claim`, and the claimed deliveries' messages (on SQLite in the same hop)."""
-        statement = _claim_statement(owner, limit, now, lease_seconds, exclude_domains)
+        params: dict[str, Any] = {"owner": owner, "limit": limit, "now": now,
+                                  "until": now + lease_seconds}  # fmt: skip
+        excluding = bool(exclude_domains)
         with translate_errors("claiming deliveries"):
             if self._sqlite_writer is not None:
+                if excluding:
+                    params["excluded"] = json.dumps(sorted(exclude_domains))
+                statement = _claim_statement(excluding, as_json=True)
 
                 def claim_and_load(connection: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
-                    rows = sqlite_execute(connection, statement)
-                    wanted = sorted({row[1] for row in rows})
-                    found = sqlite_execute(connection, _messages_statement(wanted)) if load and wanted else []
+                    rows = sqlite_execute(connection, statement, params, ("claim", excluding))
+                    wanted = json.dumps(sorted({row[1] for row in rows}))
+                    found = []
+                    if load and rows:
+                        found = sqlite_execute(connection, _messages_statement(as_json=True),
+                                               {"ids": wanted}, "messages")  # fmt: skip
                     return rows, found
 
                 async with self._gate.hold():
                     rows, found = await self._sqlite_writer.run(claim_and_load, durable=False)
                 claimed = _claimed(rows)
                 return claimed, {row[0]: _queued_message(row) for row in found}
+            if excluding:
+                params["excluded"] = sorted(exclude_domains)
             async with self._write() as conn:
-                claimed = _claimed((await conn.execute(statement)).all())
+                result = await conn.execute(_claim_statement(excluding, as_json=False), params)
+                claimed = _claimed(result.all())
         loaded = await self.load_messages(d.message_id for d in claimed) if load else {}
         return claimed, loaded
 
@@ -256,7 +269,7 @@ class SqlQueueStore:
             return {}
         with translate_errors("loading messages"):
             async with self._reads.connect() as conn:
-                rows = (await conn.execute(_messages_statement(wanted))).all()
+                rows = (await conn.execute(_messages_statement(as_json=False), {"ids": wanted})).all()
         return {row[0]: _queued_message(row) for row in rows}
 
     async def extend(self, owner: str, delivery_ids: Sequence[int], until: float) -> int:
@@ -284,35 +297,30 @@ class SqlQueueStore:
         """
         if not outcomes:
             return 0
-        still_ours = (
-            sa.select(deliveries.c.id)
-            .where(
-                deliveries.c.id.in_([o.delivery_id for o in outcomes]),
-                deliveries.c.lease_owner == owner,
-                deliveries.c.state == DeliveryState.SENDING.value,
-            )
-            .with_for_update()
-        )
-        update = _release_statement(owner, now)
+        ids = [o.delivery_id for o in outcomes]
         with translate_errors("recording delivery outcomes"):
             if self._sqlite_writer is not None:
 
                 def record(connection: sqlite3.Connection) -> int:
-                    ours = {row[0] for row in sqlite_execute(connection, still_ours)}
+                    found = sqlite_execute(connection, _still_ours_statement(as_json=True),
+                                           {"ids": json.dumps(ids), "owner": owner}, "still ours")  # fmt: skip
+                    ours = {row[0] for row in found}
                     kept = [o for o in outcomes if o.delivery_id in ours]
                     if kept:
-                        sqlite_executemany(connection, update, _release_rows(kept, now))
+                        sqlite_executemany(connection, _release_statement(),
+                                           _release_rows(kept, owner, now), "release")  # fmt: skip
                         connection.executemany(*sql_and_rows(events.insert(), _event_rows(kept, now)))
                     return len(kept)
 
                 async with self._gate.hold():
                     return await self._sqlite_writer.run(record, durable=False)
             async with self._write() as conn:
-                ours = set((await conn.execute(still_ours)).scalars())
+                found = await conn.execute(_still_ours_statement(as_json=False), {"ids": ids, "owner": owner})
+                ours = set(found.scalars())
                 kept = [o for o in outcomes if o.delivery_id in ours]
                 if not kept:
                     return 0
-                await conn.execute(update, _release_rows(kept, now))
+                await conn.execute(_release_statement(), _release_rows(kept, owner, now))
                 await conn.execute(events.insert(), _event_rows(kept, now))
         return len(kept)
 
@@ -619,17 +627,29 @@ class SqlQueueStore:
         return bytes(value)
 
 
-def _claim_statement(
-    owner: str, limit: int, now: float, lease_seconds: float, exclude_domains: Sequence[str]
-) -> sa.Update:
+def _in_list(column: sa.ColumnElement[Any], name: str, as_json: bool) -> sa.ColumnElement[bool]:
+    """`column IN (:name)`: on SQLite one JSON array parameter read with json_each, so the SQL is
+    the same for any number of values (and compiled once); elsewhere an expanding parameter."""
+    if as_json:
+        values: sa.Select[Any] = sa.select(sa.column("value")).select_from(
+            sa.func.json_each(sa.bindparam(name))
+        )
+        return column.in_(values.scalar_subquery())
+    return column.in_(sa.bindparam(name, expanding=True))
+
+
+@functools.cache
+def _claim_statement(excluding: bool, as_json: bool) -> sa.Update:
+    """Takes :owner, :limit, :now, :until and, when `excluding`, :excluded (the domains)."""
     candidates = sa.select(deliveries.c.id).where(
-        deliveries.c.state.in_(CLAIMABLE), deliveries.c.next_attempt_at <= now
+        sa.or_(*(deliveries.c.state == state for state in CLAIMABLE)),  # no IN list: cacheable SQL
+        deliveries.c.next_attempt_at <= sa.bindparam("now"),
     )
-    if exclude_domains:
-        candidates = candidates.where(deliveries.c.domain.not_in(sorted(exclude_domains)))
+    if excluding:
+        candidates = candidates.where(sa.not_(_in_list(deliveries.c.domain, "excluded", as_json)))
     due = (
         candidates.order_by(deliveries.c.next_attempt_at)
-        .limit(limit)
+        .limit(sa.bindparam("limit"))
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
@@ -638,9 +658,9 @@ def _claim_statement(
         .where(deliveries.c.id.in_(due))
         .values(
             state=DeliveryState.SENDING.value,
-            lease_owner=owner,
-            lease_expires_at=now + lease_seconds,
-            updated_at=now,
+            lease_owner=sa.bindparam("owner"),
+            lease_expires_at=sa.bindparam("until"),
+            updated_at=sa.bindparam("now"),
         )
         .returning(
             deliveries.c.id,
@@ -658,7 +678,9 @@ def _claimed(rows: Iterable[Any]) -> list[ClaimedDelivery]:
     ]
 
 
-def _messages_statement(message_ids: list[str]) -> sa.Select[Any]:
+@functools.cache
+def _messages_statement(as_json: bool) -> sa.Select[Any]:
+    """Takes :ids."""
     return sa.select(
         messages.c.id,
         messages.c.mail_from,
@@ -667,19 +689,35 @@ def _messages_statement(message_ids: list[str]) -> sa.Select[Any]:
         messages.c.route,
         messages.c.created_at,
         messages.c.header_from,
-    ).where(messages.c.id.in_(message_ids))
+    ).where(_in_list(messages.c.id, "ids", as_json))
 
 
 def _queued_message(row: Any) -> QueuedMessage:
     return QueuedMessage(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], row[6])
 
 
-def _release_statement(owner: str, now: float) -> sa.Update:
+@functools.cache
+def _still_ours_statement(as_json: bool) -> sa.Select[Any]:
+    """Takes :ids and :owner: the deliveries among them still leased to owner."""
+    return (
+        sa.select(deliveries.c.id)
+        .where(
+            _in_list(deliveries.c.id, "ids", as_json),
+            deliveries.c.lease_owner == sa.bindparam("owner"),
+            deliveries.c.state == DeliveryState.SENDING.value,
+        )
+        .with_for_update()
+    )
+
+
+@functools.cache
+def _release_statement() -> sa.Update:
+    """Takes the rows of `_release_rows`."""
     return (
         deliveries.update()
         .where(
             deliveries.c.id == sa.bindparam("b_id"),
-            deliveries.c.lease_owner == owner,
+            deliveries.c.lease_owner == sa.bindparam("b_owner"),
             deliveries.c.state == DeliveryState.SENDING.value,
         )
         .values(
@@ -688,17 +726,19 @@ def _release_statement(owner: str, now: float) -> sa.Update:
             next_attempt_at=sa.bindparam("b_next"),
             last_reply=sa.bindparam("b_reply"),
             finished_at=sa.bindparam("b_finished"),
-            updated_at=now,
+            updated_at=sa.bindparam("b_now"),
             lease_owner=None,
             lease_expires_at=None,
         )
     )
 
 
-def _release_rows(kept: Sequence[Release], now: float) -> list[dict[str, Any]]:
+def _release_rows(kept: Sequence[Release], owner: str, now: float) -> list[dict[str, Any]]:
     return [
         {
             "b_id": o.delivery_id,
+            "b_owner": owner,
+            "b_now": now,
             "b_state": o.state.value,
             "b_tried": 1 if o.tried and o.state is not DeliveryState.DEAD else 0,
             "b_next": o.next_attempt_at if o.next_attempt_at is not None else now,

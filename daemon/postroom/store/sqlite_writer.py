@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -34,33 +34,66 @@ _DIALECT = sqlite_dialect.dialect(paramstyle="named")
 T = TypeVar("T")
 
 
-def compiled(statement: sa.ClauseElement) -> tuple[str, dict[str, Any]]:
-    """SQLite SQL and its parameters for a Core statement (IN lists expanded in place)."""
-    result = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
-    return str(result), dict(result.params)
+# Compiled SQL of the statements the hot paths run, by the name their callers give them. Those
+# statements take every changing value as a bindparam, so their SQL never changes; compiling a
+# Core statement costs more than SQLite takes to run it.
+_COMPILED: dict[Hashable, tuple[str, dict[str, Any]]] = {}
 
 
-def execute(connection: sqlite3.Connection, statement: sa.ClauseElement) -> list[tuple[Any, ...]]:
+def compiled(statement: sa.ClauseElement, cache_key: Hashable | None = None) -> tuple[str, dict[str, Any]]:
+    """SQLite SQL and its parameters for a Core statement (IN lists expanded in place).
+
+    With `cache_key`, the first compilation is reused: only for statements whose values all come
+    as bindparams supplied at execution, with no IN lists of literals (the cached parameters are
+    the statement's constants).
+    """
+    if cache_key is None:
+        result = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+        return str(result), dict(result.params)
+    if cache_key not in _COMPILED:
+        result = statement.compile(dialect=_DIALECT)
+        _COMPILED[cache_key] = (str(result), dict(result.params))
+    return _COMPILED[cache_key]
+
+
+def execute(
+    connection: sqlite3.Connection,
+    statement: sa.ClauseElement,
+    params: dict[str, Any] | None = None,
+    cache_key: Hashable | None = None,
+) -> list[tuple[Any, ...]]:
     """Run one Core statement on the writer's connection; its rows (for SELECT / RETURNING)."""
-    sql, params = compiled(statement)
-    return connection.execute(sql, params).fetchall()
+    sql, constants = compiled(statement, cache_key)
+    return connection.execute(sql, {**constants, **(params or {})}).fetchall()
 
 
-def executemany(connection: sqlite3.Connection, statement: sa.ClauseElement, rows: list[dict[str, Any]]) -> None:
+def executemany(
+    connection: sqlite3.Connection,
+    statement: sa.ClauseElement,
+    rows: list[dict[str, Any]],
+    cache_key: Hashable | None = None,
+) -> None:
     """Run one Core statement with `bindparam`s once per row."""
     if rows:
-        sql, params = compiled(statement)  # the statement's own values, then each row's
-        connection.executemany(sql, [{**params, **row} for row in rows])
+        sql, constants = compiled(statement, cache_key)  # the statement's own values, then each row's
+        connection.executemany(sql, [{**constants, **row} for row in rows])
 
 
 def sql_and_rows(statement: sa.Insert, rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """The INSERT for exactly the columns given, and rows with JSON columns serialised."""
-    columns = list(rows[0])
-    sql = str(statement.compile(dialect=_DIALECT, column_keys=columns))
+    columns = tuple(rows[0])
+    sql = _insert_sql(statement.table.name, columns, statement)
     json_columns = [name for name in columns if isinstance(statement.table.c[name].type, sa.JSON)]
     if json_columns:
         rows = [{**row, **{name: json.dumps(row[name]) for name in json_columns}} for row in rows]
     return sql, rows
+
+
+def _insert_sql(table: str, columns: tuple[str, ...], statement: sa.Insert) -> str:
+    key = ("insert", table, columns)
+    if key not in _COMPILED:
+        _COMPILED[key] = (str(statement.compile(dialect=_DIALECT, column_keys=list(columns))), {})
+    return _COMPILED[key][0]
 
 
 class SqliteBatchWriter:
