@@ -185,14 +185,13 @@ class Daemon:
                     ),
                     prepare=DkimPreparer(policy, self.clock, self.metrics, signing_pool),
                 )
-            wake = worker.wake if worker else (lambda: None)
-
             def committed(batch: list[Submission], seconds: float) -> None:
                 self.metrics.commit_batch.observe(len(batch))
                 self.metrics.commit_seconds.observe(seconds)
-                wake()
 
-            committer = GroupCommitter(store, self.clock, on_commit=committed)
+            # Mail this process accepts goes to its own worker in memory, leased to it in the
+            # commit itself (or, while the worker is full, stays queued until it has room).
+            committer = GroupCommitter(store, self.clock, on_commit=committed, handoff=worker)
             submissions = SubmissionService(committer, store, self.clock)
 
             tls: ssl.SSLContext | None = None

@@ -37,7 +37,7 @@ from postroom.delivery.transport import Route, RouteFailure, Transport
 from postroom.metrics import Metrics
 from postroom.queue.models import ClaimedDelivery, QueuedMessage, Release
 from postroom.queue.retry import RetryPolicy, system_draw
-from postroom.queue.store import SqlQueueStore
+from postroom.queue.store import Lease, SqlQueueStore
 
 __all__ = ["DeliveryWorker", "WorkerOptions", "decide", "send_as_stored"]
 
@@ -144,6 +144,7 @@ class DeliveryWorker:
         self._outstanding: dict[str, int] = defaultdict(int)
         self._writer = OutcomeWriter(store, options.owner, clock, self._written)
         self._stopping = False
+        self._running = False  # `run` is looping (fresh mail may be handed to it)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -156,6 +157,7 @@ class DeliveryWorker:
         writer_stop = asyncio.Event()
         writer = asyncio.create_task(self._writer.run(writer_stop), name="delivery-outcomes")
         heartbeat = asyncio.create_task(self._heartbeat(stop), name="delivery-heartbeat")
+        self._running = True
         try:
             next_reap = 0.0
             while not stop.is_set():
@@ -172,6 +174,7 @@ class DeliveryWorker:
                 if claimed == 0 and not stop.is_set():
                     await self._idle(stop)
         finally:
+            self._running = False
             self._stopping = True
             await self._finish_runners()
             self._hand_back_all("handed back at shutdown")
@@ -266,8 +269,26 @@ class DeliveryWorker:
             self._options.lease_seconds,
             exclude_domains=self._held_back_domains(now),
         )
-        if not claimed:
-            return 0
+        if claimed:
+            await self._accept(claimed, loaded)
+        return len(claimed)
+
+    def lease_for(self, deliveries: int) -> Lease | None:
+        """`Handoff`: lease fresh mail to this worker while it runs and has room for it."""
+        if not self._running or self._stopping:
+            return None
+        if len(self._in_flight) + deliveries > self._options.max_in_flight:
+            return None
+        return Lease(self._options.owner, self._clock.now() + self._options.lease_seconds)
+
+    def take(self, messages: list[QueuedMessage], claimed: list[ClaimedDelivery]) -> None:
+        """`Handoff`: mail just committed under our lease, to send without claiming it."""
+        task = asyncio.create_task(self._accept(claimed, {m.id: m for m in messages}), name="handoff")
+        self._routing.add(task)
+        task.add_done_callback(self._routing.discard)
+
+    async def _accept(self, claimed: list[ClaimedDelivery], loaded: dict[str, QueuedMessage]) -> None:
+        """Prepare the messages of leased deliveries and queue them in their destinations' lanes."""
         self._in_flight.update(d.id for d in claimed)
         by_message: dict[str, list[ClaimedDelivery]] = defaultdict(list)
         for delivery in claimed:
@@ -286,7 +307,6 @@ class DeliveryWorker:
             task = asyncio.create_task(self._route_and_queue(domain, items), name=f"route {domain}")
             self._routing.add(task)
             task.add_done_callback(self._routing.discard)
-        return len(claimed)
 
     async def _prepared(
         self, message: QueuedMessage | None, message_id: str, group: list[ClaimedDelivery]

@@ -16,6 +16,8 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
+from dataclasses import dataclass
+
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -48,10 +50,21 @@ def request_hash(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+@dataclass(frozen=True)
+class Lease:
+    """Deliveries written already leased to a worker (`insert_many(..., lease=)`)."""
+
+    owner: str
+    expires_at: float
+
+
 def insert_statements(
-    batch: list[tuple[str, Submission]], now: float
+    batch: list[tuple[str, Submission]], now: float, lease: Lease | None = None
 ) -> list[tuple[sa.Insert, list[dict[str, Any]]]]:
-    """The rows one batch of submissions writes: its messages, deliveries and `accepted` events."""
+    """The rows one batch of submissions writes: its messages, deliveries and `accepted` events.
+    With `lease`, the deliveries start out leased to that worker instead of queued."""
+    state = DeliveryState.SENDING.value if lease else DeliveryState.QUEUED.value
+    leased = {"lease_owner": lease.owner, "lease_expires_at": lease.expires_at} if lease else {}
     return [
         (
             messages.insert(),
@@ -81,11 +94,12 @@ def insert_statements(
                     "message_id": message_id,
                     "recipient": recipient,
                     "domain": recipient_domain(recipient),
-                    "state": DeliveryState.QUEUED.value,
+                    "state": state,
                     "attempts": 0,
                     "created_at": now,
                     "updated_at": now,
                     "next_attempt_at": now,
+                    **leased,
                 }
                 for message_id, item in batch
                 for recipient in item.recipients
@@ -130,16 +144,39 @@ class SqlQueueStore:
 
     async def insert_many(self, batch: Sequence[Submission], now: float) -> list[str]:
         """Write several submissions in one transaction (one fsync); return their ids in order."""
+        ids, _ = await self.insert_leased(batch, now, None)
+        return ids
+
+    async def insert_leased(
+        self, batch: Sequence[Submission], now: float, lease: Lease | None
+    ) -> tuple[list[str], list[ClaimedDelivery]]:
+        """`insert_many`; with `lease`, the deliveries are written leased to its owner and come
+        back as claimed, so the local worker sends them without claiming them from the database
+        (if it dies, the lease runs out and any worker takes them)."""
         ids = [item.message_id or new_message_id(now) for item in batch]
         pairs = list(zip(ids, batch))
+        statements = insert_statements(pairs, now, lease)
         with translate_errors("queueing messages"):
             if self._sqlite_writer is not None:
+                found = _leased_statement(as_json=True)
+                params = {"ids": json.dumps(ids)}
+
+                def insert(connection: sqlite3.Connection) -> list[Any]:
+                    for sql, rows in [sql_and_rows(st, rows) for st, rows in statements if rows]:
+                        connection.executemany(sql, rows)
+                    return sqlite_execute(connection, found, params, "leased") if lease else []
+
                 async with self._gate.hold():
-                    await self._sqlite_writer.write(insert_statements(pairs, now))
+                    rows = await self._sqlite_writer.run(insert, durable=True)
             else:
                 async with self._write() as conn:
-                    await self._insert(conn, pairs, now)
-        return ids
+                    for statement, values in statements:
+                        await conn.execute(statement, values)
+                    rows = []
+                    if lease:
+                        result = await conn.execute(_leased_statement(as_json=False), {"ids": ids})
+                        rows = list(result.all())
+        return ids, _claimed(rows)
 
     async def insert_idempotent(
         self, submission: Submission, key: IdempotencyKey, now: float
@@ -676,6 +713,18 @@ def _claimed(rows: Iterable[Any]) -> list[ClaimedDelivery]:
     return [
         ClaimedDelivery(r[0], r[1], r[2], r[3], r[4]) for r in sorted(rows, key=lambda r: r[0])
     ]
+
+
+@functools.cache
+def _leased_statement(as_json: bool) -> sa.Select[Any]:
+    """Takes :ids (message ids): their deliveries, as `_claimed` reads them."""
+    return sa.select(
+        deliveries.c.id,
+        deliveries.c.message_id,
+        deliveries.c.recipient,
+        deliveries.c.attempts,
+        deliveries.c.created_at,
+    ).where(_in_list(deliveries.c.message_id, "ids", as_json))
 
 
 @functools.cache

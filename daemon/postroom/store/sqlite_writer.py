@@ -28,7 +28,6 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from postroom.config import DatabaseSettings
 
-Statement = tuple[sa.Insert, list[dict[str, Any]]]
 
 _DIALECT = sqlite_dialect.dialect(paramstyle="named")
 T = TypeVar("T")
@@ -141,16 +140,6 @@ class SqliteBatchWriter:
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, self._transaction, work, durable
         )
-
-    async def write(self, statements: list[Statement]) -> None:
-        """Commit the rows of every statement in one transaction, fsynced (synchronous=FULL)."""
-        prepared = [sql_and_rows(statement, rows) for statement, rows in statements if rows]
-
-        def insert_all(connection: sqlite3.Connection) -> None:
-            for sql, rows in prepared:
-                connection.executemany(sql, rows)
-
-        await self.run(insert_all, durable=True)
 
     def close(self) -> None:
         def close_connection() -> None:
