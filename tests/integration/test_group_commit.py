@@ -13,11 +13,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postroom.config import DatabaseSettings
 from postroom.core.clock import FakeClock
 from postroom.core.errors import StoreError
 from postroom.core.types import Submission
 from postroom.queue.committer import GroupCommitter
-from postroom.queue.store import SqlQueueStore
+from postroom.queue.models import ClaimedDelivery, QueuedMessage
+from postroom.queue.store import Lease, SqlQueueStore
+from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.store import schema
 from postroom.store.engine import create_engine
 from postroom.store.tables import deliveries, events, messages
@@ -164,3 +167,72 @@ async def test_run_flushes_submissions_pending_when_stop_is_set(engine: AsyncEng
     assert sum(len(b) for b in running.batches) == 20
     with pytest.raises(StoreError):
         await running.committer.submit(submission(21))
+
+
+class RecordingHandoff:
+    """A worker stand-in: leases while `room`, and records what it is handed."""
+
+    def __init__(self, room: bool) -> None:
+        self.room = room
+        self.asked: list[int] = []
+        self.taken: list[tuple[list[QueuedMessage], list[ClaimedDelivery]]] = []
+
+    def lease_for(self, deliveries: int) -> Lease | None:
+        self.asked.append(deliveries)
+        return Lease("local-worker", 5000.0) if self.room else None
+
+    def take(self, messages: list[QueuedMessage], claimed: list[ClaimedDelivery]) -> None:
+        self.taken.append((messages, claimed))
+
+
+async def delivery_states(engine: AsyncEngine) -> list[tuple[str, str | None, float | None]]:
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.select(deliveries.c.state, deliveries.c.lease_owner,
+                                             deliveries.c.lease_expires_at))).all()  # fmt: skip
+    return sorted((r[0], r[1], r[2]) for r in rows)
+
+
+@pytest.mark.parametrize("writer", [False, True], ids=["sqlalchemy", "sqlite-writer"])
+async def test_committed_mail_is_leased_and_handed_to_a_worker_with_room(
+    engine: AsyncEngine, writer: bool
+) -> None:
+    if writer and engine.dialect.name != "sqlite":
+        pytest.skip("the writer thread is SQLite's")
+    sqlite_writer = SqliteBatchWriter(DatabaseSettings(url=str(engine.url))) if writer else None
+    handoff = RecordingHandoff(room=True)
+    committer = GroupCommitter(SqlQueueStore(engine, sqlite_writer=sqlite_writer), FakeClock(),
+                               handoff=handoff)  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(committer.run(stop))
+    try:
+        ids = await asyncio.gather(*(committer.submit(submission(n)) for n in range(3)))
+    finally:
+        stop.set()
+        await task
+        if sqlite_writer is not None:
+            sqlite_writer.close()
+    assert sum(handoff.asked) == 6  # two recipients each
+    handed_messages = [m for messages, _ in handoff.taken for m in messages]
+    handed = [d for _, claimed in handoff.taken for d in claimed]
+    assert sorted(m.id for m in handed_messages) == sorted(ids)
+    assert {m.content for m in handed_messages} == {submission(n).content for n in range(3)}
+    assert sorted((d.message_id, d.recipient) for d in handed) == sorted(
+        (message_id, recipient) for message_id, n in zip(ids, range(3))
+        for recipient in submission(n).recipients)  # fmt: skip
+    assert all(d.attempts == 0 for d in handed)
+    assert await delivery_states(engine) == [("sending", "local-worker", 5000.0)] * 6
+
+
+async def test_a_worker_without_room_leaves_committed_mail_queued(engine: AsyncEngine) -> None:
+    handoff = RecordingHandoff(room=False)
+    committer = GroupCommitter(SqlQueueStore(engine), FakeClock(), handoff=handoff)
+    stop = asyncio.Event()
+    task = asyncio.create_task(committer.run(stop))
+    await asyncio.sleep(0)  # let it start accepting
+    try:
+        await committer.submit(submission(1))
+    finally:
+        stop.set()
+        await task
+    assert handoff.asked == [2] and handoff.taken == []
+    assert await delivery_states(engine) == [("queued", None, None)] * 2
