@@ -14,11 +14,10 @@ import contextlib
 import logging
 import os
 import random
-import signal
 import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
@@ -325,12 +324,3 @@ class Daemon:
             parts.append(f"http {self.http_bound[0]}:{self.http_bound[1]}")
         mode = "hold" if self.settings.delivery.hold else self.settings.delivery.mode
         return ", ".join(parts) + f"; delivery {mode}"
-
-
-def install_signal_handlers(stop: asyncio.Event, on_reload: Callable[[], None] | None = None) -> None:
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP, on_reload or (lambda: logger.info("SIGHUP: nothing to reload here"))
-    )

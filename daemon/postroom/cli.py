@@ -218,10 +218,10 @@ Send a message:
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the daemon in the foreground (systemd: Type=notify)."""
-    from postroom.app import Daemon, install_signal_handlers
-    from postroom.logs import configure_logging
-    from postroom.service_notify import ServiceNotifier
     from postroom import supervisor
+    from postroom.app import Daemon
+    from postroom.logs import configure_logging
+    from postroom.signals import install_signal_handlers
 
     settings = settings_from(ctx)
     configure_logging(settings.log)
@@ -235,20 +235,15 @@ def serve(ctx: click.Context) -> None:
         supervisor.die_with_supervisor()
 
     if processes > 1 and not is_child:
-        async def supervise() -> int:
-            stop = asyncio.Event()
-            config_path = str(find_config_path(ctx.obj.get("config"), os.environ).resolve())
-            supervising = supervisor.Supervisor(
-                supervisor.child_argv(config_path),
-                processes,
-                restart_delay=settings.processes.restart_delay,
-                stop_grace=settings.delivery.drain_grace + 15,
-                notifier=ServiceNotifier(os.environ),
-            )
-            install_signal_handlers(stop, supervising.forward_reload)
-            return await supervising.run(stop)
-
-        sys.exit(asyncio.run(supervise()))
+        # Become the small supervisor program (same pid): it starts `processes` children, each
+        # a full daemon like this one would have been.
+        config_path = str(find_config_path(ctx.obj.get("config"), os.environ).resolve())
+        argv = supervisor.exec_argv(config_path, processes, settings.processes.restart_delay,
+                                    settings.delivery.drain_grace + 15, settings.log.level,
+                                    settings.log.format)  # fmt: skip
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(argv[0], argv)
 
     async def main_loop() -> None:
         stop = asyncio.Event()

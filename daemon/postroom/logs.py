@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from postroom.config import LogSettings
+if TYPE_CHECKING:  # the supervisor process logs without loading the settings machinery
+    from postroom.config import LogSettings
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -29,14 +30,19 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(settings: LogSettings) -> None:
+    configure(settings.level, settings.format)
+
+
+def configure(level: str, format: str) -> None:
+    """Log to stderr at `level` ("info"...) as `format` ("json" or "text")."""
     handler = logging.StreamHandler(sys.stderr)
-    if settings.format == "json":
+    if format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.level.upper())
+    root.setLevel(level.upper())
     # aiosmtpd logs every connection at INFO and a deprecation notice per AUTH at WARNING on
     # "mail.log": per-message noise at load. Its errors still come through.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
