@@ -166,8 +166,7 @@ class SqlQueueStore:
                         connection.executemany(sql, rows)
                     return sqlite_execute(connection, found, params, "leased") if lease else []
 
-                async with self._gate.hold():
-                    rows = await self._sqlite_writer.run(insert, durable=True)
+                rows = await self._sqlite_writer.run(insert, durable=True)
             else:
                 async with self._write() as conn:
                     for statement, values in statements:
@@ -288,8 +287,7 @@ class SqlQueueStore:
                                                {"ids": wanted}, "messages")  # fmt: skip
                     return rows, found
 
-                async with self._gate.hold():
-                    rows, found = await self._sqlite_writer.run(claim_and_load, durable=False)
+                rows, found = await self._sqlite_writer.run(claim_and_load, durable=False)
                 claimed = _claimed(rows)
                 return claimed, {row[0]: _queued_message(row) for row in found}
             if excluding:
@@ -349,8 +347,7 @@ class SqlQueueStore:
                         connection.executemany(*sql_and_rows(events.insert(), _event_rows(kept, now)))
                     return len(kept)
 
-                async with self._gate.hold():
-                    return await self._sqlite_writer.run(record, durable=False)
+                return await self._sqlite_writer.run(record, durable=False)
             async with self._write() as conn:
                 found = await conn.execute(_still_ours_statement(as_json=False), {"ids": ids, "owner": owner})
                 ours = set(found.scalars())
@@ -396,8 +393,7 @@ class SqlQueueStore:
                 sql, params = sqlite_compiled(statement)
                 return connection.execute(sql, params).rowcount
 
-            async with self._gate.hold():
-                return await self._sqlite_writer.run(update, durable=False)
+            return await self._sqlite_writer.run(update, durable=False)
         async with self._write() as conn:
             result = await conn.execute(statement)
         return int(result.rowcount)

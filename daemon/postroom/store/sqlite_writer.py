@@ -17,7 +17,9 @@ the SQLAlchemy path sends, not a second copy written by hand.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -101,6 +103,7 @@ class SqliteBatchWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._connection: sqlite3.Connection | None = None
         self._durable = True
+        self._lock_fd: int | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
@@ -114,18 +117,34 @@ class SqliteBatchWriter:
             self._durable = True
         return self._connection
 
+    def _gate(self) -> int | None:
+        """The write gate's lock file (see `WriteGate`), opened by this thread on its own: an
+        flock belongs to an open file, so this one excludes the loop-side gate of this process
+        too. Taking it here, around exactly the transaction, holds it no longer than SQLite's own
+        lock; taken on the loop, it stayed held until the loop got round to the result."""
+        if self._lock_fd is None and self._path and self._path != ":memory:":
+            self._lock_fd = os.open(self._path + ".writelock", os.O_RDWR | os.O_CREAT, 0o600)
+        return self._lock_fd
+
     def _transaction(self, work: Callable[[sqlite3.Connection], T], durable: bool) -> T:
         connection = self._connect()
         if durable != self._durable:
             connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._durable = durable
-        connection.execute("BEGIN IMMEDIATE")
+        gate = self._gate()
+        if gate is not None:
+            fcntl.flock(gate, fcntl.LOCK_EX)
         try:
-            result = work(connection)
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(connection)
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+        finally:
+            if gate is not None:
+                fcntl.flock(gate, fcntl.LOCK_UN)
         return result
 
     async def run(self, work: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
@@ -146,6 +165,9 @@ class SqliteBatchWriter:
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
         self._executor.submit(close_connection).result()
         self._executor.shutdown(wait=True)
