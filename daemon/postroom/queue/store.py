@@ -695,14 +695,18 @@ def _claim_statement(excluding: bool, as_json: bool) -> sa.Update:
             lease_expires_at=sa.bindparam("until"),
             updated_at=sa.bindparam("now"),
         )
-        .returning(
-            deliveries.c.id,
-            deliveries.c.message_id,
-            deliveries.c.recipient,
-            deliveries.c.attempts,
-            deliveries.c.created_at,
-        )
+        .returning(*_CLAIMED_COLUMNS)
     )
+
+
+# What a worker needs of a claimed delivery, in the order `_claimed` reads it.
+_CLAIMED_COLUMNS = (
+    deliveries.c.id,
+    deliveries.c.message_id,
+    deliveries.c.recipient,
+    deliveries.c.attempts,
+    deliveries.c.created_at,
+)
 
 
 def _claimed(rows: Iterable[Any]) -> list[ClaimedDelivery]:
@@ -714,13 +718,7 @@ def _claimed(rows: Iterable[Any]) -> list[ClaimedDelivery]:
 @functools.cache
 def _leased_statement(as_json: bool) -> sa.Select[Any]:
     """Takes :ids (message ids): their deliveries, as `_claimed` reads them."""
-    return sa.select(
-        deliveries.c.id,
-        deliveries.c.message_id,
-        deliveries.c.recipient,
-        deliveries.c.attempts,
-        deliveries.c.created_at,
-    ).where(_in_list(deliveries.c.message_id, "ids", as_json))
+    return sa.select(*_CLAIMED_COLUMNS).where(_in_list(deliveries.c.message_id, "ids", as_json))
 
 
 @functools.cache
