@@ -259,13 +259,31 @@ def serve(ctx: click.Context) -> None:
         await running
 
     try:
-        asyncio.run(main_loop())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(main_loop())
     except* SchemaNotCurrentError as group:
         fail(str(group.exceptions[0]))
     except* PostroomError as group:
         fail(f"cannot run: {group.exceptions[0]}")
     except* OSError as group:
         fail(f"cannot start: {group.exceptions[0]}")
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed and not turned off (POSTROOM_UVLOOP=0); else asyncio's.
+
+    The daemon spends much of a core in the event loop itself (socket reads and writes, callbacks,
+    timers); uvloop does that work in C. Everything postroom uses (SO_REUSEPORT listeners,
+    STARTTLS on both sides, signal handlers, executors) runs on either loop.
+    """
+    if os.environ.get("POSTROOM_UVLOOP", "1") == "0":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 @main.command("check-config")

@@ -15,7 +15,16 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from tests.support import SinkHandler, free_port, postroom_cli, smtp_sink, wait_until, write_config
+from tests.conftest import Tls
+from tests.support import (
+    SinkHandler,
+    free_port,
+    postroom_cli,
+    smtp_sink,
+    wait_for_port,
+    wait_until,
+    write_config,
+)
 
 MESSAGE = b"From: app@postroom.test\r\nTo: x@example.com\r\nSubject: s\r\n\r\nbody\r\n"
 
@@ -140,3 +149,42 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie has exited; it waits only for init to reap it
+
+
+@pytest.mark.parametrize("uvloop", ["1", "0"], ids=["uvloop", "asyncio-loop"])
+async def test_serve_does_starttls_and_auth_on_either_event_loop(
+    tmp_path: Path, tls: Tls, uvloop: str
+) -> None:
+    """`postroom serve` runs on uvloop unless POSTROOM_UVLOOP=0; STARTTLS is where event loops
+    differ (aiosmtpd swaps the protocol under the transport), so check it on both."""
+    handler = SinkHandler()
+    async with smtp_sink(handler) as (_, sink_port):
+        submission, http = free_port(), free_port()
+        config = write_config(
+            tmp_path / "postroom.toml",
+            db_url=f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
+            submission_port=submission, http_port=http, mx_port=free_port(), sink_port=sink_port,
+        )  # fmt: skip
+        text = config.read_text().replace(
+            'trusted_networks = ["127.0.0.1/32"]',
+            f'trusted_networks = []\ntls_cert = "{tls.cert}"\ntls_key = "{tls.key}"',
+        )
+        config.write_text(text)
+        postroom_cli("db", "upgrade", "--config", str(config))
+        postroom_cli("smtp-users", "add", "app", "--password", "secret-pass", "--config", str(config))
+        daemon = serve(config, tmp_path / "serve.log", {"POSTROOM_UVLOOP": uvloop})
+        try:
+            await asyncio.to_thread(wait_for_port, "127.0.0.1", submission, 30)
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=submission, start_tls=True,
+                                   tls_context=tls.client, local_hostname="client.test")  # fmt: skip
+            await smtp.connect()
+            await smtp.login("app", "secret-pass")
+            await smtp.sendmail("app@postroom.test", ["r@example.com"], MESSAGE)
+            await smtp.quit()
+            await wait_until(lambda: len(handler.messages) == 1, 30, what="the delivery")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(daemon.wait, 30)
+    assert handler.messages[0].content.endswith(MESSAGE)
+    log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log, log[-2000:]
