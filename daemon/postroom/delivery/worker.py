@@ -87,6 +87,8 @@ class Lane:
     day: datetime.date | None = None
     sent_today: int = 0
     waiting: dict[str, Job] = field(default_factory=dict)  # queued jobs by message id
+    reported_reasons: set[str] = field(default_factory=set)  # suspended gauges now at 1
+    reported_slow: bool = False  # the speed gauge shows a slow-down
 
     @property
     def rule(self) -> DestinationSettings:
@@ -500,17 +502,14 @@ class DeliveryWorker:
         elif delivered:
             lane.health.succeeded()
             # It takes mail again: no longer held back (not only once the heartbeat tidies up).
-            self._forget_suspended(lane.route.key)
-            if lane.health.factor < 1.0:
-                self._metrics.destination_slowdown.labels(lane.route.key).set(lane.health.factor)
-            else:
-                self._forget_metric(self._metrics.destination_slowdown, lane.route.key)
+            self._report_recovered(lane)
 
     def _suspended(self, lane: Lane, reason: str) -> None:
         """Hand back the lane's queued jobs, due when the destination may be tried again."""
         self._metrics.destination_suspensions.labels(reason).inc()
         self._metrics.destination_suspended.labels(lane.route.key, reason).set(1)
-        self._metrics.destination_slowdown.labels(lane.route.key).set(lane.health.factor)
+        lane.reported_reasons.add(reason)
+        self._report_speed(lane)
         jobs = lane.take_all()
         for job in jobs:
             self._record(job.message, [self._postponed(d, lane) for d in job.deliveries])
@@ -533,19 +532,24 @@ class DeliveryWorker:
         for key, lane in list(self._lanes.items()):
             if lane.health.suspended(now):
                 continue
-            self._forget_suspended(key)
+            self._report_recovered(lane)
             capped = lane.rule.daily_limit or lane.rule.warmup  # keeps its count of the day
             if not lane.jobs and not lane.active and lane.health.factor >= 1.0 and not capped:
                 del self._lanes[key]
 
-    def _forget_suspended(self, key: str) -> None:
-        for reason in ("throttled", "unreachable", "daily_cap"):
-            self._forget_metric(self._metrics.destination_suspended, key, reason)
+    # Gauges go back to their neutral value rather than being removed: prometheus-client cannot
+    # remove labels in multiprocess mode (it warns and keeps them), and this runs per delivery.
+    def _report_recovered(self, lane: Lane) -> None:
+        """The destination is not held back: its suspended gauges to 0, its speed as it is now."""
+        for reason in lane.reported_reasons:
+            self._metrics.destination_suspended.labels(lane.route.key, reason).set(0)
+        lane.reported_reasons.clear()
+        self._report_speed(lane)
 
-    @staticmethod
-    def _forget_metric(metric: object, *labels: str) -> None:
-        with contextlib.suppress(KeyError):
-            metric.remove(*labels)  # type: ignore[attr-defined]
+    def _report_speed(self, lane: Lane) -> None:
+        if lane.health.factor < 1.0 or lane.reported_slow:
+            self._metrics.destination_slowdown.labels(lane.route.key).set(lane.health.factor)
+            lane.reported_slow = lane.health.factor < 1.0
 
     # -- outcomes -------------------------------------------------------------------------
 
