@@ -10,7 +10,8 @@ This module owns the two Postfix test programs and nothing else:
   every message got its 250 reply.
 * :class:`SmtpSink` runs ``smtp-sink`` on 127.0.0.1:PORT (dropping root
   privileges to ``postfix``) and counts the messages it received from its
-  ``-c`` counters.
+  ``-c`` counters, with the time the last one arrived. It can also answer
+  chosen commands with a soft 4xx error (``-r``), to make a sender defer.
 * :func:`free_port` picks an unused loopback TCP port.
 
 Only loopback addresses are ever used as targets.
@@ -119,16 +120,22 @@ class SinkCounters:
     sess: int = 0
     quit: int = 0
     mesg: int = 0
+    # time.perf_counter() when mesg last grew: the arrival of the latest message, as
+    # seen by the reader thread (smtp-sink prints its counters at every ".").
+    last_mesg_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def update(self, text: str) -> None:
+    def update(self, text: str, now: float | None = None) -> None:
         """Fold one 'sess=N quit=N mesg=N' record into the counters."""
         values = dict(re.findall(r"(sess|quit|mesg)=(\d+)", text))
         if values:
             with self.lock:
                 self.sess = int(values.get("sess", self.sess))
                 self.quit = int(values.get("quit", self.quit))
-                self.mesg = int(values.get("mesg", self.mesg))
+                mesg = int(values.get("mesg", self.mesg))
+                if mesg > self.mesg:
+                    self.last_mesg_at = time.perf_counter() if now is None else now
+                self.mesg = mesg
 
 
 class SmtpSink:
@@ -146,12 +153,16 @@ class SmtpSink:
         backlog: int = 1000,
         user: str = "postfix",
         binary: str = "/usr/sbin/smtp-sink",
+        soft_reject: str = "",
     ) -> None:
         self.port = port
         self.host = require_loopback(host)
         self.backlog = backlog
         self.user = user
         self.binary = binary
+        # smtp-sink -r: these commands ("rcpt", "mail,rcpt") get "450 4.3.0 Error: command
+        # failed", so a sender defers every message (and smtp-sink turns PIPELINING off).
+        self.soft_reject = soft_reject
         self.counters = SinkCounters()
         self.proc: subprocess.Popen[bytes] | None = None
         self.reader: threading.Thread | None = None
@@ -173,9 +184,20 @@ class SmtpSink:
         with self.counters.lock:
             return self.counters.mesg
 
+    @property
+    def last_received_at(self) -> float:
+        """time.perf_counter() at the arrival of the latest message (0.0 before any)."""
+        with self.counters.lock:
+            return self.counters.last_mesg_at
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
     def argv(self) -> list[str]:
         """The smtp-sink command line (-u drops root after binding the socket)."""
-        return [self.binary, "-c", "-u", self.user,
+        reject = ["-r", self.soft_reject] if self.soft_reject else []
+        return [self.binary, "-c", "-u", self.user, *reject,
                 f"{self.host}:{self.port}", str(self.backlog)]
 
     def start(self) -> None:
