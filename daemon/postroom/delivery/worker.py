@@ -567,6 +567,7 @@ class DeliveryWorker:
         self._writer.add(releases)
 
     def _written(self, releases: Sequence[Release]) -> None:
+        was_full = len(self._in_flight) >= self._options.max_in_flight
         self._in_flight.difference_update(r.delivery_id for r in releases)
         self._count(releases)
         for release in releases:
@@ -576,7 +577,8 @@ class DeliveryWorker:
             else:
                 self._outstanding.pop(release.message_id, None)
                 self._messages.pop(release.message_id, None)
-        self._room.set()
+        if was_full:
+            self._room.set()  # claim again now rather than at the next poll
 
     def _count(self, outcomes: Sequence[Release]) -> None:
         now = self._clock.now()
