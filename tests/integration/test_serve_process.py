@@ -21,7 +21,6 @@ from tests.support import (
     free_port,
     postroom_cli,
     smtp_sink,
-    wait_for_port,
     wait_until,
     write_config,
 )
@@ -172,9 +171,20 @@ async def test_serve_does_starttls_and_auth_on_either_event_loop(
         config.write_text(text)
         postroom_cli("db", "upgrade", "--config", str(config))
         postroom_cli("smtp-users", "add", "app", "--password", "secret-pass", "--config", str(config))
-        daemon = serve(config, tmp_path / "serve.log", {"POSTROOM_UVLOOP": uvloop})
+        notify_path = tmp_path / "notify.sock"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(str(notify_path))
+        listener.setblocking(False)
+        daemon = serve(config, tmp_path / "serve.log",
+                       {"POSTROOM_UVLOOP": uvloop, "NOTIFY_SOCKET": str(notify_path)})  # fmt: skip
+        seen: list[str] = []
         try:
-            await asyncio.to_thread(wait_for_port, "127.0.0.1", submission, 30)
+            await wait_until(lambda: seen.extend(notifications(listener)) or "READY=1" in seen, 60,
+                             what="READY=1")  # fmt: skip
+            # The status names every listener, the HTTP one included (uvloop's server is not an
+            # asyncio.Server, and the bound address was once lost that way).
+            [status] = [line for line in seen if line.startswith("STATUS=")]
+            assert f"http 127.0.0.1:{http}" in status and f"submission 127.0.0.1:{submission}" in status
             smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=submission, start_tls=True,
                                    tls_context=tls.client, local_hostname="client.test")  # fmt: skip
             await smtp.connect()
@@ -185,6 +195,7 @@ async def test_serve_does_starttls_and_auth_on_either_event_loop(
         finally:
             daemon.send_signal(signal.SIGTERM)
             await asyncio.to_thread(daemon.wait, 30)
+            listener.close()
     assert handler.messages[0].content.endswith(MESSAGE)
     log = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in log, log[-2000:]

@@ -82,7 +82,8 @@ class HttpServer:
         )
         await site.start()
         server = site._server  # noqa: SLF001 - the only way to learn the port bound for port 0
-        sockets = server.sockets if isinstance(server, asyncio.Server) else []
+        # asyncio's Server or uvloop's (not a subclass): both have `sockets`.
+        sockets = list(getattr(server, "sockets", None) or [])
         if sockets:
             sockname = sockets[0].getsockname()
             self.bound = (sockname[0], sockname[1])
