@@ -186,7 +186,8 @@ class Metrics:
         )
         self.dkim_signatures = Counter(
             "postroom_dkim_signatures",
-            "Messages signed, by result (signed, unsigned: domain not signed here, failed)",
+            "Messages prepared for sending, by result (signed; reused: a retry sending the signature"
+            " of its first attempt; unsigned: domain not signed here; failed)",
             ["result"],
             registry=registry,
         )

@@ -21,7 +21,7 @@ from postroom.store.credentials import Role, SqlApiKeys
 from postroom.store.engine import create_engine
 from postroom.store.tables import messages
 from tests.conftest import running
-from tests.support import make_settings, wait_until
+from tests.support import make_settings, smtp_sink, wait_until
 
 DOMAIN = "signed.example"
 
@@ -189,3 +189,43 @@ async def test_a_reload_picks_up_a_new_key_without_a_restart(tmp_path: Path) -> 
                 return response.status == 202
 
         await wait_until(accepted, 10, interval=0.1, what="the new key to be loaded")
+
+
+async def test_a_retry_sends_the_signature_of_the_first_attempt(tmp_path: Path) -> None:
+    """DESIGN flow 2: signed once, not per retry. The worker keeps the DKIM-Signature fields when
+    an attempt is deferred; the retry sends them unchanged (t= of the first attempt)."""
+    async with smtp_sink() as (sink, port):
+        sink.replies["x@example.com"] = "451 4.3.0 try again soon"
+        settings = settings_for(tmp_path, mode="smarthost", smarthost=f"127.0.0.1:{port}",
+                                smarthost_tls="none", retry_base=0.3, retry_max=0.5,
+                                poll_interval=0.05)  # fmt: skip
+        records, _ = await prepare(settings)
+        message = f"From: app@{DOMAIN}\r\nTo: x@example.com\r\nSubject: twice\r\n\r\nbody\r\n".encode()
+        async with running(settings) as d:
+            smtp = aiosmtplib.SMTP(hostname=d.submission[0], port=d.submission[1], start_tls=False)
+            await smtp.connect()
+            await smtp.sendmail(f"app@{DOMAIN}", ["x@example.com"], message)
+            await smtp.quit()
+            await wait_until(lambda: d.metric("postroom_deferred_total",
+                                              {"stream": "transactional", "route": "inhouse"}) == 1,
+                             10, what="the first attempt deferred")  # fmt: skip
+            kept = await stored_signature(settings)
+            del sink.replies["x@example.com"]
+            await wait_until(lambda: len(sink.messages) == 1, 20, what="the retry delivered")
+            signed = d.metric("postroom_dkim_signatures_total", {"result": "signed"})
+            reused = d.metric("postroom_dkim_signatures_total", {"result": "reused"})
+    assert (signed, reused) == (1, 1)
+    assert kept is not None and kept.count(b"DKIM-Signature:") == 2
+    sent = sink.messages[0].content
+    assert sent.startswith(kept)  # the bytes of the first attempt's signing, t= included
+    assert verify_all(sent, records) == [True, True]
+
+
+async def stored_signature(settings) -> bytes | None:  # type: ignore[no-untyped-def]
+    engine = create_engine(settings.database)
+    try:
+        async with engine.connect() as conn:
+            value = await conn.scalar(sa.select(messages.c.signature))
+    finally:
+        await engine.dispose()
+    return None if value is None else bytes(value)

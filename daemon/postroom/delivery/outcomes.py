@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from postroom.core.clock import Clock
 from postroom.core.errors import StoreError
@@ -77,12 +77,16 @@ class OutcomeWriter:
         self._clock = clock
         self._on_written = on_written
         self._pending: list[Release] = []
+        self._signatures: dict[str, bytes] = {}
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def add(self, releases: Sequence[Release]) -> None:
+    def add(self, releases: Sequence[Release], signatures: Mapping[str, bytes] | None = None) -> None:
+        """Queue outcomes to record, and DKIM signatures to keep with their messages."""
+        if signatures:
+            self._signatures.update(signatures)
         if releases:
             self._pending.extend(releases)
             self._idle.clear()
@@ -116,13 +120,15 @@ class OutcomeWriter:
     async def write_pending(self) -> bool:
         """Write what is pending now; False when the database refused (it stays pending)."""
         batch, self._pending = self._pending, []
+        signatures, self._signatures = self._signatures, {}
         if not batch:
             return True
         try:
-            await self._store.release(self._owner, batch, self._clock.now())
+            await self._store.release(self._owner, batch, self._clock.now(), signatures)
         except StoreError as exc:
             logger.warning("delivery outcomes not recorded yet (%d): %s", len(batch), exc)
             self._pending[:0] = batch
+            self._signatures = {**signatures, **self._signatures}
             return False
         self._on_written(batch)
         if not self._pending:

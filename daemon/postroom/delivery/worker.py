@@ -482,7 +482,7 @@ class DeliveryWorker:
             decide(d, by_recipient[d.recipient], self._policy, now, self._draw())
             for d in job.deliveries
         ]
-        self._record(job.message, releases)
+        self._record(job.message, releases, self._signature_to_keep(job, releases))
         delivered = sum(r.verdict is Verdict.DELIVERED for r in attempt.results)
         lane.sent_today += delivered
         already = lane.health.suspended(now)  # other connections reported this incident first
@@ -559,12 +559,29 @@ class DeliveryWorker:
         result = RecipientResult(delivery.recipient, verdict, reply, {"local": True} if local else {})
         return decide(delivery, result, self._policy, self._clock.now(), self._draw())
 
-    def _record(self, message: QueuedMessage | None, releases: Sequence[Release]) -> None:
+    @staticmethod
+    def _signature_to_keep(job: Job, releases: Sequence[Release]) -> dict[str, bytes]:
+        """The DKIM-Signature fields this attempt sent, when a recipient will be tried again and
+        none are kept yet: the retry then sends the same bytes rather than signing again."""
+        message, content = job.message, job.content
+        retried = any(r.state is DeliveryState.DEFERRED for r in releases)
+        if not retried or message.signature is not None or len(content) <= len(message.content):
+            return {}
+        if not content.endswith(message.content):
+            return {}
+        return {message.id: content[: len(content) - len(message.content)]}
+
+    def _record(
+        self,
+        message: QueuedMessage | None,
+        releases: Sequence[Release],
+        signatures: dict[str, bytes] | None = None,
+    ) -> None:
         if not releases:
             return
         if message is not None:
             self._messages[message.id] = message
-        self._writer.add(releases)
+        self._writer.add(releases, signatures)
 
     def _written(self, releases: Sequence[Release]) -> None:
         was_full = len(self._in_flight) >= self._options.max_in_flight

@@ -1,8 +1,8 @@
 """Signing a queued message on its way out: the delivery worker's `prepare` step.
 
-Signatures are made once per attempt of a message (every recipient of the claimed group shares
-them) in a thread pool, so the event loop only waits (STYLE rule 9). The signing time t= is the
-time of signing. A message whose From domain is not signed here goes out as stored.
+Signatures are made once per message (every recipient of the claimed group shares them; a retry
+reuses the fields the worker kept from the first attempt) in a thread pool, so the event loop only
+waits (STYLE rule 9). The signing time t= is the time of the first signing. A message whose From domain is not signed here goes out as stored.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ class DkimPreparer:
         return signed
 
     async def __call__(self, message: QueuedMessage) -> bytes:
+        if message.signature is not None:
+            # Signed at its first attempt (the worker kept the fields when it deferred): send the
+            # same bytes. The selector stays published for rotation_overlap, longer than max_age.
+            self._metrics.dkim_signatures.labels("reused").inc()
+            return message.signature + message.content
         domain = self._policy.signing_domain(message.header_from)
         if domain is None:
             self._metrics.dkim_signatures.labels("unsigned").inc()

@@ -40,6 +40,7 @@ class QueuedMessage:
     route: str
     created_at: float
     header_from: str | None = None  # the From header, whose domain signs the message
+    signature: bytes | None = None  # DKIM-Signature fields kept from an earlier attempt
 
 
 @dataclass(frozen=True)

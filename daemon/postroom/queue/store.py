@@ -13,7 +13,7 @@ import functools
 import hashlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from dataclasses import dataclass
@@ -323,8 +323,17 @@ class SqlQueueStore:
         with translate_errors("extending leases"):
             return await self._bookkeeping(statement)
 
-    async def release(self, owner: str, outcomes: Sequence[Release], now: float) -> int:
+    async def release(
+        self,
+        owner: str,
+        outcomes: Sequence[Release],
+        now: float,
+        signatures: Mapping[str, bytes] | None = None,
+    ) -> int:
         """Record outcomes and their events in one transaction; return how many were still ours.
+
+        `signatures` (message id -> DKIM-Signature fields) are kept with their messages, in the
+        same transaction, for retries to send as they are (a message's first kept one stays).
 
         Only outcomes whose lease is still ours are recorded, events included: a worker whose
         lease was reaped must not log a stale result beside the new owner's. (The id list also
@@ -333,6 +342,7 @@ class SqlQueueStore:
         if not outcomes:
             return 0
         ids = [o.delivery_id for o in outcomes]
+        kept_signatures = [{"s_id": k, "s_value": v} for k, v in (signatures or {}).items()]
         with translate_errors("recording delivery outcomes"):
             if self._sqlite_writer is not None:
 
@@ -345,6 +355,7 @@ class SqlQueueStore:
                         sqlite_executemany(connection, _release_statement(),
                                            _release_rows(kept, owner, now), "release")  # fmt: skip
                         connection.executemany(*sql_and_rows(events.insert(), _event_rows(kept, now)))
+                    sqlite_executemany(connection, _signature_statement(), kept_signatures, "signature")
                     return len(kept)
 
                 return await self._sqlite_writer.run(record, durable=False)
@@ -356,6 +367,8 @@ class SqlQueueStore:
                     return 0
                 await conn.execute(_release_statement(), _release_rows(kept, owner, now))
                 await conn.execute(events.insert(), _event_rows(kept, now))
+                if kept_signatures:
+                    await conn.execute(_signature_statement(), kept_signatures)
         return len(kept)
 
     async def park(self, message_id: str, error: str) -> None:
@@ -732,11 +745,13 @@ def _messages_statement(as_json: bool) -> sa.Select[Any]:
         messages.c.route,
         messages.c.created_at,
         messages.c.header_from,
+        messages.c.signature,
     ).where(_in_list(messages.c.id, "ids", as_json))
 
 
 def _queued_message(row: Any) -> QueuedMessage:
-    return QueuedMessage(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], row[6])
+    signature = bytes(row[7]) if row[7] is not None else None
+    return QueuedMessage(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], row[6], signature)
 
 
 @functools.cache
@@ -750,6 +765,16 @@ def _still_ours_statement(as_json: bool) -> sa.Select[Any]:
             deliveries.c.state == DeliveryState.SENDING.value,
         )
         .with_for_update()
+    )
+
+
+@functools.cache
+def _signature_statement() -> sa.Update:
+    """Takes rows of :s_id (message id) and :s_value; keeps a message's first signature."""
+    return (
+        messages.update()
+        .where(messages.c.id == sa.bindparam("s_id"), messages.c.signature.is_(None))
+        .values(signature=sa.bindparam("s_value"))
     )
 
 

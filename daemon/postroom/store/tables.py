@@ -34,6 +34,9 @@ messages = sa.Table(
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("content", sa.LargeBinary, nullable=False),
     sa.Column("error", sa.Text),  # why the pipeline parked it, when it did
+    # The DKIM-Signature fields of its first attempt, kept once an attempt was deferred, so
+    # retries send the same bytes (NULL: not signed yet, or nothing to keep).
+    sa.Column("signature", sa.LargeBinary),
     sa.Index(None, "created_at"),
 )
 
