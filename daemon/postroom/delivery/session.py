@@ -88,14 +88,15 @@ class SmtpSession:
         self.last_used = time.monotonic()
         self.throttled_reply = None
         client = self.client
-        refused = self._local_refusal(mail_from, recipients, content)
+        needs_utf8 = not (mail_from.isascii() and all(r.isascii() for r in recipients))
+        refused = self._local_refusal(content, needs_utf8)
         if refused is not None:
             return [self._result(r, refused[0], refused[1], local=True) for r in recipients]
         stage = "MAIL FROM"
         accepted: list[str] = []
         results: dict[str, RecipientResult] = {}
         try:
-            await client.mail(mail_from, options=self._mail_options(mail_from, recipients, content),
+            await client.mail(mail_from, options=self._mail_options(content, needs_utf8),
                               encoding="utf-8", timeout=self.timeouts.command)  # fmt: skip
             stage = "RCPT TO"
             for recipient in recipients:
@@ -140,26 +141,23 @@ class SmtpSession:
             self.usable = False
             self.client.close()
 
-    def _local_refusal(
-        self, mail_from: str, recipients: Sequence[str], content: bytes
-    ) -> tuple[Verdict, str] | None:
+    def _local_refusal(self, content: bytes, needs_utf8: bool) -> tuple[Verdict, str] | None:
         limit = self.client.esmtp_extensions.get("size", "")
         if limit.isdigit() and int(limit) and len(content) > int(limit):
             return (Verdict.BOUNCED,
                     f"552 5.3.4 message of {len(content)} bytes exceeds {self.peer.name}'s limit of {limit}")  # fmt: skip
-        needs_utf8 = not (mail_from.isascii() and all(r.isascii() for r in recipients))
         if needs_utf8 and not self.client.supports_extension("smtputf8"):
             return (Verdict.BOUNCED,
                     f"553 5.6.7 {self.peer.name} does not support SMTPUTF8 for non-ASCII addresses")  # fmt: skip
         return None
 
-    def _mail_options(self, mail_from: str, recipients: Sequence[str], content: bytes) -> list[str]:
+    def _mail_options(self, content: bytes, needs_utf8: bool) -> list[str]:
         options = []
         if self.client.supports_extension("size"):
             options.append(f"SIZE={len(content)}")
         if self.client.supports_extension("8bitmime") and not content.isascii():
             options.append("BODY=8BITMIME")
-        if not (mail_from.isascii() and all(r.isascii() for r in recipients)):
+        if needs_utf8:
             options.append("SMTPUTF8")
         return options
 

@@ -71,6 +71,10 @@ class Transport(Protocol):
         self, route: Route, message: QueuedMessage, content: bytes, recipients: Sequence[str]
     ) -> Attempt: ...
 
+    def sweep(self) -> None:
+        """Close what has been idle too long (the worker's heartbeat calls it)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -116,6 +120,9 @@ class CaptureTransport:
             reason = f"capture write failed: {exc.strerror}"
             return Attempt(_all(recipients, Verdict.DEFERRED, reason), unreachable=reason)
         return Attempt(_all(recipients, Verdict.DELIVERED, f"250 captured as {message.id}.eml"))
+
+    def sweep(self) -> None:
+        return None
 
     async def close(self) -> None:
         return None
@@ -178,7 +185,7 @@ class SmtpTransport:
     """Sends over pooled SMTP sessions per destination, trying the route's peers in order.
 
     A session carries at most the rule's `messages_per_connection` messages (RSET between them),
-    and is closed after `idle_timeout` unused. The scheduler bounds how many sessions a destination
+    and is closed once unused for `idle_timeout` (found stale when taken, or by `sweep`). The scheduler bounds how many sessions a destination
     has at once, so the pool never holds more than that.
     """
 
@@ -209,7 +216,6 @@ class SmtpTransport:
             # Closed before the caller may open the next one: a connection saying QUIT still
             # counts against the destination's `max_connections`.
             await session.close()
-        self.sweep()
         return attempt
 
     async def _take(self, key: str) -> SmtpSession | None:

@@ -235,9 +235,7 @@ class DeliveryWorker:
                     logger.warning("could not extend leases: %s", exc)
 
     def _transport_sweep(self) -> None:
-        sweep = getattr(self._transport, "sweep", None)
-        if sweep is not None:
-            sweep()
+        self._transport.sweep()
         self._forget_idle_lanes()
 
     async def drain(self) -> int:
@@ -342,17 +340,12 @@ class DeliveryWorker:
                 return
             lane = self._lane(route)
             lane.domains.add(domain)
-            by_message: dict[str, list[ClaimedDelivery]] = defaultdict(list)
-            jobs: dict[str, Job] = {}
+            held_back = lane.health.suspended(self._clock.now()) or self._stopping
             for job, delivery in items:
-                by_message[job.message.id].append(delivery)
-                jobs[job.message.id] = job
-            for message_id, deliveries in by_message.items():
-                job = jobs[message_id]
-                if lane.health.suspended(self._clock.now()) or self._stopping:
-                    self._record(job.message, [self._postponed(d, lane) for d in deliveries])
-                    continue
-                lane.enqueue(Job(job.message, job.content, deliveries))
+                if held_back:
+                    self._record(job.message, [self._postponed(delivery, lane)])
+                else:  # recipients of one message join one job (`Lane.enqueue`)
+                    lane.enqueue(Job(job.message, job.content, [delivery]))
             self._pump(lane)
         except Exception as exc:
             for job, delivery in items:
