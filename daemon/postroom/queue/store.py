@@ -155,9 +155,9 @@ class SqlQueueStore:
         (if it dies, the lease runs out and any worker takes them)."""
         ids = [item.message_id or new_message_id(now) for item in batch]
         pairs = list(zip(ids, batch))
-        statements = insert_statements(pairs, now, lease)
         with translate_errors("queueing messages"):
             if self._sqlite_writer is not None:
+                statements = insert_statements(pairs, now, lease)
                 found = _leased_statement(as_json=True)
                 params = {"ids": json.dumps(ids)}
 
@@ -169,8 +169,7 @@ class SqlQueueStore:
                 rows = await self._sqlite_writer.run(insert, durable=True)
             else:
                 async with self._write() as conn:
-                    for statement, values in statements:
-                        await conn.execute(statement, values)
+                    await self._insert(conn, pairs, now, lease)
                     rows = []
                     if lease:
                         result = await conn.execute(_leased_statement(as_json=False), {"ids": ids})
@@ -238,9 +237,12 @@ class SqlQueueStore:
 
     @staticmethod
     async def _insert(
-        conn: AsyncConnection, batch: list[tuple[str, Submission]], now: float
+        conn: AsyncConnection,
+        batch: list[tuple[str, Submission]],
+        now: float,
+        lease: Lease | None = None,
     ) -> None:
-        for statement, rows in insert_statements(batch, now):
+        for statement, rows in insert_statements(batch, now, lease):
             await conn.execute(statement, rows)
 
     # -- work -----------------------------------------------------------------------------
