@@ -23,8 +23,9 @@ import socket
 import struct
 import threading
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Union
+
+from lab import Lab
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def build_answer(packet: bytes, records: Records) -> bytes | None:
     return header + question + answers
 
 
-class DnsResponder:
+class DnsResponder(Lab):
     """Answers DNS queries on 127.0.0.1:``port`` (0 = a free port) from ``records``."""
 
     def __init__(self, records: Records, port: int = 0) -> None:
@@ -114,18 +115,6 @@ class DnsResponder:
         self.port = int(self.sock.getsockname()[1])
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
-
-    def __enter__(self) -> DnsResponder:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         self.sock.settimeout(0.2)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e_systems import RECIPIENT, open_system
+from lab import Lab
 from loadgen import free_port
 from paced_source import PacedJob, send_paced
 from proctree import CpuMeter, machine_cpu
@@ -84,24 +85,26 @@ class LatencyRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class ArrivalSink:
+class ArrivalSink(Lab):
     """``arrival_sink.py`` as a child process writing to ``out``."""
 
     def __init__(self, port: int, out: Path) -> None:
         self.port, self.out = port, out
         self.proc: subprocess.Popen[str] | None = None
 
-    def __enter__(self) -> ArrivalSink:
+    def start(self) -> None:
+        """Start arrival_sink.py and wait for its ``ready`` line."""
         argv = [sys.executable, str(BENCH_DIR / "arrival_sink.py"), "--port", str(self.port),
                 "--out", str(self.out)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("ready"):
+            self.stop()  # do not leave the child running behind the error
             raise RuntimeError(f"arrival sink did not start: {line!r}")
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
+        """Terminate the sink (our child, by PID) if it still runs."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)

@@ -43,9 +43,9 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from lab import Lab
 from loadgen import SourceJob, free_port, run_smtp_source
 from postfix_lab import PostfixLab
 
@@ -112,7 +112,7 @@ def measure_postfix(settings: IngestSettings, round_no: int) -> RunResult:
 
 
 @dataclass
-class PostroomDaemon:
+class PostroomDaemon(Lab):
     """A throw-away postroom: ``postroom init --dev`` plus ``postroom serve``.
 
     The daemon listens on free loopback ports chosen here (passed via the
@@ -128,18 +128,6 @@ class PostroomDaemon:
     http_port: int = 0
     mx_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> PostroomDaemon:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def log_path(self) -> Path:

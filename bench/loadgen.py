@@ -28,7 +28,8 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
+
+from lab import Lab
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class SinkCounters:
                 self.mesg = mesg
 
 
-class SmtpSink:
+class SmtpSink(Lab):
     """smtp-sink on 127.0.0.1:PORT that throws messages away and counts them.
 
     Use as a context manager; :attr:`received` is the number of messages
@@ -166,18 +167,6 @@ class SmtpSink:
         self.counters = SinkCounters()
         self.proc: subprocess.Popen[bytes] | None = None
         self.reader: threading.Thread | None = None
-
-    def __enter__(self) -> SmtpSink:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def received(self) -> int:

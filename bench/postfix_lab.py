@@ -59,8 +59,8 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 
+from lab import Lab
 from postfix_config import (
     PostfixTools,
     PostfixTuning,
@@ -147,7 +147,7 @@ def postfix_pids(queue_dir: Path, daemon_dir: str) -> list[int]:
     return found
 
 
-class PostfixLab:
+class PostfixLab(Lab):
     """A private Postfix instance in a temporary directory.
 
     Use as a context manager::
@@ -218,18 +218,6 @@ class PostfixLab:
         return self.root
 
     # -- lifecycle -----------------------------------------------------
-
-    def __enter__(self) -> PostfixLab:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Write the configuration, start Postfix and wait for its SMTP banner."""

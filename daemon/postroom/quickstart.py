@@ -7,6 +7,7 @@ delivery into an outbox folder, 127.0.0.1 trusted. Its credentials are kept in `
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -18,6 +19,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from postroom.config import Settings
+from postroom.core.errors import NotFoundError
+from postroom.core.secrets import new_password
+from postroom.dkim.management import create_selector
+from postroom.store import schema
+from postroom.store.credentials import Role, SqlApiKeys, SqlSmtpUsers
+from postroom.store.dkim_keys import SqlDkimKeys
 
 QUICKSTART_DOMAIN = "postroom.test"
 QUICKSTART_FILE = "quickstart.json"
@@ -122,3 +132,73 @@ def load_quickstart(directory: Path) -> InitResult | None:
     if not path.exists():
         return None
     return InitResult(**json.loads(path.read_text()))
+
+
+async def prepare_database(
+    engine: AsyncEngine, settings: Settings, config_path: Path, existing: InitResult | None, now: float
+) -> InitResult:
+    """Migrate, give the quickstart domain its DKIM keys, and make sure the saved credentials
+    work; new ones (an admin API key, an SMTP user) when they do not."""
+    await schema.upgrade(engine)
+    await create_quickstart_keys(engine, settings, now)
+    users = SqlSmtpUsers(engine)
+    api_keys = SqlApiKeys(engine)
+    # Saved credentials are reused only while the database still knows them (it may have been
+    # deleted to start afresh); otherwise the quickstart would print a dead key.
+    if (
+        existing is not None
+        and await api_keys.authenticate(existing.api_key) is not None
+        and await users.verify(existing.smtp_user, existing.smtp_password)
+    ):
+        return listening_on(existing, settings)
+    _, token = await api_keys.create("quickstart admin", Role.ADMIN, now)
+    password = new_password()
+    user = f"app@{QUICKSTART_DOMAIN}"
+    with contextlib.suppress(NotFoundError):
+        await users.remove(user)  # a stale quickstart user gets the new password
+    await users.add(user, password, now)
+    return listening_on(
+        InitResult(str(config_path.resolve()), token, user, password, QUICKSTART_DOMAIN, "", "", ""),
+        settings,
+    )
+
+
+def listening_on(result: InitResult, settings: Settings) -> InitResult:
+    """The result with the addresses the configuration listens on now (it may have changed)."""
+    return InitResult(**{**asdict(result), "http": settings.http.listen,
+                         "submission": settings.smtp.submission_listen,
+                         "mx": settings.smtp.mx_listen})  # fmt: skip
+
+
+async def create_quickstart_keys(engine: AsyncEngine, settings: Settings, now: float) -> None:
+    """An RSA-2048 and an Ed25519 key for the quickstart domain, unless it has keys already."""
+    keys = SqlDkimKeys(engine)
+    if await keys.list(QUICKSTART_DOMAIN):
+        return
+    for selector, algorithm in (("quickstart-rsa", "rsa"), ("quickstart-ed", "ed25519")):
+        path = Path(settings.dkim_key_dir) / QUICKSTART_DOMAIN / f"{selector}.pem"
+        if path.exists():  # the database was deleted to start afresh: keep the key files
+            await keys.add(QUICKSTART_DOMAIN, selector, algorithm, str(path), now)
+            continue
+        await create_selector(keys, Path(settings.dkim_key_dir), QUICKSTART_DOMAIN, selector,
+                              algorithm, 2048, now)  # type: ignore[arg-type]  # fmt: skip
+
+
+def banner(result: InitResult, settings: Settings) -> str:
+    """What `make run` prints: where everything listens, the credentials, and how to send."""
+    return f"""
+postroom quickstart
+  config       {result.config}
+  HTTP API     http://{result.http}   (API key: {result.api_key})
+  submission   {result.submission}    (STARTTLS; AUTH {result.smtp_user} / {result.smtp_password};
+                                 127.0.0.1 may also send without AUTH)
+  inbound MX   {result.mx}
+  outbox       {settings.delivery.capture_dir}   (capture mode: nothing leaves this machine)
+
+Send a message:
+  curl -s http://{result.http}/v1/messages -H 'Authorization: Bearer {result.api_key}' \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"from": "hello@{result.domain}", "to": "you@example.com", "subject": "Hi", "text": "It works."}}'
+  swaks --server {result.submission} --tls --auth-user {result.smtp_user} \\
+    --auth-password '{result.smtp_password}' --from hello@{result.domain} --to you@example.com
+"""

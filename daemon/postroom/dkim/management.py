@@ -12,8 +12,16 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
-from postroom.core.errors import ConflictError
-from postroom.dkim.keys import Algorithm, dns_record_name, dns_record_value, generate_key, load_key, write_private_key
+from postroom.core.errors import ConflictError, NotFoundError
+from postroom.dkim.keys import (
+    RECOMMENDED_RSA_BITS,
+    Algorithm,
+    dns_record_name,
+    dns_record_value,
+    generate_key,
+    load_key,
+    write_private_key,
+)
 from postroom.store.dkim_keys import SelectorRecord, SelectorState, SqlDkimKeys
 
 SELECTOR_SUFFIX: dict[str, str] = {"rsa": "r", "ed25519": "e"}
@@ -67,3 +75,23 @@ async def published_dkim_records(keys: SqlDkimKeys, domain: str) -> list[Publish
         records.append(PublishedRecord(dns_record_name(domain, row.selector), "TXT",
                                        dns_record_value(key.private_key), note))  # fmt: skip
     return records
+
+
+async def rotate_selectors(
+    keys: SqlDkimKeys, key_dir: Path, domain: str, algorithms: set[str], today: datetime.date, now: float
+) -> list[PublishedRecord]:
+    """Add a pending selector for each algorithm (default: each one the domain signs with now);
+    signing switches once the daemon sees its record in DNS. Return the records to publish."""
+    rows = await keys.list(domain, include_retired=True)
+    wanted = algorithms or {r.algorithm for r in rows if r.state is SelectorState.ACTIVE}
+    if not wanted:
+        raise NotFoundError(f"{domain} has no active DKIM key to rotate: create one with `postroom dkim keygen`")
+    taken = {r.selector for r in rows}
+    made = []
+    for algorithm in sorted(wanted):
+        selector = rotation_selector(algorithm, today, taken)
+        taken.add(selector)
+        _, published = await create_selector(keys, key_dir, domain, selector, algorithm,  # type: ignore[arg-type]
+                                             RECOMMENDED_RSA_BITS, now)  # fmt: skip
+        made.append(published)
+    return made

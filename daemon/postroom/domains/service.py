@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from postroom.config import DomainSettings
 from postroom.core.errors import NotFoundError
 from postroom.dkim.keys import dns_record_value, load_key
-from postroom.domains.checks import DomainExpectation, DomainReport, check_domain
+from postroom.dkim.management import PublishedRecord
+from postroom.domains.checks import DomainExpectation, DomainReport, check_domain, suggested_records
 from postroom.domains.lookup import DnsLookup
 from postroom.metrics import Metrics
 from postroom.store.dkim_keys import SqlDkimKeys
@@ -58,3 +59,17 @@ class DomainChecker:
             ok = all(c.verdict in ("ok", "unchecked") for c in report.checks if c.kind == kind)
             self._metrics.domain_check.labels(report.domain, kind).set(1 if ok else 0)
         return report
+
+
+def records_besides_dkim(
+    domain: DomainSettings, *, sending_ips: tuple[str, ...], mx_host: str, now: float
+) -> list[PublishedRecord]:
+    """The SPF, DMARC, MX and MTA-STS / TLS-RPT records a sending domain needs (the DKIM ones
+    come with their selectors' states from `dkim.management.published_dkim_records`)."""
+    expectation = DomainExpectation(domain=domain.name, dkim=(), sending_ips=sending_ips,
+                                    mx_host=mx_host, bounce_domain=domain.return_path_domain)  # fmt: skip
+    return [
+        PublishedRecord(r["name"], r["type"], r["value"])
+        for r in suggested_records(expectation, now)
+        if r["type"] != "TXT" or "._domainkey." not in r["name"]
+    ]

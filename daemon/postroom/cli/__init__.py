@@ -1,0 +1,35 @@
+"""The `postroom` command: one module per noun group, the shared parts in `common`.
+
+Each subcommand loads the settings, does one thing, and exits with 0 on success, 1 when the
+operation failed (not found, refused, database unavailable) and 2 for bad usage or an invalid
+configuration, printing a one-line reason to stderr.
+"""
+
+from __future__ import annotations
+
+import click
+
+from postroom.cli.credentials import apikeys, smtp_users
+from postroom.cli.dkim import dkim
+from postroom.cli.domains import domains
+from postroom.cli.queue import queue
+from postroom.cli.send import send
+from postroom.cli.serve import serve
+from postroom.cli.setup import check_config, db, init
+
+
+@click.group()
+@click.option("--config", "config", envvar=None, default=None, help="Path to postroom.toml "
+              "(default: $POSTROOM_CONFIG, ./postroom.toml, /etc/postroom/postroom.toml).")  # fmt: skip
+@click.version_option(package_name="postroom")
+@click.pass_context
+def main(ctx: click.Context, config: str | None) -> None:
+    """postroom: self-hosted email delivery and reports."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+
+
+for command in (init, serve, check_config, db, send, queue, dkim, domains, apikeys, smtp_users):
+    main.add_command(command)
+
+__all__ = ["main"]
