@@ -38,6 +38,13 @@ from postroom.dkim.keys import (
     split_txt,
     write_private_key,
 )
+from postroom.dkim.records import (
+    MalformedTagList,
+    compare_published_key,
+    parse_key_record,
+    parse_tag_list,
+    parse_tag_specs,
+)
 from postroom.dkim.signing import (
     Signer,
     canonicalize_body_relaxed,
@@ -348,6 +355,115 @@ def test_split_txt_cuts_into_strings_of_at_most_255_bytes(rsa_key: rsa.RSAPrivat
     assert split_txt("") == [""]
     with pytest.raises(ValueError):
         split_txt("p=é")
+
+
+# -- tag=value lists and published key records -------------------------------------------------------
+
+
+def test_tag_list_keeps_names_as_written_and_strips_values() -> None:
+    assert parse_tag_list(" v=DKIM1; K = rsa ;P=ab=;") == {"v": "DKIM1", "K": "rsa", "P": "ab="}
+    # RFC 6376 §3.2: names are case-sensitive, so p= and P= are two tags, not a repeat.
+    assert parse_tag_list("p=a; P=b") == {"p": "a", "P": "b"}
+    assert parse_tag_list("a=1;;b=2; ;") == {"a": "1", "b": "2"}  # empty specs are skipped
+    assert parse_tag_list("") == parse_tag_list("  ") == {}
+    assert parse_tag_list("n=é") == {"n": "é"}
+
+
+def test_tag_list_keeps_folded_whitespace_inside_values() -> None:
+    folded = "v=DKIM1; k=rsa;\r\n\tp=MIIBIjAN BgkqhkiG\r\n 9w0BAQEF ;"
+    assert parse_tag_list(folded) == {"v": "DKIM1", "k": "rsa", "p": "MIIBIjAN BgkqhkiG\r\n 9w0BAQEF"}
+    assert parse_key_record(folded) == ("rsa", "MIIBIjANBgkqhkiG9w0BAQEF")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("just some text", "'just some text' is not a tag=value spec"),
+        ("v=DKIM1; k", "'k' is not a tag=value spec"),
+        ("v=DKIM1; =rsa", "'=rsa' is not a tag=value spec"),
+        ("p=a; p=b", "tag 'p' given twice"),
+        ("1p=a", "'1p=a' is not a tag=value spec"),
+        ("a-b=1", "'a-b' is not a tag name"),  # dkimpy alone would take these two
+        ("p x=1", "'p x' is not a tag name"),
+    ],
+)
+def test_malformed_tag_lists_are_refused_naming_the_part(text: str, reason: str) -> None:
+    with pytest.raises(MalformedTagList) as caught:
+        parse_tag_list(text)
+    assert str(caught.value) == reason
+    assert isinstance(caught.value, ValueError)
+    # Only our error reaches the caller's traceback, not dkimpy's behind it.
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None or caught.value.__suppress_context__
+
+
+def test_tag_specs_skip_what_does_not_parse_and_keep_repeats() -> None:
+    record = "v=DMARC1; junk; p=reject;; 1x=2; a-b=3; P = None ; p=quarantine"
+    assert parse_tag_specs(record) == [
+        ("v", "DMARC1"),
+        ("p", "reject"),
+        ("P", "None"),
+        ("p", "quarantine"),
+    ]
+    assert parse_tag_specs("nothing here") == []
+
+
+def test_key_record_gives_type_and_key() -> None:
+    assert parse_key_record("p=AB CD") == ("rsa", "ABCD")  # k= defaults to rsa
+    assert parse_key_record("v=DKIM1; k=Ed25519; p=AB") == ("ed25519", "AB")
+    for no_key in ("v=DKIM1; p=", "v=DKIM1; k=rsa", "v=DKIM1; P=AB"):
+        with pytest.raises(ValueError, match="without a public key"):
+            parse_key_record(no_key)
+    with pytest.raises(MalformedTagList):
+        parse_key_record("p=AB; p=AB")
+
+
+NAME = "s1._domainkey.example.com"
+ED_RECORD = "v=DKIM1; k=ed25519; p=ABCD"
+
+
+@pytest.mark.parametrize(
+    ("found", "verdict", "detail"),
+    [
+        (["v=DKIM1;k=ed25519;p=AB CD"], "ok", "key matches"),
+        (["p=AB\r\n CD; k=ED25519"], "ok", "key matches"),  # any order, any case of k=
+        (["v=DKIM1; k=ed25519; t=y:s; p=ABCD"], "ok", "key matches; testing mode (t=y)"),
+        ([], "missing", f"no TXT record at {NAME}"),
+        ([ED_RECORD, ED_RECORD], "wrong", f"2 TXT records at {NAME}; publish exactly one"),
+        (["v=DKIM1; k=ed25519; p=ABCD; p=ABCD"], "wrong", "malformed tag=value list"),
+        (["v=DKIM2; k=ed25519; p=ABCD"], "wrong", "v=DKIM2, expected v=DKIM1"),
+        (["v=DKIM1; k=ed25519; p="], "wrong", "no public key (empty p= means revoked"),
+        (["V=DKIM1; K=ed25519; P=ABCD"], "wrong", "no public key"),  # names are case-sensitive
+        (["v=DKIM1; k=rsa; p=ABCD"], "wrong", "key type k=rsa, expected k=ed25519"),
+        (["v=DKIM1; p=ABCD"], "wrong", "key type k=rsa, expected k=ed25519"),
+        (["v=DKIM1; k=ed25519; p=ABCE"], "wrong", "not the public half of our key"),
+        (["v=DKIM1; k=ed25519; p=abcd"], "wrong", "not the public half of our key"),
+    ],
+)
+def test_compare_published_key(found: list[str], verdict: str, detail: str) -> None:
+    published = compare_published_key(NAME, found, ED_RECORD)
+    assert published.verdict == verdict
+    assert detail in published.detail
+    assert published.ok is (verdict == "ok")
+
+
+def test_compare_published_key_with_real_records(
+    rsa_key: rsa.RSAPrivateKey, ed_key: ed25519.Ed25519PrivateKey
+) -> None:
+    ours = dns_record_value(rsa_key)
+    # As a zone file holds it: cut into 255-byte strings, which verifiers join with nothing between.
+    assert compare_published_key(NAME, ["".join(split_txt(ours))], ours).ok
+    folded = ours.replace("p=", "p=\r\n ").replace("; ", ";\r\n\t")
+    assert compare_published_key(NAME, [folded], ours).ok
+    assert not compare_published_key(NAME, [dns_record_value(ed_key)], ours).ok
+    other = dns_record_value(generate_key("ed25519"))
+    assert not compare_published_key(NAME, [other], dns_record_value(ed_key)).ok
+
+
+def test_compare_published_key_refuses_an_expected_record_without_a_key() -> None:
+    for bad in ("v=DKIM1; k=rsa", "v=DKIM1; p=", "not a record"):
+        with pytest.raises(ValueError, match=f"expected DKIM record for {NAME} has no public key"):
+            compare_published_key(NAME, [ED_RECORD], bad)
 
 
 # -- signing ------------------------------------------------------------------------------------------

@@ -158,6 +158,7 @@ async def test_dkim_ok_ignores_whitespace_tag_order_and_defaults() -> None:
     assert check.found == [f"p={spaced} ;k=rsa;  v=DKIM1;"]
     assert check.expected == DKIM_VALUE
     assert (await dkim([f"p={KEY}"])).verdict == "ok"  # k= defaults to rsa on both sides
+    assert (await dkim([f";v=DKIM1;; k=RSA; p={KEY}; ;"])).verdict == "ok"  # empty specs skipped
 
 
 async def test_dkim_testing_flag_is_reported() -> None:
@@ -182,6 +183,8 @@ async def test_dkim_missing() -> None:
         (f"v=DKIM2; p={KEY}", "v=DKIM2, expected v=DKIM1"),
         (f"v=DKIM1; p={KEY}; p={KEY}", "malformed"),
         ("just some text", "malformed"),
+        (f"v=DKIM1; x-y=1; p={KEY}", "malformed"),  # RFC 6376 §3.2: tag-name = ALPHA *ALNUMPUNC
+        (f"V=DKIM1; K=rsa; P={KEY}", "no public key"),  # tag names are case-sensitive
     ],
 )
 async def test_dkim_wrong(published: str, detail: str) -> None:
@@ -418,6 +421,14 @@ async def test_dmarc_wrong(published: list[str], detail: str) -> None:
     assert check.verdict == "wrong"
     assert detail in check.detail
     assert check.found == published
+
+
+async def test_dmarc_tags_are_lower_cased_first_wins_and_junk_is_ignored() -> None:
+    record = "v=DMARC1; junk;; P = Reject; p=none; 1x=2; ASPF=S"
+    check = await dmarc({("_dmarc.example.com", "TXT"): [record]}, bounce_domain="bounces.example.com")
+    assert check.verdict == "ok"
+    assert check.detail.startswith("p=reject; DKIM aligned (adkim=r")
+    assert "SPF not aligned (aspf=s: envelope-from domain bounces.example.com)" in check.detail
 
 
 async def test_dmarc_error() -> None:

@@ -1,7 +1,8 @@
 """`KeyMonitor`: the daemon side of key rotation, and reloading keys without a restart.
 
 Every `rotation_check_interval` (and on demand), it looks up each pending selector's record in DNS;
-once the published key is ours, that selector becomes active and the one it replaces starts
+once the published key is ours (`records.compare_published_key`, the judgement `postroom domains
+check` reports), that selector becomes active and the one it replaces starts
 retiring (its record must stay published for `rotation_overlap`, for mail signed with it that is
 still in flight). Retiring selectors past their overlap are retired. Then the signing keys are
 reloaded into the sending policy. With several daemons on PostgreSQL, each runs this; activation
@@ -20,6 +21,7 @@ from postroom.core.errors import ConflictError, PostroomError
 from postroom.dkim.errors import DkimKeyError
 from postroom.dkim.keyring import SendingPolicy, load_keyring
 from postroom.dkim.keys import dns_record_name, dns_record_value, load_key
+from postroom.dkim.records import compare_published_key
 from postroom.store.dkim_keys import SelectorState, SqlDkimKeys
 
 logger = logging.getLogger(__name__)
@@ -27,26 +29,6 @@ logger = logging.getLogger(__name__)
 
 class TxtLookup(Protocol):
     async def txt(self, name: str) -> list[str]: ...
-
-
-def record_tags(value: str) -> dict[str, str]:
-    """The tag=value pairs of a DKIM key record (RFC 6376 §3.6.1), whitespace removed."""
-    tags = {}
-    for part in value.split(";"):
-        name, eq, tag_value = part.partition("=")
-        if eq:
-            tags[name.strip().lower()] = "".join(tag_value.split())
-    return tags
-
-
-def publishes_key(found: list[str], expected: str) -> bool:
-    """Whether one of the TXT values found carries the same key (k= and p=) as `expected`."""
-    want = record_tags(expected)
-    for value in found:
-        tags = record_tags(value)
-        if tags.get("p") == want.get("p") and tags.get("k", "rsa") == want.get("k", "rsa"):
-            return True
-    return False
 
 
 class KeyMonitor:
@@ -93,12 +75,17 @@ class KeyMonitor:
                 except PostroomError as exc:
                     logger.warning("could not look up %s: %s", name, exc)
                     continue
-                if publishes_key(found, dns_record_value(key.private_key)):
-                    with contextlib.suppress(ConflictError):  # another daemon was first
-                        await self._keys.activate(record.domain, record.selector,
-                                                  self._clock.now(), self._overlap)  # fmt: skip
-                        activated.append(name)
-                        logger.info("DKIM selector %s seen in DNS: now signing with it", name)
+                # The judgement `postroom domains check` reports, so a selector starts signing
+                # exactly when that check would call its record ok.
+                published = compare_published_key(name, found, dns_record_value(key.private_key))
+                if not published.ok:
+                    logger.debug("pending DKIM selector %s not usable yet: %s", name, published.detail)
+                    continue
+                with contextlib.suppress(ConflictError):  # another daemon was first
+                    await self._keys.activate(record.domain, record.selector,
+                                              self._clock.now(), self._overlap)  # fmt: skip
+                    activated.append(name)
+                    logger.info("DKIM selector %s seen in DNS: now signing with it", name)
         retired = await self._keys.retire_due(self._clock.now())
         if retired:
             logger.info("retired %d DKIM selectors past their overlap", retired)

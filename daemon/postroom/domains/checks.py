@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeAlias
 
+from postroom.dkim.records import compare_published_key, parse_key_record, parse_tag_specs
 from postroom.domains.lookup import DnsLookup, DnsLookupError
 from postroom.domains.spf import check_host, spf_records
 
@@ -37,7 +38,6 @@ RecordType: TypeAlias = Literal["TXT", "MX"]
 # documentation range (RFC 5737) that no real policy lists, to catch syntax errors and lookup
 # overflows (RFC 7208 §4.6.4) that a receiver would turn into permerror for every address.
 _SPF_PROBE_ADDRESS = "192.0.2.1"
-_DKIM_TAG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _DMARC_VERSION = re.compile(r"v\s*=\s*DMARC1\s*(;|$)", re.IGNORECASE)
 _DMARC_POLICIES = ("none", "quarantine", "reject")
 
@@ -67,8 +67,7 @@ class DomainExpectation:
         for address in self.sending_ips:
             ipaddress.ip_address(address)  # raises ValueError naming the address
         for selector, expected in self.dkim:
-            tags = _dkim_tags(expected)
-            if not selector or tags is None or not tags.get("p"):
+            if not selector or not _publishes_a_key(expected):
                 raise ValueError(f"DKIM record for selector {selector!r} has no public key (p=)")
 
 
@@ -119,41 +118,19 @@ async def check_domain(expectation: DomainExpectation, lookup: DnsLookup) -> Dom
 async def check_dkim(lookup: DnsLookup, domain: str, selector: str, expected: str) -> RecordCheck:
     """Is the key published at `selector._domainkey.domain` the public half of ours?
 
-    Compares k= (default rsa) and p= with whitespace removed, so tag order, spacing and how the
+    The comparison is `dkim.records.compare_published_key`, the one the key monitor activates a
+    pending selector on: k= and p= with whitespace removed, so tag order, spacing and how the
     record was cut into strings do not matter (RFC 6376 §3.6.2.2).
     """
     name = f"{selector}._domainkey.{_normal_name(domain)}"
-    wanted = _dkim_tags(expected)
-    if wanted is None or not wanted.get("p"):
+    if not _publishes_a_key(expected):
         raise ValueError(f"expected DKIM record for {name} has no public key (p=)")
-
-    def verdict(verdict: Verdict, found: list[str], detail: str) -> RecordCheck:
-        return RecordCheck(name, "TXT", "dkim", verdict, expected, found, detail)
-
     try:
         found = await lookup.txt(name)
     except DnsLookupError as exc:
-        return verdict("error", [], str(exc))
-    if not found:
-        return verdict("missing", [], f"no TXT record at {name}")
-    if len(found) > 1:
-        # RFC 6376 §3.6.2.2: with several TXT records at a selector the result is undefined.
-        return verdict("wrong", found, f"{len(found)} TXT records at {name}; publish exactly one")
-    published = _dkim_tags(found[0])
-    if published is None:
-        return verdict("wrong", found, "not a DKIM key record (malformed tag=value list)")
-    if published.get("v", "DKIM1") != "DKIM1":
-        return verdict("wrong", found, f"v={published['v']}, expected v=DKIM1")
-    key = _without_whitespace(published.get("p", ""))
-    if not key:
-        return verdict("wrong", found, "no public key (empty p= means revoked, RFC 6376 §3.6.1)")
-    kind, wanted_kind = published.get("k", "rsa").lower(), wanted.get("k", "rsa").lower()
-    if kind != wanted_kind:
-        return verdict("wrong", found, f"key type k={kind}, expected k={wanted_kind}")
-    if key != _without_whitespace(wanted["p"]):
-        return verdict("wrong", found, "the published key is not the public half of our key")
-    testing = "y" in published.get("t", "").split(":")
-    return verdict("ok", found, "key matches" + ("; testing mode (t=y)" if testing else ""))
+        return RecordCheck(name, "TXT", "dkim", "error", expected, [], str(exc))
+    published = compare_published_key(name, found, expected)
+    return RecordCheck(name, "TXT", "dkim", published.verdict, expected, found, published.detail)
 
 
 async def check_spf(lookup: DnsLookup, expectation: DomainExpectation) -> RecordCheck:
@@ -222,7 +199,11 @@ async def check_dmarc(lookup: DnsLookup, expectation: DomainExpectation) -> Reco
     if len(found) > 1:
         return verdict("wrong", found, "multiple DMARC records: receivers ignore all of them "
                        "(RFC 7489 §6.6.3)")
-    tags = _dmarc_tags(found[0])
+    # Tag names and values are lower-cased, and the first of a repeated tag wins; unknown and
+    # malformed tags are ignored (RFC 7489 §6.3).
+    tags: dict[str, str] = {}
+    for tag, value in parse_tag_specs(found[0]):
+        tags.setdefault(tag.lower(), value.lower())
     policy = tags.get("sp", tags.get("p")) if source != name else tags.get("p")
     if policy not in _DMARC_POLICIES:
         return verdict("wrong", found, "no valid p= policy (none, quarantine or reject)")
@@ -331,33 +312,12 @@ async def _no_dkim_selector(domain: str) -> RecordCheck:
     )
 
 
-def _dkim_tags(record: str) -> dict[str, str] | None:
-    """RFC 6376 §3.2 tag=value list; None when malformed or a tag repeats (which voids the list)."""
-    tags: dict[str, str] = {}
-    for spec in record.split(";"):
-        if not spec.strip():
-            continue
-        name, equals, value = spec.partition("=")
-        name = name.strip()
-        if not equals or not _DKIM_TAG_NAME.fullmatch(name) or name in tags:
-            return None
-        tags[name] = value.strip()
-    return tags
-
-
-def _dmarc_tags(record: str) -> dict[str, str]:
-    """DMARC tags with lower-cased names and values; unknown and malformed tags are ignored
-    (RFC 7489 §6.3)."""
-    tags: dict[str, str] = {}
-    for spec in record.split(";"):
-        name, equals, value = spec.partition("=")
-        if equals:
-            tags.setdefault(name.strip().lower(), value.strip().lower())
-    return tags
-
-
-def _without_whitespace(value: str) -> str:
-    return "".join(value.split())
+def _publishes_a_key(record: str) -> bool:
+    try:
+        parse_key_record(record)
+    except ValueError:  # malformed, or no p=
+        return False
+    return True
 
 
 def _normal_name(name: str) -> str:
