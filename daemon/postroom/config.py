@@ -2,7 +2,8 @@
 
 `load_settings` returns a frozen `Settings` or raises `ConfigError` listing every problem with its
 key, so `postroom check-config` and `postroom serve` report the same thing. Each component is given
-only its own section.
+only its own section. Where the values come from is `config_sources`; this module says what they
+must be.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import datetime
 import ipaddress
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from postroom.config_sources import EnvironSource, SecretFileSource, TomlFileSource
 from postroom.core.errors import ConfigError
 
 ENV_PREFIX = "POSTROOM_"
@@ -305,7 +307,17 @@ class DkimSettings(_Section):
     rotation_check_interval: float = Field(default=600.0, gt=0)
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        # Keys in the file (and given to the constructor) match exactly, as in every section;
+        # variable names match in any case, which EnvironSource asks for itself.
+        case_sensitive=True,
+    )
+
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
@@ -332,6 +344,20 @@ class Settings(_Section):
         return self.dkim.key_dir or str(Path(self.state_dir) / "dkim")
     state_dir: str = "/var/lib/postroom"
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only the values handed over: `load_settings` runs the file and environ sources itself,
+        # with the environ it was given, and `Settings.model_validate(tree)` in tests must not
+        # pick up os.environ, a .env file or a secrets directory behind the caller's back.
+        return (init_settings,)
+
 
 def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
     """--config, then $POSTROOM_CONFIG, then ./postroom.toml, then /etc/postroom/postroom.toml."""
@@ -345,98 +371,30 @@ def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
     return Path(CONFIG_SEARCH_PATH[-1])
 
 
-def _parse_env_value(raw: str) -> Any:
-    """Env values are text, which validation converts ("true", "25"); a TOML array or inline
-    table (`["a", "b"]`) is parsed. A numeric-looking password therefore stays a string."""
-    if raw.lstrip().startswith(("[", "{")):
-        try:
-            return tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            return raw
-    return raw
-
-
-def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """POSTROOM_SECTION__KEY=value sets tree[section][key]; POSTROOM_KEY sets a top-level key.
-
-    Other POSTROOM_* variables (POSTROOM_CONFIG, the supervisor's, the tests') are not settings.
-    """
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
-    top_level = set(Settings.model_fields)
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
-        if len(path) == 1 and path[0] not in top_level:
-            continue
-        node = merged
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[path[-1]] = _parse_env_value(raw)
-    return merged
-
-
-def resolve_secret_files(
-    tree: dict[str, Any],
-    problems: list[tuple[str, str]],
-    environ: Mapping[str, str],
-    prefix: str = "",
-) -> dict[str, Any]:
-    """Replace every `key_file = PATH` with `key = <contents of PATH>` (systemd LoadCredential=).
-
-    `%d` in PATH stands for $CREDENTIALS_DIRECTORY, as in systemd unit files.
-    """
-    resolved: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            resolved[key] = resolve_secret_files(value, problems, environ, f"{prefix}{key}.")
-            continue
-        if not key.endswith("_file"):
-            resolved.setdefault(key, value)
-            continue
-        target = key.removesuffix("_file")
-        if tree.get(target):
-            problems.append((f"{prefix}{key}", f"set either {target} or {key}, not both"))
-            continue
-        path = str(value)
-        if "%d" in path:
-            credentials = environ.get("CREDENTIALS_DIRECTORY")
-            if not credentials:
-                problems.append((f"{prefix}{key}", "uses %d but $CREDENTIALS_DIRECTORY is not set "
-                                 "(run under systemd with LoadCredential=, or give a full path)"))  # fmt: skip
-                continue
-            path = path.replace("%d", credentials)
-        try:
-            resolved[target] = Path(path).read_text().rstrip("\r\n")
-        except OSError as exc:
-            problems.append((f"{prefix}{key}", f"cannot read {path}: {exc.strerror}"))
-    return resolved
-
-
 def load_settings(path: Path | None, environ: Mapping[str, str]) -> Settings:
-    """Read, merge and validate; raise ConfigError with every problem found."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        try:
-            tree = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError([("config", f"{path} does not exist")]) from None
-        except OSError as exc:
-            raise ConfigError([("config", f"cannot read {path}: {exc.strerror}")]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([("config", f"{path} is not valid TOML: {exc}")]) from None
-    problems: list[tuple[str, str]] = []
-    tree = resolve_secret_files(apply_env_overrides(tree, environ), problems, environ)
+    """Read, merge and validate; raise ConfigError with every problem found.
+
+    The file, then the environment over it, then the secret files either names (see
+    config_sources). `environ` is the only environment looked at.
+    """
+    sources = SecretFileSource(
+        Settings,
+        layers=(TomlFileSource(Settings, path), EnvironSource(Settings, environ)),
+        environ=environ,
+    )
+    values = sources()
+    problems = list(sources.problems)
+    # BaseSettings takes `_`-prefixed keywords as its own options (`_env_prefix`, `_cli_parse_args`);
+    # no setting starts with "_", so in the file such a key is only unknown, never an option.
+    for key in [key for key in values if key.startswith("_")]:
+        del values[key]
+        problems.append((key, "unknown key"))
     for section, field in Settings.model_fields.items():
         # Validate absent sections too, so their errors carry their own key ("delivery.mode").
         if isinstance(field.default_factory, type) and issubclass(field.default_factory, BaseModel):
-            tree.setdefault(section, {})
+            values.setdefault(section, {})
     try:
-        settings = Settings.model_validate(tree)
+        settings = Settings(**values)
     except ValidationError as exc:
         for error in exc.errors():
             key = ".".join(str(part) for part in error["loc"]) or "config"

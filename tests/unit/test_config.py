@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from postroom.config import find_config_path, load_settings
+from postroom.config import Settings, find_config_path, load_settings
 from postroom.core.errors import ConfigError
 from pydantic import ValidationError
 
@@ -304,6 +304,107 @@ def test_a_secret_and_its_file_together_are_refused(tmp_path: Path) -> None:
     problems = problems_of(write(tmp_path, text))
     assert list(problems) == ["delivery.smarthost_password_file"]
     assert "not both" in problems["delivery.smarthost_password_file"]
+
+
+def test_only_the_given_environ_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTROOM_SMTP__HOSTNAME", "from-os-environ.example")
+    monkeypatch.setenv("POSTROOM_STATE_DIR", "/from/os/environ")
+    # ...and in the exact spelling pydantic-settings' default env source would look for here
+    monkeypatch.setenv("POSTROOM_state_dir", "/from/os/environ")
+    settings = load_settings(write(tmp_path, VALID), {})
+    assert (settings.smtp.hostname, settings.state_dir) == ("mail.example.com", "/srv/postroom")
+    # Built directly (tests/support.py does), the tree is all there is: no env, .env or secrets dir.
+    direct = Settings.model_validate({"delivery": {"mode": "capture", "capture_dir": "/o"}})
+    assert (direct.smtp.hostname, direct.state_dir) == ("localhost", "/var/lib/postroom")
+
+
+def test_the_daemons_own_variables_are_ignored_whatever_their_value(tmp_path: Path) -> None:
+    environ = {
+        "POSTROOM_CONFIG": "/elsewhere.toml",
+        "POSTROOM_CHILD_INDEX": "not-a-number",
+        "POSTROOM_READY_FD": "{",
+        "POSTROOM_SUPERVISOR_PID": "[",
+        "POSTROOM_UVLOOP": "0",
+        "POSTROOM_TEST_PG": "postgresql+asyncpg://x/y",
+        "POSTROOM_TEST_DATA": "/tmp",
+        "PROMETHEUS_MULTIPROC_DIR": "/run/postroom/metrics",
+    }
+    assert load_settings(write(tmp_path, VALID), environ) == load_settings(write(tmp_path, VALID), {})
+
+
+def test_variable_names_match_in_any_case(tmp_path: Path) -> None:
+    environ = {"postroom_smtp__hostname": "lower.example", "Postroom_Log__Level": "debug"}
+    settings = load_settings(write(tmp_path, VALID), environ)
+    assert (settings.smtp.hostname, settings.log.level) == ("lower.example", "debug")
+
+
+def test_keys_in_the_file_match_exactly(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, f'STATE_DIR = "/x"\n{VALID}'))
+    assert problems == {"STATE_DIR": "unknown key"}
+
+
+def test_a_misspelt_section_in_the_environment_is_reported(tmp_path: Path) -> None:
+    environ = {"POSTROOM_DELIVRY__MODE": "capture", "POSTROOM_STATE_DIR__X": "1"}
+    problems = problems_of(write(tmp_path, VALID), environ)
+    assert problems["delivry"] == "unknown key"
+    assert sorted(problems) == ["delivry", "state_dir"]  # state_dir is text, not a table
+
+
+def test_tables_of_settings_may_be_given_as_toml_inline_tables(tmp_path: Path) -> None:
+    environ = {
+        "POSTROOM_DOMAINS": '[{name = "a.example"}, {name = "B.example", dkim = "off"}]',
+        "POSTROOM_DELIVERY__DESTINATIONS": '[{match = "*", max_rate = "600/min"}]',
+    }
+    settings = load_settings(write(tmp_path, VALID), environ)
+    assert [(d.name, d.dkim) for d in settings.domains] == [("a.example", "required"), ("b.example", "off")]
+    assert settings.delivery.destinations[0].max_rate == 10.0
+
+
+def test_a_text_key_keeps_a_value_that_looks_like_a_toml_array(tmp_path: Path) -> None:
+    environ = {"POSTROOM_DELIVERY__SMARTHOST_PASSWORD": "[1, 2]"}
+    assert load_settings(write(tmp_path, VALID), environ).delivery.smarthost_password == "[1, 2]"
+
+
+def test_a_key_starting_with_an_underscore_is_unknown_not_an_option(tmp_path: Path) -> None:
+    # BaseSettings reads `_cli_parse_args` and friends as its own options; here they are just keys.
+    problems = problems_of(write(tmp_path, f"_cli_parse_args = true\n_secrets_dir = '/'\n{VALID}"))
+    assert problems == {"_cli_parse_args": "unknown key", "_secrets_dir": "unknown key"}
+
+
+def test_secret_file_named_by_env_may_use_the_credentials_directory(tmp_path: Path) -> None:
+    (tmp_path / "relay-password").write_text("from-env-credential\r\n")
+    environ = {"POSTROOM_DELIVERY__SMARTHOST_PASSWORD_FILE": "%d/relay-password"}
+    path = write(tmp_path, VALID)
+    settings = load_settings(path, {**environ, "CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert settings.delivery.smarthost_password == "from-env-credential"
+    problems = problems_of(path, environ)
+    assert list(problems) == ["delivery.smarthost_password_file"]
+    assert "CREDENTIALS_DIRECTORY" in problems["delivery.smarthost_password_file"]
+
+
+def test_unreadable_secret_file_named_by_env_is_reported_with_its_key(tmp_path: Path) -> None:
+    environ = {"POSTROOM_DATABASE__URL_FILE": str(tmp_path / "nope")}
+    text = VALID.replace('url = "sqlite+aiosqlite:////srv/postroom/postroom.db"\n', "")
+    problems = problems_of(write(tmp_path, text), environ)
+    assert list(problems) == ["database.url_file"]
+    assert str(tmp_path / "nope") in problems["database.url_file"]
+
+
+def test_a_secret_in_the_file_and_its_file_form_in_env_are_refused_together(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("x")
+    text = VALID.replace('smarthost_username = "postroom"',
+                         'smarthost_username = "postroom"\nsmarthost_password = "inline"')  # fmt: skip
+    problems = problems_of(write(tmp_path, text), {"POSTROOM_DELIVERY__SMARTHOST_PASSWORD_FILE": str(secret)})
+    assert list(problems) == ["delivery.smarthost_password_file"]
+    assert "not both" in problems["delivery.smarthost_password_file"]
+
+
+def test_secret_file_problems_and_validation_problems_are_reported_together(tmp_path: Path) -> None:
+    environ = {"POSTROOM_DELIVERY__SMARTHOST_PASSWORD_FILE": str(tmp_path / "nope"),
+               "POSTROOM_HTTP__LISTEN": "nowhere"}  # fmt: skip
+    problems = problems_of(write(tmp_path, VALID), environ)
+    assert sorted(problems) == ["delivery.smarthost_password_file", "http.listen"]
 
 
 # --- Destination shaping rules: `parse_rate` and `DestinationSettings` ----------------------------
