@@ -13,7 +13,6 @@ Run from the repository root with the project's venv: `.venv/bin/python bench/dk
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import argparse
 import base64

@@ -29,7 +29,7 @@ from postroom.core.types import DeliveryState, Submission
 from postroom.delivery.mx import Destination, MxCache, MxRoute, resolve
 from postroom.delivery.transport import build_transport
 from postroom.delivery.worker import DeliveryWorker, WorkerOptions
-from postroom.dkim.keyring import Keyring, SendingPolicy
+from postroom.dkim.keyring import Keyring, SigningKeys
 from postroom.dkim.preparer import DkimPreparer
 from postroom.dkim.rotation import KeyMonitor
 from postroom.domains.lookup import DnsLookup
@@ -42,8 +42,10 @@ from postroom.http.server import HttpServer, build_app
 from postroom.metrics import Metrics
 from postroom.queue.committer import GroupCommitter
 from postroom.queue.retry import RetryPolicy
-from postroom.queue.store import SqlQueueStore
-from postroom.queue.submission import SubmissionService
+from postroom.queue.protocols import QueueStore, QueueViews
+from postroom.queue.sql_store import SqlQueueStore
+from postroom.queue.sqlite_store import SqliteQueueStore
+from postroom.queue.views import SqlQueueViews
 from postroom.service_notify import ServiceNotifier
 from postroom.smtp.handlers import Authenticator, MxHandler, SubmissionHandler
 from postroom.smtp.listeners import SmtpListeners, server_tls_context
@@ -53,6 +55,8 @@ from postroom.store.dkim_keys import SqlDkimKeys
 from postroom.store.engine import WriteGate, create_engine, translate_errors
 from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.store.schema import require_current
+from postroom.submission.service import SubmissionService
+from postroom.submission.steps import standard_steps
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +84,19 @@ def worker_owner() -> str:
 class QueueGauges:
     """Refreshes queue depth and oldest age from the database (shared by every daemon)."""
 
-    def __init__(self, store: SqlQueueStore, metrics: Metrics, clock: Clock):
-        self._store = store
+    def __init__(self, views: QueueViews, metrics: Metrics, clock: Clock):
+        self._views = views
         self._metrics = metrics
         self._clock = clock
 
     async def refresh(self) -> None:
-        depth = await self._store.depth_by_state()
+        depth = await self._views.depth_by_state()
         for state in DeliveryState:
             self._metrics.queue_depth.labels(state.value).set(depth.get(state.value, 0))
         now = self._clock.now()
-        oldest = await self._store.oldest_active_created_at()
+        oldest = await self._views.oldest_active_created_at()
         self._metrics.oldest_queued_age.set(0.0 if oldest is None else max(0.0, now - oldest))
-        deferred = await self._store.oldest_active_created_at(DeliveryState.DEFERRED)
+        deferred = await self._views.oldest_active_created_at(DeliveryState.DEFERRED)
         self._metrics.oldest_deferred_age.set(0.0 if deferred is None else max(0.0, now - deferred))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -139,15 +143,16 @@ class Daemon:
             writer = SqliteBatchWriter(settings.database) if settings.database.is_sqlite else None
             if writer is not None:
                 stack.callback(writer.close)
-            store = SqlQueueStore(engine, gate, writer)
+            store: QueueStore = SqliteQueueStore(engine, writer, gate) if writer else SqlQueueStore(engine, gate)
+            views = SqlQueueViews(engine)
 
             lookup = self.dns_lookup or lookup_for(settings.delivery.dns_resolver)
-            policy = SendingPolicy(settings.domains, Keyring(Signer([])))
+            signing_keys = SigningKeys(settings.domains, Keyring(Signer([])))
             signing_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
             stack.callback(signing_pool.shutdown, wait=True)
             key_monitor = KeyMonitor(
                 SqlDkimKeys(engine),
-                policy,
+                signing_keys,
                 lookup,
                 self.clock,
                 interval=settings.dkim.rotation_check_interval,
@@ -182,7 +187,7 @@ class Daemon:
                         throttle_backoff=settings.delivery.throttle_backoff,
                         throttle_backoff_max=settings.delivery.throttle_backoff_max,
                     ),
-                    prepare=DkimPreparer(policy, self.clock, self.metrics, signing_pool),
+                    prepare=DkimPreparer(signing_keys, self.clock, self.metrics, signing_pool),
                 )
             def committed(batch: list[Submission], seconds: float) -> None:
                 self.metrics.commit_batch.observe(len(batch))
@@ -191,7 +196,10 @@ class Daemon:
             # Mail this process accepts goes to its own worker in memory, leased to it in the
             # commit itself (or, while the worker is full, stays queued until it has room).
             committer = GroupCommitter(store, self.clock, on_commit=committed, handoff=worker)
-            submissions = SubmissionService(committer, store, self.clock)
+            submissions = SubmissionService(
+                standard_steps(signing_keys, settings.smtp.max_message_size),
+                store, self.clock, self.metrics, committer,
+            )  # fmt: skip
 
             tls: ssl.SSLContext | None = None
             if settings.smtp.tls_cert:
@@ -205,7 +213,6 @@ class Daemon:
                     hostname=settings.smtp.hostname,
                     max_recipients=settings.smtp.max_recipients,
                     trusted_networks=settings.smtp.trusted_networks,
-                    policy=policy,
                 ),
                 MxHandler(self.metrics),
                 Authenticator(
@@ -238,15 +245,7 @@ class Daemon:
                 build_app(
                     settings.http,
                     SqlApiKeys(engine),
-                    MessageRoutes(
-                        submissions,
-                        store,
-                        self.clock,
-                        self.metrics,
-                        settings.smtp.hostname,
-                        settings.smtp.max_message_size,
-                        policy,
-                    ),
+                    MessageRoutes(submissions, views, self.clock, self.metrics, settings.smtp.hostname),
                     self.metrics,
                     readiness,
                     DomainRoutes(
@@ -277,7 +276,7 @@ class Daemon:
                 ]
                 if worker is not None:
                     tasks.create_task(worker.run(stop), name="delivery")
-                tasks.create_task(QueueGauges(store, self.metrics, self.clock).run(stop), name="gauges")
+                tasks.create_task(QueueGauges(views, self.metrics, self.clock).run(stop), name="gauges")
                 tasks.create_task(key_monitor.run(stop), name="dkim-keys")
                 tasks.create_task(self._reload_on_request(key_monitor, stop), name="reload")
                 tasks.create_task(self.notifier.run_watchdog(stop), name="watchdog")

@@ -67,18 +67,6 @@ class Metrics:
             ["stream", "route", "bounce_class", "reason"],
             registry=registry,
         )
-        self.complained = Counter(
-            "postroom_complained",
-            "Complaints (feedback loop reports)",
-            ["stream", "route"],
-            registry=registry,
-        )
-        self.suppressed = Counter(
-            "postroom_suppressed",
-            "Recipients dropped at submission because they are suppressed",
-            ["stream", "route"],
-            registry=registry,
-        )
         self.dead = Counter(
             "postroom_dead",
             "Messages parked as dead after crashing the pipeline",

@@ -17,13 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postroom.config import DeliverySettings
 from postroom.core.clock import FakeClock
-from postroom.core.types import DeliveryState, Submission
+from postroom.core.types import Submission
 from postroom.delivery.transport import CaptureTransport, client_tls_context, smarthost_transport
 from postroom.delivery.worker import DeliveryWorker, WorkerOptions
 from postroom.metrics import Metrics
 from postroom.queue.models import QueuedMessage
 from postroom.queue.retry import RetryPolicy
-from postroom.queue.store import SqlQueueStore
+from postroom.queue.sql_store import SqlQueueStore
+from postroom.queue.views import SqlQueueViews
 from tests.conftest import Tls
 from tests.support import SinkHandler
 
@@ -92,7 +93,7 @@ async def queue(engine: AsyncEngine, clock: FakeClock, *recipients: str, content
 
 
 async def states(engine: AsyncEngine, message_id: str) -> dict[str, str]:
-    detail = await SqlQueueStore(engine).show(message_id)
+    detail = await SqlQueueViews(engine).show(message_id)
     return {d.recipient: d.state for d in detail.deliveries}
 
 
@@ -160,7 +161,7 @@ async def test_per_recipient_outcomes_from_one_transaction(sqlite_engine: AsyncE
         server.close()
     assert await states(sqlite_engine, message_id) == {
         "ok@example.com": "delivered", "gone@example.com": "bounced", "busy@example.com": "deferred"}
-    detail = await SqlQueueStore(sqlite_engine).show(message_id)
+    detail = await SqlQueueViews(sqlite_engine).show(message_id)
     replies = {d.recipient: d.last_reply for d in detail.deliveries}
     assert replies["gone@example.com"] == "550 5.1.1 no such user"
     busy = next(d for d in detail.deliveries if d.recipient == "busy@example.com")
@@ -178,7 +179,7 @@ async def test_unreachable_relay_defers_then_delivers_when_it_returns(sqlite_eng
     worker = make_worker(sqlite_engine, transport, clock, CollectorRegistry())
     message_id = await queue(sqlite_engine, clock, "a@example.com")
     assert await worker.drain() == 1
-    detail = await SqlQueueStore(sqlite_engine).show(message_id)
+    detail = await SqlQueueViews(sqlite_engine).show(message_id)
     assert detail.deliveries[0].state == "deferred"
     assert "127.0.0.1" in (detail.deliveries[0].last_reply or "")
     assert await worker.drain() == 0  # not due yet
@@ -191,7 +192,7 @@ async def test_unreachable_relay_defers_then_delivers_when_it_returns(sqlite_eng
     finally:
         server.close()
     assert await states(sqlite_engine, message_id) == {"a@example.com": "delivered"}
-    assert (await SqlQueueStore(sqlite_engine).show(message_id)).deliveries[0].attempts == 2
+    assert (await SqlQueueViews(sqlite_engine).show(message_id)).deliveries[0].attempts == 2
 
 
 async def test_deferral_past_max_age_expires(sqlite_engine: AsyncEngine) -> None:
@@ -210,7 +211,7 @@ async def test_deferral_past_max_age_expires(sqlite_engine: AsyncEngine) -> None
         await transport.close()
     finally:
         server.close()
-    detail = await SqlQueueStore(sqlite_engine).show(message_id)
+    detail = await SqlQueueViews(sqlite_engine).show(message_id)
     assert detail.deliveries[0].state == "expired"
     assert detail.deliveries[0].last_reply.startswith("expired after")
     assert registry.get_sample_value("postroom_bounced_total", {"stream": "transactional", "route": "inhouse",
@@ -230,7 +231,7 @@ async def test_a_message_that_crashes_the_pipeline_is_parked_dead_and_can_be_ret
                             WorkerOptions(owner="w1"), prepare=explode)  # fmt: skip
     message_id = await queue(sqlite_engine, clock, "a@example.com")
     assert await broken.drain() == 1
-    detail = await SqlQueueStore(sqlite_engine).show(message_id)
+    detail = await SqlQueueViews(sqlite_engine).show(message_id)
     assert detail.deliveries[0].state == "dead"
     assert detail.error == "RuntimeError: signer blew up"
     assert registry.get_sample_value("postroom_dead_total") == 1
@@ -325,5 +326,5 @@ async def test_opportunistic_tls_to_a_smarthost_that_fails_verification_is_not_s
         server.close()
     assert await states(sqlite_engine, message_id) == {"a@example.com": "deferred"}
     assert handler.messages == []
-    detail = await SqlQueueStore(sqlite_engine).show(message_id)
+    detail = await SqlQueueViews(sqlite_engine).show(message_id)
     assert "certificate" in (detail.deliveries[0].last_reply or "").lower()

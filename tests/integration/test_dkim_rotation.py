@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postroom.core.clock import FakeClock
-from postroom.dkim.keyring import Keyring, SendingPolicy
+from postroom.dkim.keyring import Keyring, SigningKeys
 from postroom.dkim.management import create_selector, published_dkim_records, rotation_selector
 from postroom.dkim.rotation import KeyMonitor
 from postroom.dkim.signing import Signer
@@ -35,7 +35,7 @@ async def test_rotation_switches_only_once_dns_has_the_new_record(engine: AsyncE
     first, first_record = await create_selector(keys, tmp_path, DOMAIN, "s1", "rsa", 2048, clock.now())
     assert first.state is SelectorState.ACTIVE  # the first key of an algorithm signs at once
     dns.records[first_record.name] = [first_record.value]
-    policy = SendingPolicy([DomainSettings(name=DOMAIN)], Keyring(Signer([])))
+    policy = SigningKeys([DomainSettings(name=DOMAIN)], Keyring(Signer([])))
     monitor = KeyMonitor(keys, policy, dns, clock, interval=60, overlap=7 * DAY)
     await monitor.reload()
     assert [k.selector for k in policy.keyring.signer.keys_for(DOMAIN)] == ["s1"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 from pathlib import Path
@@ -13,7 +12,6 @@ import dkim
 import pytest
 import sqlalchemy as sa
 
-from postroom.core.clock import SystemClock
 from postroom.dkim.management import create_selector
 from postroom.store import schema
 from postroom.store.dkim_keys import SqlDkimKeys

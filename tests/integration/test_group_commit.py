@@ -19,7 +19,9 @@ from postroom.core.errors import StoreError
 from postroom.core.types import Submission
 from postroom.queue.committer import GroupCommitter
 from postroom.queue.models import ClaimedDelivery, QueuedMessage
-from postroom.queue.store import Lease, SqlQueueStore
+from postroom.queue.sql_store import SqlQueueStore
+from postroom.queue.sqlite_store import SqliteQueueStore
+from postroom.queue.statements import Lease
 from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.store import schema
 from postroom.store.engine import create_engine
@@ -200,8 +202,8 @@ async def test_committed_mail_is_leased_and_handed_to_a_worker_with_room(
         pytest.skip("the writer thread is SQLite's")
     sqlite_writer = SqliteBatchWriter(DatabaseSettings(url=str(engine.url))) if writer else None
     handoff = RecordingHandoff(room=True)
-    committer = GroupCommitter(SqlQueueStore(engine, sqlite_writer=sqlite_writer), FakeClock(),
-                               handoff=handoff)  # fmt: skip
+    store = SqliteQueueStore(engine, sqlite_writer) if sqlite_writer else SqlQueueStore(engine)
+    committer = GroupCommitter(store, FakeClock(), handoff=handoff)
     stop = asyncio.Event()
     task = asyncio.create_task(committer.run(stop))
     try:

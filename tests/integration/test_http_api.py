@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 from postroom.core.clock import FakeClock
-from postroom.queue.store import SqlQueueStore
+from postroom.queue.views import SqlQueueViews
 from postroom.store import schema
 from postroom.store.credentials import ApiKey, Role, SqlApiKeys
 from postroom.store.engine import create_engine
@@ -163,7 +163,7 @@ async def test_send_queues_a_delivery_per_recipient_and_keeps_bcc_out_of_the_hea
     assert [e["type"] for e in detail["events"]] == ["accepted"]
     assert detail["events"][0]["detail"] == {"source": "api", "recipients": 4}
 
-    stored = await SqlQueueStore(api.engine).content(message_id)
+    stored = await SqlQueueViews(api.engine).content(message_id)
     assert b"secret@example.com" not in stored
     parsed = email.message_from_bytes(stored, policy=email.policy.default)
     assert parsed["To"] == "ada@example.com, Bob <bob@example.com>"
@@ -179,7 +179,7 @@ async def test_send_queues_a_delivery_per_recipient_and_keeps_bcc_out_of_the_hea
 async def test_bcc_only_message_gets_undisclosed_recipients(api: Api) -> None:
     status, body, _ = await api.send({**MESSAGE, "to": [], "bcc": "hidden@example.com"})
     assert status == 202
-    stored = await SqlQueueStore(api.engine).content(body["id"])
+    stored = await SqlQueueViews(api.engine).content(body["id"])
     parsed = email.message_from_bytes(stored, policy=email.policy.default)
     assert "undisclosed-recipients" in str(parsed["To"])
     assert b"hidden@example.com" not in stored
@@ -209,7 +209,7 @@ async def test_attachments_are_stored_in_the_message(api: Api) -> None:
     status, body, _ = await api.send(payload)
     assert status == 202
     parsed = email.message_from_bytes(
-        await SqlQueueStore(api.engine).content(body["id"]), policy=email.policy.default
+        await SqlQueueViews(api.engine).content(body["id"]), policy=email.policy.default
     )
     found = {part.get_filename(): part for part in parsed.walk() if part.get_filename()}
     assert found["report.pdf"].get_content() == pdf
@@ -231,7 +231,7 @@ async def test_sent_message_reaches_the_capture_outbox(tmp_path: Path, db_url: s
                 break
             assert time.monotonic() < deadline, f"not delivered in time: {detail['recipients']}"
             await asyncio.sleep(0.05)
-        stored = await SqlQueueStore(api.engine).content(message_id)
+        stored = await SqlQueueViews(api.engine).content(message_id)
     assert (outbox / f"{message_id}.eml").read_bytes() == stored
     for delivery in detail["deliveries"]:
         assert delivery["state"] == "delivered"

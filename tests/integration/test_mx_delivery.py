@@ -19,7 +19,6 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,7 +37,7 @@ from postroom.domains.resolver import DnspythonLookup
 from postroom.metrics import Metrics
 from postroom.queue.models import MessageDetail
 from postroom.queue.retry import RetryPolicy
-from postroom.queue.store import SqlQueueStore
+from postroom.queue.sql_store import SqlQueueStore
 from tests.dns_server import LocalDnsServer, serve_dns
 from tests.support import SinkHandler, wait_until
 

@@ -1,6 +1,7 @@
-"""`SqlQueueStore` against real databases: every test runs on SQLite and on PostgreSQL through the
-`engine` fixture, so both engines keep the same contract (insert, claim with lease, extend, release,
-reap, operator commands, reads and idempotent inserts).
+"""The `QueueStore` contract against real databases, one suite for every implementation: the
+SQLAlchemy path (`SqlQueueStore`) on SQLite and on PostgreSQL, and the writer-thread path
+(`SqliteQueueStore`) on SQLite, as the daemon builds it there (insert, claim with lease, extend,
+release, reap, operator commands and idempotent inserts); reads go through `SqlQueueViews`.
 
 Assertions read the tables directly where the store has no read method for the fact in question
 (leases, attempts, events): the rows are the observable result of a queue write.
@@ -9,7 +10,8 @@ Assertions read the tables directly where the store has no read method for the f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,10 +23,15 @@ from postroom.core.clock import FakeClock
 from postroom.core.errors import ConflictError, NotFoundError
 from postroom.core.types import DeliveryState, IdempotencyKey, Submission
 from postroom.queue.models import ClaimedDelivery, Release
-from postroom.queue.store import IDEMPOTENCY_WINDOW, SqlQueueStore, request_hash
+from postroom.queue.protocols import QueueStore
+from postroom.queue.sql_store import SqlQueueStore
+from postroom.queue.sqlite_store import SqliteQueueStore
+from postroom.queue.statements import IDEMPOTENCY_WINDOW, request_hash
+from postroom.queue.views import SqlQueueViews
 from postroom.store.engine import WriteGate
 from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.store.tables import deliveries, events, idempotency_keys, messages
+from tests.conftest import fresh_pg_database
 
 LEASE = 300.0
 CONTENT = b"From: app@postroom.test\r\nTo: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -35,19 +42,43 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(params=[
+    "sqlite-sqlalchemy",
+    "sqlite-writer",
+    pytest.param("postgres-sqlalchemy", marks=pytest.mark.postgres),
+])  # fmt: skip
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each implementation on each engine it runs on: the SQLAlchemy path everywhere, the writer
+    thread on SQLite (where the daemon uses it)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def store(engine: AsyncEngine) -> Iterator[SqlQueueStore]:
-    """As the daemon builds it: on SQLite, writes go through the writer thread (the SQLAlchemy
-    path is the one PostgreSQL runs)."""
-    if engine.dialect.name != "sqlite":
-        yield SqlQueueStore(engine)
+async def db_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """The conftest's databases, one per backend (this module's `engine` is built on it)."""
+    if backend.startswith("sqlite"):
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
         return
+    async with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def store(engine: AsyncEngine, backend: str) -> Iterator[QueueStore]:
     settings = DatabaseSettings(url=str(engine.url))
+    if backend != "sqlite-writer":
+        yield SqlQueueStore(engine, WriteGate.for_database(settings))
+        return
     writer = SqliteBatchWriter(settings)
     try:
-        yield SqlQueueStore(engine, WriteGate.for_database(settings), writer)
+        yield SqliteQueueStore(engine, writer, WriteGate.for_database(settings))
     finally:
         writer.close()
+
+
+@pytest.fixture
+def views(engine: AsyncEngine) -> SqlQueueViews:
+    return SqlQueueViews(engine)
 
 
 def submission(*recipients: str, **fields: Any) -> Submission:
@@ -86,7 +117,7 @@ def release(claimed: ClaimedDelivery, state: DeliveryState, reply: str = "250 2.
     return Release(claimed.id, claimed.message_id, claimed.recipient, state, reply, **fields)
 
 
-async def claim_one(store: SqlQueueStore, clock: FakeClock, owner: str = "w1") -> ClaimedDelivery:
+async def claim_one(store: QueueStore, clock: FakeClock, owner: str = "w1") -> ClaimedDelivery:
     claimed = await store.claim(owner, 10, clock.now(), LEASE)
     assert len(claimed) == 1, claimed
     return claimed[0]
@@ -96,7 +127,7 @@ async def claim_one(store: SqlQueueStore, clock: FakeClock, owner: str = "w1") -
 
 
 async def test_insert_many_writes_messages_deliveries_and_accepted_events(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     batch = [
         submission("a@example.com", "b@example.com", mail_from="first@postroom.test"),
@@ -128,7 +159,7 @@ async def test_insert_many_writes_messages_deliveries_and_accepted_events(
 
 
 async def test_insert_many_respects_an_explicit_message_id(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     chosen = "01JXK9ZB7N0000000000000000"
     ids = await store.insert_many(
@@ -142,7 +173,7 @@ async def test_insert_many_respects_an_explicit_message_id(
     assert [d.message_id for d in await select_rows(engine, deliveries)].count(chosen) == 1
 
 
-async def test_content_round_trips_byte_for_byte(store: SqlQueueStore, clock: FakeClock) -> None:
+async def test_content_round_trips_byte_for_byte(store: QueueStore, clock: FakeClock, views: SqlQueueViews) -> None:
     content = (
         b"From: app@postroom.test\r\nSubject: =?utf-8?q?h=C3=A9?=\r\n\r\n"
         + "héllo wörld ✉\r\n".encode()
@@ -151,17 +182,17 @@ async def test_content_round_trips_byte_for_byte(store: SqlQueueStore, clock: Fa
     )
     (message_id,) = await store.insert_many([submission(content=content)], clock.now())
 
-    assert await store.content(message_id) == content
+    assert await views.content(message_id) == content
     loaded = await store.load_messages([message_id])
     assert loaded[message_id].content == content
-    assert (await store.show(message_id)).summary.size == len(content)
+    assert (await views.show(message_id)).summary.size == len(content)
 
 
 # -- claim ----------------------------------------------------------------------------------------
 
 
 async def test_claim_takes_only_due_deliveries_oldest_due_first_up_to_limit(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     ids = await store.insert_many(
         [submission(f"r{i}@example.com") for i in range(5)], clock.now()
@@ -196,7 +227,7 @@ async def test_claim_takes_only_due_deliveries_oldest_due_first_up_to_limit(
 
 
 async def test_claim_leases_rows_to_the_owner(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     (message_id,) = await store.insert_many(
         [submission("a@example.com", "b@example.com")], clock.now()
@@ -215,7 +246,7 @@ async def test_claim_leases_rows_to_the_owner(
 
 
 async def test_a_second_claim_does_not_return_leased_rows(
-    store: SqlQueueStore, clock: FakeClock
+    store: QueueStore, clock: FakeClock
 ) -> None:
     await store.insert_many([submission(f"r{i}@example.com") for i in range(3)], clock.now())
     first = await store.claim("w1", 2, clock.now(), LEASE)
@@ -229,7 +260,7 @@ async def test_a_second_claim_does_not_return_leased_rows(
 
 
 async def test_concurrent_claimers_never_get_the_same_delivery(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     await store.insert_many(
         [submission(*(f"r{i}-{j}@example.com" for j in range(3))) for i in range(30)], clock.now()
@@ -255,7 +286,7 @@ async def test_concurrent_claimers_never_get_the_same_delivery(
 
 
 async def test_release_by_another_owner_changes_nothing(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     (message_id,) = await store.insert_many([submission()], clock.now())
     claimed = await claim_one(store, clock, "w1")
@@ -272,7 +303,7 @@ async def test_release_by_another_owner_changes_nothing(
 
 
 async def test_release_returns_how_many_outcomes_were_still_ours(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     await store.insert_many([submission("a@example.com", "b@example.com")], clock.now())
     mine = await store.claim("w1", 1, clock.now(), LEASE)
@@ -302,7 +333,7 @@ async def test_release_returns_how_many_outcomes_were_still_ours(
     ],
 )
 async def test_release_to_a_final_state_sets_finished_at(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock, state: DeliveryState, reply: str
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock, state: DeliveryState, reply: str
 ) -> None:
     (message_id,) = await store.insert_many([submission()], clock.now())
     claimed = await claim_one(store, clock)
@@ -322,7 +353,7 @@ async def test_release_to_a_final_state_sets_finished_at(
 
 
 async def test_release_deferred_keeps_next_attempt_at_from_the_release(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     await store.insert_many([submission()], clock.now())
     claimed = await claim_one(store, clock)
@@ -343,7 +374,7 @@ async def test_release_deferred_keeps_next_attempt_at_from_the_release(
 
 
 async def test_release_dead_does_not_count_an_attempt(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     await store.insert_many([submission()], clock.now())
     claimed = await claim_one(store, clock)
@@ -357,7 +388,7 @@ async def test_release_dead_does_not_count_an_attempt(
 
 
 async def test_release_writes_one_event_per_outcome_with_the_reply(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     (message_id,) = await store.insert_many(
         [submission("a@example.com", "b@example.com", "c@example.com")], clock.now()
@@ -395,7 +426,7 @@ async def test_release_writes_one_event_per_outcome_with_the_reply(
 
 
 async def test_extend_pushes_the_lease_only_of_the_owners_sending_rows(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     await store.insert_many([submission(f"r{i}@example.com") for i in range(4)], clock.now())
     mine = await store.claim("w1", 3, clock.now(), LEASE)
@@ -414,7 +445,7 @@ async def test_extend_pushes_the_lease_only_of_the_owners_sending_rows(
 
 
 async def test_reap_requeues_expired_leases_and_leaves_live_ones(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     await store.insert_many([submission("a@example.com", "b@example.com")], clock.now())
     (short,) = await store.claim("dead-worker", 1, clock.now(), 30)
@@ -435,7 +466,7 @@ async def test_reap_requeues_expired_leases_and_leaves_live_ones(
 
 
 async def test_after_a_reap_only_the_new_owner_can_release(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     (message_id,) = await store.insert_many([submission()], clock.now())
     old = await claim_one(store, clock, "old")
@@ -460,17 +491,17 @@ async def test_after_a_reap_only_the_new_owner_can_release(
 
 
 async def test_park_records_the_error_on_the_message(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock, views: SqlQueueViews
 ) -> None:
     (message_id,) = await store.insert_many([submission()], clock.now())
     await store.park(message_id, "Traceback: KeyError 'x'")
 
-    assert (await store.show(message_id)).error == "Traceback: KeyError 'x'"
+    assert (await views.show(message_id)).error == "Traceback: KeyError 'x'"
     (row,) = await select_rows(engine, messages, messages.c.id == message_id)
     assert row.error == "Traceback: KeyError 'x'"
 
 
-async def _outcomes(store: SqlQueueStore, clock: FakeClock, owner: str,
+async def _outcomes(store: QueueStore, clock: FakeClock, owner: str,
                     states: dict[str, DeliveryState]) -> dict[str, ClaimedDelivery]:  # fmt: skip
     """Claim everything due and release each recipient to the state asked for."""
     claimed = {c.recipient: c for c in await store.claim(owner, 100, clock.now(), LEASE)}
@@ -487,7 +518,7 @@ async def _outcomes(store: SqlQueueStore, clock: FakeClock, owner: str,
 
 
 async def test_retry_of_a_message_requeues_its_dead_and_deferred_deliveries_and_clears_the_error(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock, views: SqlQueueViews
 ) -> None:
     (target, other) = await store.insert_many(
         [
@@ -513,14 +544,14 @@ async def test_retry_of_a_message_requeues_its_dead_and_deferred_deliveries_and_
         assert (row.state, row.next_attempt_at) == ("queued", clock.now())
     assert (await delivery(engine, claimed["done@example.com"].id)).state == "delivered"
     assert (await delivery(engine, claimed["other-dead@example.com"].id)).state == "dead"
-    assert (await store.show(target)).error is None
-    assert (await store.show(other)).error == "boom too"
+    assert (await views.show(target)).error is None
+    assert (await views.show(other)).error == "boom too"
     again = await store.claim("w2", 10, clock.now(), LEASE)
     assert {c.recipient for c in again} == {"dead@example.com", "deferred@example.com"}
 
 
 async def test_retry_without_a_message_requeues_only_dead_deliveries(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     await store.insert_many(
         [
@@ -547,7 +578,7 @@ async def test_retry_without_a_message_requeues_only_dead_deliveries(
 
 
 async def test_purge_by_id_is_refused_while_a_delivery_is_being_sent(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     (message_id,) = await store.insert_many(
         [submission("a@example.com", "b@example.com")], clock.now()
@@ -563,7 +594,7 @@ async def test_purge_by_id_is_refused_while_a_delivery_is_being_sent(
 
 
 async def test_purge_by_id_deletes_the_message_its_deliveries_and_events(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock, views: SqlQueueViews
 ) -> None:
     (gone, kept) = await store.insert_many(
         [submission("a@example.com", "b@example.com"), submission("c@example.com")], clock.now()
@@ -580,12 +611,12 @@ async def test_purge_by_id_deletes_the_message_its_deliveries_and_events(
     assert {d.message_id for d in await select_rows(engine, deliveries)} == {kept}
     assert {e.message_id for e in await select_rows(engine, events)} == {kept}
     with pytest.raises(NotFoundError):
-        await store.show(gone)
+        await views.show(gone)
     assert await store.purge(message_id=gone) == 0
 
 
 async def test_purge_by_state_deletes_every_message_with_a_delivery_in_that_state(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     (bounced_1, bounced_2, delivered) = await store.insert_many(
         [
@@ -614,8 +645,8 @@ async def test_purge_by_state_deletes_every_message_with_a_delivery_in_that_stat
 # -- reads ----------------------------------------------------------------------------------------
 
 
-async def test_depth_by_state_counts_deliveries(store: SqlQueueStore, clock: FakeClock) -> None:
-    assert await store.depth_by_state() == {}
+async def test_depth_by_state_counts_deliveries(store: QueueStore, clock: FakeClock, views: SqlQueueViews) -> None:
+    assert await views.depth_by_state() == {}
     await store.insert_many(
         [
             submission("a@example.com", "b@example.com", "c@example.com"),
@@ -630,36 +661,36 @@ async def test_depth_by_state_counts_deliveries(store: SqlQueueStore, clock: Fak
     # c and d stay leased
     await store.insert_many([submission("e@example.com")], clock.now())
 
-    assert await store.depth_by_state() == {
+    assert await views.depth_by_state() == {
         "delivered": 1, "deferred": 1, "sending": 2, "queued": 1
     }
 
 
 async def test_oldest_active_created_at_ignores_finished_deliveries(
-    store: SqlQueueStore, clock: FakeClock
+    store: QueueStore, clock: FakeClock, views: SqlQueueViews
 ) -> None:
-    assert await store.oldest_active_created_at() is None
+    assert await views.oldest_active_created_at() is None
     first_at = clock.now()
     await store.insert_many([submission("a@example.com")], first_at)
     clock.advance(100)
     second_at = clock.now()
     await store.insert_many([submission("b@example.com")], second_at)
-    assert await store.oldest_active_created_at() == first_at
+    assert await views.oldest_active_created_at() == first_at
 
     await _outcomes(store, clock, "w1", {
         "a@example.com": DeliveryState.DELIVERED,
         "b@example.com": DeliveryState.DEFERRED,
     })  # fmt: skip
-    assert await store.oldest_active_created_at() == second_at
+    assert await views.oldest_active_created_at() == second_at
 
     claimed = await store.claim("w2", 10, clock.now() + 3600, LEASE)  # sending counts as active
-    assert await store.oldest_active_created_at() == second_at
+    assert await views.oldest_active_created_at() == second_at
     await store.release("w2", [release(claimed[0], DeliveryState.BOUNCED, "550")], clock.now())
-    assert await store.oldest_active_created_at() is None
+    assert await views.oldest_active_created_at() is None
 
 
 async def test_list_messages_filters_orders_newest_first_and_pages(
-    store: SqlQueueStore, clock: FakeClock
+    store: QueueStore, clock: FakeClock, views: SqlQueueViews
 ) -> None:
     start = clock.now()
     ids = []
@@ -679,7 +710,7 @@ async def test_list_messages_filters_orders_newest_first_and_pages(
                         clock.now())  # fmt: skip
 
     async def listed(**filters: Any) -> list[str]:
-        return [m.id for m in await store.list_messages(**filters)]
+        return [m.id for m in await views.list_messages(**filters)]
 
     newest_first = list(reversed(ids))
     assert await listed() == newest_first
@@ -699,7 +730,7 @@ async def test_list_messages_filters_orders_newest_first_and_pages(
     assert (page_1, page_2, page_3) == (newest_first[:2], newest_first[2:4], newest_first[4:])
     assert await listed(limit=2, before=page_3[-1]) == []
 
-    summary = (await store.list_messages(state="bounced"))[0]
+    summary = (await views.list_messages(state="bounced"))[0]
     assert summary.states == {"bounced": 1, "sending": 1}
     assert (summary.mail_from, summary.stream, summary.source) == (
         "odd@postroom.test", "transactional", "api"
@@ -708,7 +739,7 @@ async def test_list_messages_filters_orders_newest_first_and_pages(
 
 
 async def test_show_returns_the_message_its_deliveries_and_events(
-    store: SqlQueueStore, clock: FakeClock
+    store: QueueStore, clock: FakeClock, views: SqlQueueViews
 ) -> None:
     (message_id,) = await store.insert_many(
         [submission("a@example.com", "b@example.com", header_from="App <app@postroom.test>",
@@ -720,7 +751,7 @@ async def test_show_returns_the_message_its_deliveries_and_events(
     delivered = release(claimed["a@example.com"], DeliveryState.DELIVERED, "250 ok")
     await store.release("w1", [delivered], clock.now())
 
-    detail = await store.show(message_id)
+    detail = await views.show(message_id)
 
     assert detail.summary.id == message_id
     assert detail.summary.header_from == "App <app@postroom.test>"
@@ -743,13 +774,13 @@ async def test_show_returns_the_message_its_deliveries_and_events(
 
 
 async def test_show_and_content_raise_not_found_for_an_unknown_id(
-    store: SqlQueueStore, clock: FakeClock
+    store: QueueStore, clock: FakeClock, views: SqlQueueViews
 ) -> None:
     await store.insert_many([submission()], clock.now())
     with pytest.raises(NotFoundError):
-        await store.show("01JXK9ZB7N0000000000000000")
+        await views.show("01JXK9ZB7N0000000000000000")
     with pytest.raises(NotFoundError):
-        await store.content("01JXK9ZB7N0000000000000000")
+        await views.content("01JXK9ZB7N0000000000000000")
 
 
 # -- idempotent insert ----------------------------------------------------------------------------
@@ -762,7 +793,7 @@ def key(
 
 
 async def test_insert_idempotent_same_key_and_hash_returns_the_original(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     first, created = await store.insert_idempotent(submission(), key(), clock.now())
     assert created is True
@@ -777,7 +808,7 @@ async def test_insert_idempotent_same_key_and_hash_returns_the_original(
 
 
 async def test_insert_idempotent_same_key_other_request_is_a_conflict(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     await store.insert_idempotent(submission(), key(payload=b"request-1"), clock.now())
 
@@ -789,7 +820,7 @@ async def test_insert_idempotent_same_key_other_request_is_a_conflict(
 
 
 async def test_insert_idempotent_scopes_are_independent(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     a, created_a = await store.insert_idempotent(submission(), key(scope="key:a"), clock.now())
     b, created_b = await store.insert_idempotent(
@@ -802,7 +833,7 @@ async def test_insert_idempotent_scopes_are_independent(
 
 
 async def test_insert_idempotent_replaces_a_key_older_than_the_window(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     old, _ = await store.insert_idempotent(submission(), key(payload=b"request-1"), clock.now())
     clock.advance(IDEMPOTENCY_WINDOW + 1)
@@ -823,7 +854,7 @@ async def test_insert_idempotent_replaces_a_key_older_than_the_window(
 
 
 async def test_concurrent_insert_idempotent_with_the_same_key_makes_one_message(
-    engine: AsyncEngine, store: SqlQueueStore, clock: FakeClock
+    engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     results = await asyncio.gather(
         *(store.insert_idempotent(submission(), key(), clock.now()) for _ in range(8))

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from alembic import command
 from postroom.core.types import DeliveryState, Submission
 from postroom.queue.models import Release
-from postroom.queue.store import SqlQueueStore
+from postroom.queue.sql_store import SqlQueueStore
+from postroom.queue.views import SqlQueueViews
 from postroom.store import schema
 from postroom.store.credentials import Role
 from postroom.store.engine import create_engine
@@ -52,7 +53,7 @@ async def test_destinations_group_by_domain_and_state_largest_first(engine: Asyn
     await queue_mail(store, "e@slow.example")
     assert await defer_all(store, "slow.example", "451 4.7.0 try later", TLS_ATTEMPT) == 4
 
-    groups = await store.destinations()
+    groups = await SqlQueueViews(engine).destinations()
     assert [(g.domain, g.state, g.count) for g in groups] == [
         ("slow.example", "deferred", 4),
         ("fast.example", "queued", 1),
@@ -67,8 +68,8 @@ async def test_destinations_group_by_domain_and_state_largest_first(engine: Asyn
     await store.release("w", [Release(fast.id, fast.message_id, fast.recipient,
                                       DeliveryState.DELIVERED, "250 ok")], NOW + 20_001)  # fmt: skip
     await store.reap(NOW + 90_000)
-    assert ("fast.example", "delivered") not in {(g.domain, g.state) for g in await store.destinations()}
-    everything = {(g.domain, g.state): g.count for g in await store.destinations(include_final=True)}
+    assert ("fast.example", "delivered") not in {(g.domain, g.state) for g in await SqlQueueViews(engine).destinations()}
+    everything = {(g.domain, g.state): g.count for g in await SqlQueueViews(engine).destinations(include_final=True)}
     assert everything[("fast.example", "delivered")] == 1
 
 
@@ -90,7 +91,7 @@ async def test_untried_hand_backs_are_held_events_and_do_not_count_as_attempts(
     await store.release("w", [Release(claimed.id, message_id, claimed.recipient, DeliveryState.QUEUED,
                                       "destination held back", NOW + 60, {"postponed": True},
                                       tried=False)], NOW)  # fmt: skip
-    detail = await store.show(message_id)
+    detail = await SqlQueueViews(engine).show(message_id)
     [delivery] = detail.deliveries
     assert (delivery.state, delivery.attempts, delivery.next_attempt_at) == ("queued", 0, NOW + 60)
     assert [e["type"] for e in detail.events if e["delivery_id"]] == ["held"]

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from postroom.core.types import Submission
-from postroom.queue.store import SqlQueueStore
+from postroom.queue.sql_store import SqlQueueStore
 from postroom.store import schema
 from postroom.store.engine import create_engine
 from postroom.store.tables import deliveries

@@ -8,7 +8,8 @@ import sqlalchemy as sa
 
 from postroom.config import DatabaseSettings
 from postroom.core.types import Submission
-from postroom.queue.store import SqlQueueStore
+from postroom.queue.sql_store import SqlQueueStore
+from postroom.queue.sqlite_store import SqliteQueueStore
 from postroom.store import schema
 from postroom.store.engine import create_engine
 from postroom.store.sqlite_writer import SqliteBatchWriter
@@ -41,7 +42,8 @@ async def write_with(url: str, use_writer: bool) -> None:
     writer = SqliteBatchWriter(settings) if use_writer else None
     try:
         await schema.upgrade(engine)
-        await SqlQueueStore(engine, sqlite_writer=writer).insert_many(BATCH, now=1000.0)
+        store = SqliteQueueStore(engine, writer) if writer else SqlQueueStore(engine)
+        await store.insert_many(BATCH, now=1000.0)
     finally:
         if writer is not None:
             writer.close()

@@ -44,7 +44,7 @@ import pytest
 import trustme
 
 from postroom.config import DatabaseSettings
-from postroom.queue.store import SqlQueueStore
+from postroom.queue.views import SqlQueueViews
 from postroom.store import schema
 from postroom.store.credentials import Role, SqlApiKeys
 from postroom.store.engine import create_engine
@@ -213,7 +213,7 @@ class Postroom:
         """The message exactly as postroom stored it (what it sends: no DKIM for postroom.test)."""
         engine = create_engine(self.database)
         try:
-            return bytes(await SqlQueueStore(engine).content(message_id))
+            return bytes(await SqlQueueViews(engine).content(message_id))
         finally:
             await engine.dispose()
 

@@ -1,10 +1,11 @@
-"""`smtp.stamping`: header summary of submitted bytes, and the trace/missing fields put on top."""
+"""`submission.raw`: header summary of submitted bytes, the trace/missing fields put on top, and the
+submission made of a client-written message."""
 
 from __future__ import annotations
 
 import email.utils
 
-from postroom.smtp.stamping import HeaderSummary, received_field, stamp, summarise_headers
+from postroom.submission.raw import HeaderSummary, received_field, stamp, summarise_headers
 
 NOW = 1_750_000_000.0
 COMPLETE = (
@@ -28,7 +29,8 @@ def headers_of(content: bytes) -> list[bytes]:
 
 def test_summary_of_a_complete_message() -> None:
     assert summarise_headers(COMPLETE) == HeaderSummary(
-        header_from="App <app@example.com>", subject="Hello", has_date=True, has_message_id=True
+        header_from="App <app@example.com>", subject="Hello", has_date=True, has_message_id=True,
+        from_fields=("App <app@example.com>",),
     )
 
 
@@ -45,7 +47,7 @@ def test_header_names_are_case_insensitive() -> None:
         b"DATE: Mon, 16 Jun 2025 10:00:00 +0000\r\nmessage-id: <a@b>\r\n\r\n"
     )
     summary = summarise_headers(content)
-    assert summary == HeaderSummary("a@example.com", "x", True, True)
+    assert summary == HeaderSummary("a@example.com", "x", True, True, ("a@example.com",))
 
 
 def test_encoded_word_subject_and_from_are_decoded() -> None:
@@ -128,3 +130,29 @@ def test_received_field_without_helo_or_recipient() -> None:
                           queue_id="Q", recipient=None, now=NOW)  # fmt: skip
     assert text.startswith("Received: from unknown ([::1])")
     assert "for <" not in text
+
+
+def test_every_from_and_sender_field_is_collected_unfolded() -> None:
+    content = (
+        b"From: a@example.com\r\nSender: s@example.com\r\nX-Other: x\r\n  folded other\r\n"
+        b"From: Second\r\n <b@example.com>\r\n\r\nFrom: not a header, the body\r\n"
+    )
+    summary = summarise_headers(content)
+    assert summary.header_from == "a@example.com"
+    assert summary.from_fields == ("a@example.com", "Second <b@example.com>")
+    assert summary.sender_fields == ("s@example.com",)
+
+
+def test_a_raw_message_from_the_command_line_is_stamped_without_a_from_clause() -> None:
+    from postroom.submission.raw import Trace, raw_submission
+
+    made = raw_submission(
+        BARE, mail_from="app@example.com", recipients=("u@example.net",), trace=Trace(None, None, "local"),
+        source="cli", submitted_by="cli:ops", hostname="mail.example.com",
+        queue_id="01JQUEUEID000000000000000", now=NOW,
+    )  # fmt: skip
+    assert made.content.startswith(b"Received: by mail.example.com (postroom) with local id 01JQUEUEID")
+    assert made.content.endswith(BARE)
+    assert made.added_bytes == len(made.content) - len(BARE) > 0
+    assert (made.header_from, made.subject, made.source) == ("app@example.com", "hi", "cli")
+    assert b"\r\nDate: " in made.content and b"\r\nMessage-ID: <01JQUEUEID000000000000000@mail.example.com>" in made.content

@@ -12,7 +12,8 @@ import click
 from postroom.cli.common import config_option, fail, run_db, settings_from, when
 from postroom.config import Settings
 from postroom.core.types import DeliveryState
-from postroom.queue.store import SqlQueueStore
+from postroom.queue.sql_store import SqlQueueStore
+from postroom.queue.views import SqlQueueViews
 
 
 @click.group()
@@ -37,7 +38,7 @@ def queue_ls(ctx: click.Context, state: str | None, limit: int, by_destination: 
     if by_destination:
         _queue_by_destination(settings, limit, include_final, as_json)
         return
-    found = run_db(settings, lambda e: SqlQueueStore(e).list_messages(limit=limit, state=state))
+    found = run_db(settings, lambda e: SqlQueueViews(e).list_messages(limit=limit, state=state))
     if as_json:
         click.echo(json.dumps([asdict(s) for s in found]))
         return
@@ -51,7 +52,7 @@ def queue_ls(ctx: click.Context, state: str | None, limit: int, by_destination: 
 
 
 def _queue_by_destination(settings: Settings, limit: int, include_final: bool, as_json: bool) -> None:
-    groups = run_db(settings, lambda e: SqlQueueStore(e).destinations(include_final=include_final,
+    groups = run_db(settings, lambda e: SqlQueueViews(e).destinations(include_final=include_final,
                                                                       limit=limit))  # fmt: skip
     if as_json:
         click.echo(json.dumps([asdict(g) for g in groups]))
@@ -79,10 +80,10 @@ def queue_show(ctx: click.Context, message_id: str, as_json: bool, content: bool
 
     settings = settings_from(ctx)
     if content:
-        raw = run_db(settings, lambda e: SqlQueueStore(e).content(message_id))
+        raw = run_db(settings, lambda e: SqlQueueViews(e).content(message_id))
         click.echo(raw.decode("utf-8", "replace"))
         return
-    detail = run_db(settings, lambda e: SqlQueueStore(e).show(message_id))
+    detail = run_db(settings, lambda e: SqlQueueViews(e).show(message_id))
     if as_json:
         click.echo(json.dumps(detail_json(detail), indent=2))
         return

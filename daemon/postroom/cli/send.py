@@ -1,4 +1,5 @@
-"""`postroom send`: queue a message from the command line."""
+"""`postroom send`: queue a message from the command line, through the same submission door as
+SMTP and the HTTP API (sending policy, size limit; a raw message is stamped like an SMTP one)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,27 @@ import time
 from typing import Any
 
 import click
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postroom.cli.common import config_option, fail, run_db, settings_from
-from postroom.core.compose import Draft, address_of, compose
-from postroom.core.errors import PostroomError
+from postroom.config import Settings
+from postroom.core.addresses import valid_mailbox
+from postroom.core.clock import SystemClock
+from postroom.core.compose import address_of
+from postroom.core.errors import InvalidMessageError
 from postroom.core.ids import new_message_id
 from postroom.core.types import Submission
-from postroom.queue.store import SqlQueueStore
-from postroom.smtp.stamping import summarise_headers
+from postroom.dkim.keyring import SigningKeys, load_keyring
+from postroom.metrics import Metrics
+from postroom.queue.sql_store import SqlQueueStore
+from postroom.store.dkim_keys import SqlDkimKeys
+from postroom.submission.fields import MessageIn, build_submission
+from postroom.submission.outcome import Accepted, Caller, Outcome
+from postroom.submission.raw import Trace, raw_submission
+from postroom.submission.service import SubmissionService
+from postroom.submission.steps import standard_steps
 
 
 @click.command()
@@ -34,36 +47,47 @@ def send(ctx: click.Context, sender: str, to: tuple[str, ...], subject: str, tex
          html: str | None, raw: Any, stream: str) -> None:  # fmt: skip
     """Queue a message directly in the database (the daemon delivers it)."""
     settings = settings_from(ctx)
+    user = f"cli:{os.getenv('USER', 'unknown')}"
     now = time.time()
-    message_id = new_message_id(now)
     try:
-        mail_from = address_of(sender)
-        recipients = tuple(address_of(r) for r in to)
         if raw is not None:
-            content = raw.read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-            summary = summarise_headers(content)
-            header_from, subject_line = summary.header_from, summary.subject
+            submission = _raw(settings, raw.read(), sender, to, stream, user, now)
         else:
-            draft = Draft(sender=sender, to=to, subject=subject, text=text or ("" if html else " "),
-                          html=html)  # fmt: skip
-            content = compose(draft, message_id=message_id, hostname=settings.smtp.hostname, now=now)
-            header_from, subject_line = sender, subject
-    except PostroomError as exc:
+            body = MessageIn.model_validate({"from": sender, "to": list(to), "subject": subject,
+                                             "text": text or ("" if html else " "), "html": html,
+                                             "stream": stream})  # fmt: skip
+            submission = build_submission(body, submitted_by=user, hostname=settings.smtp.hostname,
+                                          now=now, source="cli")  # fmt: skip
+    except InvalidMessageError as exc:
         fail(str(exc), 2)
-    submission = Submission(
-        mail_from=mail_from, recipients=recipients, content=content, source="cli",
-        submitted_by=f"cli:{os.getenv('USER', 'unknown')}", header_from=header_from,
-        subject=subject_line, stream=stream, message_id=message_id,
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), 2)
+
+    outcome = run_db(settings, lambda engine: _submit(engine, settings, submission, Caller("cli", user)))
+    if not isinstance(outcome, Accepted):
+        fail(outcome.reason, 1)
+    click.echo(outcome.message_id)
+
+
+def _raw(settings: Settings, content: bytes, sender: str, to: tuple[str, ...], stream: str,
+         user: str, now: float) -> Submission:  # fmt: skip
+    """A message written by hand or by a program: normalised to CRLF, stamped like SMTP mail."""
+    mail_from = address_of(sender)
+    recipients = tuple(address_of(r) for r in to)
+    for address in (mail_from, *recipients):
+        if not valid_mailbox(address):
+            raise InvalidMessageError(f"{address!r} is not a valid email address")
+    content = content.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return raw_submission(
+        content, mail_from=mail_from, recipients=recipients, trace=Trace(None, None, "local"),
+        source="cli", submitted_by=user, hostname=settings.smtp.hostname,
+        queue_id=new_message_id(now), now=now, stream=stream,
     )  # fmt: skip
-    async def queue_it(engine: AsyncEngine) -> list[str]:
-        from postroom.dkim.keyring import SendingPolicy, load_keyring
-        from postroom.store.dkim_keys import SqlDkimKeys
 
-        keyring = await asyncio.to_thread(load_keyring, await SqlDkimKeys(engine).list())
-        refusal = SendingPolicy(settings.domains, keyring).check(header_from or sender)
-        if refusal is not None:
-            fail(refusal.reason, 1)
-        return await SqlQueueStore(engine).insert_many([submission], now)
 
-    ids = run_db(settings, queue_it)
-    click.echo(ids[0])
+async def _submit(engine: AsyncEngine, settings: Settings, submission: Submission, caller: Caller) -> Outcome:
+    keyring = await asyncio.to_thread(load_keyring, await SqlDkimKeys(engine).list())
+    keys = SigningKeys(settings.domains, keyring)
+    door = SubmissionService(standard_steps(keys, settings.smtp.max_message_size), SqlQueueStore(engine),
+                             SystemClock(), Metrics(CollectorRegistry()))  # fmt: skip
+    return await door.submit(submission, caller)

@@ -36,6 +36,3 @@ class ConflictError(PostroomError):
 class InvalidMessageError(PostroomError):
     """A submitted message is malformed; the text is safe to show to the submitter."""
 
-
-class TransportError(PostroomError):
-    """An outbound transport could not be set up (not a per-recipient outcome)."""

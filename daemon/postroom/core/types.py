@@ -44,6 +44,7 @@ class Submission:
     route: str = "inhouse"
     tags: tuple[str, ...] = ()
     message_id: str | None = None  # set by the caller when it must know the id beforehand
+    added_bytes: int = 0  # what ingress put on top of the submitter's message (trace fields)
 
 
 @dataclass(frozen=True)

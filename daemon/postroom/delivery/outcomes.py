@@ -16,7 +16,7 @@ from postroom.core.errors import StoreError
 from postroom.core.types import DeliveryState, RecipientResult, Verdict
 from postroom.queue.models import ClaimedDelivery, Release
 from postroom.queue.retry import RetryPolicy, next_attempt_at
-from postroom.queue.store import SqlQueueStore
+from postroom.queue.protocols import QueueStore
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class OutcomeWriter:
 
     def __init__(
         self,
-        store: SqlQueueStore,
+        store: QueueStore,
         owner: str,
         clock: Clock,
         on_written: Callable[[Sequence[Release]], None],
@@ -80,8 +80,6 @@ class OutcomeWriter:
         self._signatures: dict[str, bytes] = {}
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def add(self, releases: Sequence[Release], signatures: Mapping[str, bytes] | None = None) -> None:
         """Queue outcomes to record, and DKIM signatures to keep with their messages."""
@@ -89,7 +87,6 @@ class OutcomeWriter:
             self._signatures.update(signatures)
         if releases:
             self._pending.extend(releases)
-            self._idle.clear()
             self._arrived.set()
             if len(self._pending) >= FULL_BATCH:
                 self._full.set()
@@ -100,7 +97,6 @@ class OutcomeWriter:
         try:
             while True:
                 if not self._pending:
-                    self._idle.set()
                     if stop.is_set():
                         return
                     arrived = asyncio.ensure_future(self._arrived.wait())
@@ -131,8 +127,6 @@ class OutcomeWriter:
             self._signatures = {**signatures, **self._signatures}
             return False
         self._on_written(batch)
-        if not self._pending:
-            self._idle.set()
         return True
 
     async def flush(self) -> None:
@@ -140,6 +134,3 @@ class OutcomeWriter:
         while self._pending:
             if not await self.write_pending():
                 await asyncio.sleep(WRITE_RETRY_SECONDS)
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()

@@ -37,7 +37,8 @@ from postroom.delivery.transport import Route, RouteFailure, Transport
 from postroom.metrics import Metrics
 from postroom.queue.models import ClaimedDelivery, QueuedMessage, Release
 from postroom.queue.retry import RetryPolicy, system_draw
-from postroom.queue.store import Lease, SqlQueueStore
+from postroom.queue.protocols import QueueStore
+from postroom.queue.statements import Lease
 
 __all__ = ["DeliveryWorker", "WorkerOptions", "decide", "send_as_stored"]
 
@@ -118,7 +119,7 @@ class Lane:
 class DeliveryWorker:
     def __init__(
         self,
-        store: SqlQueueStore,
+        store: QueueStore,
         transport: Transport,
         policy: RetryPolicy,
         clock: Clock,

@@ -11,9 +11,10 @@ import asyncio
 import time
 from concurrent.futures import Executor
 
+from postroom.core.addresses import domain_of, mailboxes
 from postroom.core.clock import Clock
-from postroom.core.errors import PostroomError
-from postroom.dkim.keyring import SendingPolicy
+from postroom.core.errors import InvalidMessageError, PostroomError
+from postroom.dkim.keyring import SigningKeys
 from postroom.dkim.signing import Signer
 from postroom.metrics import Metrics
 from postroom.queue.models import QueuedMessage
@@ -22,12 +23,12 @@ from postroom.queue.models import QueuedMessage
 class DkimPreparer:
     def __init__(
         self,
-        policy: SendingPolicy,
+        keys: SigningKeys,
         clock: Clock,
         metrics: Metrics,
         executor: Executor | None = None,
     ):
-        self._policy = policy
+        self._keys = keys
         self._clock = clock
         self._metrics = metrics
         self._executor = executor
@@ -44,11 +45,11 @@ class DkimPreparer:
             # same bytes. The selector stays published for rotation_overlap, longer than max_age.
             self._metrics.dkim_signatures.labels("reused").inc()
             return message.signature + message.content
-        domain = self._policy.signing_domain(message.header_from)
+        domain = self._keys.signing_domain(from_domain(message.header_from))
         if domain is None:
             self._metrics.dkim_signatures.labels("unsigned").inc()
             return message.content
-        signer = self._policy.keyring.signer
+        signer = self._keys.keyring.signer
         loop = asyncio.get_running_loop()
         try:
             signed = await loop.run_in_executor(
@@ -60,3 +61,12 @@ class DkimPreparer:
             raise
         self._metrics.dkim_signatures.labels("signed").inc()
         return signed
+
+
+def from_domain(header_from: str | None) -> str | None:
+    """The domain of a stored message's (first) From address: the domain it is signed for."""
+    try:
+        found = mailboxes(header_from or "")
+    except InvalidMessageError:  # accepted before the strict check existed: not signed here
+        return None
+    return domain_of(found[0]) if found else None

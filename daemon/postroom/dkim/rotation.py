@@ -5,7 +5,7 @@ once the published key is ours (`records.compare_published_key`, the judgement `
 check` reports), that selector becomes active and the one it replaces starts
 retiring (its record must stay published for `rotation_overlap`, for mail signed with it that is
 still in flight). Retiring selectors past their overlap are retired. Then the signing keys are
-reloaded into the sending policy. With several daemons on PostgreSQL, each runs this; activation
+reloaded into the signing keys (`SigningKeys`) that submission and delivery read. With several daemons on PostgreSQL, each runs this; activation
 is idempotent (a selector no longer pending is skipped).
 """
 
@@ -19,7 +19,7 @@ from typing import Protocol
 from postroom.core.clock import Clock
 from postroom.core.errors import ConflictError, PostroomError
 from postroom.dkim.errors import DkimKeyError
-from postroom.dkim.keyring import SendingPolicy, load_keyring
+from postroom.dkim.keyring import SigningKeys, load_keyring
 from postroom.dkim.keys import dns_record_name, dns_record_value, load_key
 from postroom.dkim.records import compare_published_key
 from postroom.store.dkim_keys import SelectorState, SqlDkimKeys
@@ -35,7 +35,7 @@ class KeyMonitor:
     def __init__(
         self,
         keys: SqlDkimKeys,
-        policy: SendingPolicy,
+        keys_in_use: SigningKeys,
         lookup: TxtLookup | None,
         clock: Clock,
         *,
@@ -43,7 +43,7 @@ class KeyMonitor:
         overlap: float,
     ):
         self._keys = keys
-        self._policy = policy
+        self._keys_in_use = keys_in_use
         self._lookup = lookup
         self._clock = clock
         self._interval = interval
@@ -56,7 +56,7 @@ class KeyMonitor:
                 logger.error("DKIM key for %s unusable: %s", domain, reason)
         for name in keyring.weak:
             logger.warning("DKIM key %s is RSA shorter than 2048 bits; rotate it", name)
-        self._policy.replace_keyring(keyring)
+        self._keys_in_use.replace_keyring(keyring)
 
     async def check_once(self) -> list[str]:
         """Activate pending selectors seen in DNS, retire old ones, reload; return activations."""

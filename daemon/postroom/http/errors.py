@@ -13,6 +13,7 @@ from postroom.core.errors import (
     NotFoundError,
     StoreError,
 )
+from postroom.submission.outcome import Refusal
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,21 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
+
+
+# A refusal of the submission door as an API error: (status, error code) by refusal code; the
+# rest are 422 with the refusal's own code (unknown_sender_domain, dkim_unavailable, ...).
+_REFUSAL_STATUS = {
+    "too_large": (413, "payload_too_large"),
+    "idempotency_conflict": (409, "conflict"),
+    "store_unavailable": (503, "unavailable"),
+}
+
+
+def refusal_error(refusal: Refusal) -> ApiError:
+    status, code = _REFUSAL_STATUS.get(refusal.code, (422, refusal.code))
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return ApiError(status, code, refusal.reason, headers)
 
 
 def error_response(

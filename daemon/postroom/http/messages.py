@@ -1,137 +1,32 @@
 """`/v1/messages`: send, search and inspect messages.
 
-The request body is validated by a pydantic model; everything wrong with it is a 400 naming the
-field. Nothing is stored unless the whole request is valid.
+The request body is validated by a pydantic model (`submission.fields`); everything wrong with it
+is a 400 naming the field. A valid request goes through the submission door, whose refusal
+becomes a JSON error; nothing is stored unless the whole request is valid and accepted.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
+import hashlib
 import json
-from typing import Annotated, Any
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-from postroom.core.addresses import valid_mailbox
 from postroom.core.clock import Clock
-from postroom.core.compose import Attachment, Draft, address_of, compose, format_address
 from postroom.core.errors import InvalidMessageError
-from postroom.core.ids import new_message_id
-from postroom.core.types import DeliveryState, IdempotencyKey, Submission
-from postroom.dkim.keyring import SendingPolicy
+from postroom.core.types import DeliveryState, IdempotencyKey
 from postroom.http.auth import caller, requires
-from postroom.http.errors import ApiError
+from postroom.http.errors import ApiError, refusal_error
 from postroom.metrics import Metrics
 from postroom.queue.models import MessageDetail, MessageSummary
-from postroom.queue.store import SqlQueueStore, request_hash
-from postroom.queue.submission import SubmissionService
+from postroom.queue.protocols import QueueViews
 from postroom.store.credentials import Role
-
-MAX_RECIPIENTS = 1000
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class AddressIn(_Body):
-    email: str
-    name: str | None = None
-
-
-AddressField = str | AddressIn
-
-
-class AttachmentIn(_Body):
-    filename: Annotated[str, Field(min_length=1, max_length=255)]
-    content: str  # base64
-    content_type: str = "application/octet-stream"
-    content_id: str | None = None
-
-
-class MessageIn(_Body):
-    sender: AddressField = Field(alias="from")
-    to: list[AddressField] = Field(default_factory=list)
-    cc: list[AddressField] = Field(default_factory=list)
-    bcc: list[AddressField] = Field(default_factory=list)
-    reply_to: AddressField | None = None
-    subject: Annotated[str, Field(max_length=998)]
-    text: str | None = None
-    html: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    attachments: list[AttachmentIn] = Field(default_factory=list)
-    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list)
-    stream: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")] = (
-        "transactional"
-    )
-
-    @field_validator("to", "cc", "bcc", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, (str, dict)) else value
-
-
-def _address(value: AddressField) -> tuple[str, str]:
-    """(bare address, header form)."""
-    if isinstance(value, AddressIn):
-        bare, header = value.email, format_address(value.email, value.name)
-    else:
-        bare, header = address_of(value), value
-    if "\r" in header or "\n" in header:
-        raise InvalidMessageError("addresses must not contain CR or LF")
-    if not valid_mailbox(bare):
-        raise InvalidMessageError(f"{bare!r} is not a valid email address")
-    return bare, header
-
-
-def _attachment(item: AttachmentIn) -> Attachment:
-    try:
-        content = base64.b64decode(item.content, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidMessageError(f"attachment {item.filename!r}: content is not base64") from None
-    return Attachment(item.filename, content, item.content_type, item.content_id)
-
-
-def build_submission(
-    body: MessageIn, *, submitted_by: str, hostname: str, now: float
-) -> Submission:
-    sender_bare, sender_header = _address(body.sender)
-    to = [_address(a) for a in body.to]
-    cc = [_address(a) for a in body.cc]
-    bcc = [_address(a) for a in body.bcc]
-    recipients = list(dict.fromkeys(bare for bare, _ in (*to, *cc, *bcc)))
-    if not recipients:
-        raise InvalidMessageError("a message needs at least one of to, cc, bcc")
-    if len(recipients) > MAX_RECIPIENTS:
-        raise InvalidMessageError(f"at most {MAX_RECIPIENTS} recipients per message")
-    message_id = new_message_id(now)
-    draft = Draft(
-        sender=sender_header,
-        to=tuple(h for _, h in to) or ("undisclosed-recipients:;",),
-        cc=tuple(h for _, h in cc),
-        reply_to=_address(body.reply_to)[1] if body.reply_to else None,
-        subject=body.subject,
-        text=body.text,
-        html=body.html,
-        headers=tuple(body.headers.items()),
-        attachments=tuple(_attachment(a) for a in body.attachments),
-    )
-    content = compose(draft, message_id=message_id, hostname=hostname, now=now)
-    return Submission(
-        mail_from=sender_bare,
-        recipients=tuple(recipients),
-        content=content,
-        source="api",
-        submitted_by=submitted_by,
-        header_from=sender_header,
-        subject=body.subject,
-        stream=body.stream,
-        tags=tuple(body.tags),
-        message_id=message_id,
-    )
+from postroom.submission.fields import MessageIn, build_submission
+from postroom.submission.outcome import Caller, Refusal
+from postroom.submission.service import SubmissionService
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -184,24 +79,28 @@ def detail_json(detail: MessageDetail) -> dict[str, Any]:
     }
 
 
+def request_hash(payload: Any) -> str:
+    """The hash an Idempotency-Key is bound to: of the request's JSON in a canonical form (keys
+    sorted, no insignificant whitespace), so the same request sent with other spacing or key
+    order is the same request."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 class MessageRoutes:
     def __init__(
         self,
         submissions: SubmissionService,
-        store: SqlQueueStore,
+        views: QueueViews,
         clock: Clock,
         metrics: Metrics,
         hostname: str,
-        max_message_size: int,
-        policy: SendingPolicy,
     ):
         self._submissions = submissions
-        self._store = store
+        self._views = views
         self._clock = clock
         self._metrics = metrics
         self._hostname = hostname
-        self._max_message_size = max_message_size
-        self._policy = policy
 
     def register(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self.send)
@@ -233,28 +132,18 @@ class MessageRoutes:
         except InvalidMessageError:
             self._metrics.rejected.labels("api", "invalid").inc()
             raise
-        refusal = self._policy.check(submission.header_from)
-        if refusal is not None:
-            self._metrics.rejected.labels("api", refusal.code).inc()
-            raise ApiError(422, refusal.code, refusal.reason)
-        if len(submission.content) > self._max_message_size:
-            self._metrics.rejected.labels("api", "too_large").inc()
-            raise ApiError(413, "payload_too_large", f"the message is {len(submission.content)} bytes; "
-                           f"the limit is {self._max_message_size} (smtp.max_message_size)")  # fmt: skip
-        idempotency = request.headers.get("Idempotency-Key")
-        if idempotency is not None:
-            if not 1 <= len(idempotency) <= 255 or not idempotency.isprintable():
+        idempotency = None
+        header = request.headers.get("Idempotency-Key")
+        if header is not None:
+            if not 1 <= len(header) <= 255 or not header.isprintable():
                 raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable characters")
-            message_id, created = await self._submissions.submit_once(
-                submission, IdempotencyKey(key.id, idempotency, request_hash(raw))
-            )
-        else:
-            message_id, created = await self._submissions.submit(submission), True
-        if created:
-            self._metrics.accepted.labels("api", submission.stream, submission.route).inc()
-        headers = {} if created else {"Idempotent-Replayed": "true"}
+            idempotency = IdempotencyKey(key.id, header, request_hash(payload))
+        outcome = await self._submissions.submit(submission, Caller("api", f"apikey:{key.id}"), idempotency)
+        if isinstance(outcome, Refusal):
+            raise refusal_error(outcome)
+        headers = {} if outcome.created else {"Idempotent-Replayed": "true"}
         return web.json_response(
-            {"id": message_id, "recipients": len(submission.recipients), "created": created},
+            {"id": outcome.message_id, "recipients": outcome.recipients, "created": outcome.created},
             status=202,
             headers=headers,
         )
@@ -273,7 +162,7 @@ class MessageRoutes:
         state = query.get("state")
         if state and state not in {s.value for s in DeliveryState}:
             raise ApiError(400, "invalid_query", f"unknown state {state!r}")
-        found = await self._store.list_messages(
+        found = await self._views.list_messages(
             limit=limit,
             before=query.get("before"),
             state=state,
@@ -300,12 +189,12 @@ class MessageRoutes:
             raise ApiError(400, "invalid_query", "limit must be a number") from None
         if not 1 <= limit <= 1000:
             raise ApiError(400, "invalid_query", "limit must be between 1 and 1000")
-        groups = await self._store.destinations(
+        groups = await self._views.destinations(
             include_final=include_final in ("true", "1"), limit=limit
         )
         return web.json_response({"data": [dataclasses.asdict(g) for g in groups]})
 
     @requires(Role.VIEWER)
     async def inspect(self, request: web.Request) -> web.Response:
-        detail = await self._store.show(request.match_info["id"])
+        detail = await self._views.show(request.match_info["id"])
         return web.json_response(detail_json(detail))

@@ -21,7 +21,8 @@ from postroom.core.clock import Clock
 from postroom.core.errors import StoreError
 from postroom.core.types import Submission
 from postroom.queue.models import ClaimedDelivery, QueuedMessage
-from postroom.queue.store import Lease, SqlQueueStore
+from postroom.queue.protocols import QueueStore
+from postroom.queue.statements import Lease
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class _Pending:
 class GroupCommitter:
     def __init__(
         self,
-        store: SqlQueueStore,
+        store: QueueStore,
         clock: Clock,
         *,
         max_batch: int = 256,

@@ -5,13 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from postroom.core.addresses import domain_of
 from postroom.core.types import DeliveryState
-
-
-def recipient_domain(recipient: str) -> str:
-    """The domain part of an address, lower-cased ("" when there is none)."""
-    _, at, domain = recipient.rpartition("@")
-    return domain.strip().rstrip(".").lower() if at else ""
 
 
 @dataclass(frozen=True)
@@ -26,7 +21,7 @@ class ClaimedDelivery:
 
     @property
     def domain(self) -> str:
-        return recipient_domain(self.recipient)
+        return domain_of(self.recipient)
 
 
 @dataclass(frozen=True)

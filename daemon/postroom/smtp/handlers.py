@@ -1,7 +1,8 @@
-"""What the SMTP listeners do with each command: policy lives here, the protocol engine in aiosmtpd.
+"""What the SMTP listeners do with each command; the protocol engine is aiosmtpd.
 
 Submission: relay only for authenticated users or clients in `trusted_networks`; at most
-`max_recipients`; `250` only once the message is committed, `451 4.3.0` when it cannot be. The MX
+`max_recipients`; at DATA the message goes through the submission door, whose answer becomes the
+reply: `250` only once the message is committed, a refusal's 5xx/4xx otherwise. The MX
 refuses every recipient with `550 5.7.1` until the bounce processor gives it addresses to accept.
 """
 
@@ -10,27 +11,43 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
-from postroom.core.addresses import valid_mailbox
+from postroom.core.addresses import address_allowed, valid_mailbox
 from postroom.core.clock import Clock
-from postroom.core.errors import PostroomError, StoreError
+from postroom.core.errors import PostroomError
 from postroom.core.ids import new_message_id
 from postroom.core.types import Submission
-from postroom.dkim.keyring import SendingPolicy, address_of_header
 from postroom.metrics import Metrics
 from postroom.smtp.protocol import FixedReflection
-from postroom.smtp.stamping import received_field, stamp, summarise_headers
 from postroom.smtp.throttle import LoginThrottle
 from postroom.store.credentials import SmtpUser, SqlSmtpUsers
+from postroom.submission.outcome import Caller, Outcome, Refusal
+from postroom.submission.raw import Trace, raw_submission
 
 logger = logging.getLogger(__name__)
 
-Submit = Callable[[Submission], Awaitable[str]]
+Submit = Callable[[Submission, Caller], Awaitable[Outcome]]
 
 TEMPORARY_FAILURE = "451 4.3.0 Temporary failure, please try again later"
+
+# The reply to a refusal, by its code (RFC 3463 enhanced status codes); the rest get 550 5.7.1
+# (permanent: "delivery not authorized") or 451 4.7.1 (temporary).
+_REFUSAL_STATUS = {
+    "too_large": "552 5.3.4",
+    "dkim_unavailable": "451 4.7.5",
+    "invalid_from": "550 5.6.0",  # RFC 3463 §3.7: "other or undefined media error" (bad header)
+}
+
+
+def refusal_reply(refusal: Refusal) -> str:
+    """The SMTP reply that says why the submission door refused a message."""
+    if refusal.code == "store_unavailable":
+        return TEMPORARY_FAILURE
+    status = _REFUSAL_STATUS.get(refusal.code) or ("550 5.7.1" if refusal.permanent else "451 4.7.1")
+    reason = " ".join(refusal.reason.split())  # one line, whatever the reason held
+    return f"{status} {reason}"
 
 
 def _peer_ip(session: Session) -> str:
@@ -48,14 +65,12 @@ class SubmissionHandler(FixedReflection):
         hostname: str,
         max_recipients: int,
         trusted_networks: Sequence[str],
-        policy: SendingPolicy,
     ):
         self._submit = submit
         self._clock = clock
         self._metrics = metrics
         self._hostname = hostname
         self._max_recipients = max_recipients
-        self._policy = policy
         self._trusted = [ipaddress.ip_network(n, strict=False) for n in trusted_networks]
 
     def trusted(self, session: Session) -> bool:
@@ -74,7 +89,7 @@ class SubmissionHandler(FixedReflection):
         if address and not valid_mailbox(address):
             return "553 5.1.7 Sender address is not a valid mailbox"
         user = session.auth_data if session.authenticated else None
-        if isinstance(user, SmtpUser) and not user.may_send_as(address):
+        if isinstance(user, SmtpUser) and not address_allowed(address, user.allowed_senders):
             self._metrics.rejected.labels("smtp", "sender_not_allowed").inc()
             return f"550 5.7.1 <{address}>: this login may not send as this sender"
         envelope.mail_from = address
@@ -98,53 +113,26 @@ class SubmissionHandler(FixedReflection):
         if not isinstance(content, bytes):  # decode_data is off; this guards a misconfiguration
             content = str(content).encode("utf-8", "surrogateescape")
         now = self._clock.now()
-        queue_id = new_message_id(now)
+        user = session.auth_data if session.authenticated else None
+        protocol = "ESMTP" + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
         try:
-            summary = summarise_headers(content)
+            submission = raw_submission(
+                content, mail_from=envelope.mail_from or "", recipients=tuple(envelope.rcpt_tos),
+                trace=Trace(session.host_name, _peer_ip(session), protocol), source="smtp",
+                submitted_by=str(user) if session.authenticated else _peer_ip(session),
+                hostname=self._hostname, queue_id=new_message_id(now), now=now,
+            )  # fmt: skip
         except Exception:  # a header block the parser chokes on: refuse, never crash
             return "554 5.6.0 Message header could not be parsed"
-        user = session.auth_data if session.authenticated else None
-        from_address = address_of_header(summary.header_from)
-        if isinstance(user, SmtpUser) and not user.may_send_as(from_address or ""):
-            self._metrics.rejected.labels("smtp", "sender_not_allowed").inc()
-            return "550 5.7.1 this login may not send with this From address"
-        refusal = self._policy.check(summary.header_from)
-        if refusal is not None:
-            self._metrics.rejected.labels("smtp", refusal.code).inc()
-            if refusal.permanent:
-                return f"550 5.7.1 {refusal.reason}"
-            return f"451 4.7.5 {refusal.reason}"
-        protocol = "ESMTP" + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
-        received = received_field(
-            helo=session.host_name,
-            peer_ip=_peer_ip(session),
-            hostname=self._hostname,
-            protocol=protocol,
-            queue_id=queue_id,
-            recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
-            now=now,
+        caller = Caller(
+            "smtp",
+            identity=str(user) if session.authenticated else _peer_ip(session),
+            allowed_senders=user.allowed_senders if isinstance(user, SmtpUser) else (),
         )
-        submission = Submission(
-            mail_from=envelope.mail_from or "",
-            recipients=tuple(envelope.rcpt_tos),
-            content=stamp(
-                content, summary, received=received, hostname=self._hostname,
-                queue_id=queue_id, now=now,
-            ),  # fmt: skip
-            source="smtp",
-            submitted_by=str(session.auth_data) if session.authenticated else _peer_ip(session),
-            header_from=summary.header_from,
-            subject=summary.subject,
-            message_id=queue_id,
-        )
-        try:
-            message_id = await self._submit(submission)
-        except StoreError as exc:
-            logger.error("could not queue a message from %s: %s", _peer_ip(session), exc)
-            self._metrics.rejected.labels("smtp", "store_unavailable").inc()
-            return TEMPORARY_FAILURE
-        self._metrics.accepted.labels("smtp", submission.stream, submission.route).inc()
-        return f"250 2.0.0 Ok: queued as {message_id}"
+        outcome = await self._submit(submission, caller)
+        if isinstance(outcome, Refusal):
+            return refusal_reply(outcome)
+        return f"250 2.0.0 Ok: queued as {outcome.message_id}"
 
     async def handle_exception(self, error: Exception) -> str:
         # Never show exception text to a peer (STYLE.md rule 5).

@@ -102,13 +102,6 @@ class SmtpUser:
     def __str__(self) -> str:
         return self.username
 
-    def may_send_as(self, address: str) -> bool:
-        """Whether this login may use `address` (an entry is a whole address or a domain)."""
-        if not self.allowed_senders:
-            return True
-        address = address.lower()
-        domain = address.rpartition("@")[2]
-        return any(entry == address or entry == domain for entry in self.allowed_senders)
 
 
 class SqlSmtpUsers:

@@ -1,0 +1,121 @@
+"""A submission from the fields of an API request (`POST /v1/messages`, and the Loops-compatible
+and template paths after it): the request model, validated by pydantic with errors that name the
+field, and the MIME message composed from it (`core.compose`). Pure: values in, a `Submission` out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from postroom.core.addresses import valid_mailbox
+from postroom.core.compose import Attachment, Draft, address_of, compose, format_address
+from postroom.core.errors import InvalidMessageError
+from postroom.core.ids import new_message_id
+from postroom.core.types import Submission
+
+MAX_RECIPIENTS = 1000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class AddressIn(_Body):
+    email: str
+    name: str | None = None
+
+
+AddressField = str | AddressIn
+
+
+class AttachmentIn(_Body):
+    filename: Annotated[str, Field(min_length=1, max_length=255)]
+    content: str  # base64
+    content_type: str = "application/octet-stream"
+    content_id: str | None = None
+
+
+class MessageIn(_Body):
+    sender: AddressField = Field(alias="from")
+    to: list[AddressField] = Field(default_factory=list)
+    cc: list[AddressField] = Field(default_factory=list)
+    bcc: list[AddressField] = Field(default_factory=list)
+    reply_to: AddressField | None = None
+    subject: Annotated[str, Field(max_length=998)]
+    text: str | None = None
+    html: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    attachments: list[AttachmentIn] = Field(default_factory=list)
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list)
+    stream: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")] = (
+        "transactional"
+    )
+
+    @field_validator("to", "cc", "bcc", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, dict)) else value
+
+
+def _address(value: AddressField) -> tuple[str, str]:
+    """(bare address, header form)."""
+    if isinstance(value, AddressIn):
+        bare, header = value.email, format_address(value.email, value.name)
+    else:
+        bare, header = address_of(value), value
+    if "\r" in header or "\n" in header:
+        raise InvalidMessageError("addresses must not contain CR or LF")
+    if not valid_mailbox(bare):
+        raise InvalidMessageError(f"{bare!r} is not a valid email address")
+    return bare, header
+
+
+def _attachment(item: AttachmentIn) -> Attachment:
+    try:
+        content = base64.b64decode(item.content, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidMessageError(f"attachment {item.filename!r}: content is not base64") from None
+    return Attachment(item.filename, content, item.content_type, item.content_id)
+
+
+def build_submission(
+    body: MessageIn, *, submitted_by: str, hostname: str, now: float, source: str = "api"
+) -> Submission:
+    sender_bare, sender_header = _address(body.sender)
+    to = [_address(a) for a in body.to]
+    cc = [_address(a) for a in body.cc]
+    bcc = [_address(a) for a in body.bcc]
+    recipients = list(dict.fromkeys(bare for bare, _ in (*to, *cc, *bcc)))
+    if not recipients:
+        raise InvalidMessageError("a message needs at least one of to, cc, bcc")
+    if len(recipients) > MAX_RECIPIENTS:
+        raise InvalidMessageError(f"at most {MAX_RECIPIENTS} recipients per message")
+    message_id = new_message_id(now)
+    draft = Draft(
+        sender=sender_header,
+        to=tuple(h for _, h in to) or ("undisclosed-recipients:;",),
+        cc=tuple(h for _, h in cc),
+        reply_to=_address(body.reply_to)[1] if body.reply_to else None,
+        subject=body.subject,
+        text=body.text,
+        html=body.html,
+        headers=tuple(body.headers.items()),
+        attachments=tuple(_attachment(a) for a in body.attachments),
+    )
+    content = compose(draft, message_id=message_id, hostname=hostname, now=now)
+    return Submission(
+        mail_from=sender_bare,
+        recipients=tuple(recipients),
+        content=content,
+        source=source,
+        submitted_by=submitted_by,
+        header_from=sender_header,
+        subject=body.subject,
+        stream=body.stream,
+        tags=tuple(body.tags),
+        message_id=message_id,
+    )
