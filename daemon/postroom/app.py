@@ -117,14 +117,15 @@ class Daemon:
         clock: Clock | None = None,
         registry: CollectorRegistry | None = None,
         environ: Mapping[str, str] | None = None,
-        reuse_port: bool = False,
+        listen_sockets: Mapping[str, list[socket.socket]] | None = None,
         dns_lookup: DnsLookup | None = None,
     ):
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = Metrics(registry or CollectorRegistry())
         self.notifier = ServiceNotifier(os.environ if environ is None else environ)
-        self.reuse_port = reuse_port
+        # Bound by `postroom serve` (postroom.listen); None: the listeners bind their own.
+        self.listen_sockets = listen_sockets
         self.dns_lookup = dns_lookup
         self.ready = asyncio.Event()
         self._reload = asyncio.Event()
@@ -226,7 +227,7 @@ class Daemon:
                 ),
                 self.metrics,
                 tls,
-                reuse_port=self.reuse_port,
+                sockets=self.listen_sockets,
             )
 
             async def readiness() -> str | None:
@@ -259,7 +260,7 @@ class Daemon:
                         )
                     ),
                 ),
-                reuse_port=self.reuse_port,
+                sockets=self.listen_sockets,
             )
             stack.push_async_callback(listeners.close)
             await listeners.start()

@@ -1,10 +1,13 @@
 """Running several daemon processes on one host, so ingest and delivery use every core.
 
-Each child is a full `postroom serve` process: its listeners bind the same ports with SO_REUSEPORT
-(the kernel spreads connections), and its delivery worker claims from the shared queue exactly as a
-second host would. The supervisor owns the systemd conversation: READY=1 once every child reports
-ready over a pipe, WATCHDOG=1 while it lives, STOPPING=1 and SIGTERM to the children on the way
-out. A child that dies is started again; its leased deliveries come back through the reaper.
+Each child is a full `postroom serve` process: it serves from the listening sockets `postroom serve`
+bound before it exec'd this program (inherited descriptors, handed to every child by `pass_fds` and
+named in $POSTROOM_LISTEN_FDS; see postroom.listen), so the ports have one owner and a second
+instance is refused at bind. Its delivery worker claims from the shared queue exactly as a second
+host would. The supervisor owns the systemd conversation: READY=1 once every child reports ready
+over a pipe, WATCHDOG=1 while it lives, STOPPING=1 and SIGTERM to the children on the way out. A
+child that dies is started again on the same sockets; its leased deliveries come back through the
+reaper. Nothing on that path may take the supervisor down, or every child dies with it (PDEATHSIG).
 Metrics use prometheus-client's multiprocess mode, so /metrics in any child shows the sum.
 """
 
@@ -19,11 +22,12 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import multiprocess
 
+from postroom.listen import LISTEN_FDS_ENV, ListenError, describe_fds, encode_fds, inherited_fds
 from postroom.metrics import MULTIPROCESS_ENV
 from postroom.service_notify import ServiceNotifier
 
@@ -49,12 +53,15 @@ class Supervisor:
         child_argv: Sequence[str],
         count: int,
         *,
+        listen_fds: Mapping[str, Sequence[int]],
         restart_delay: float,
         stop_grace: float,
         notifier: ServiceNotifier,
     ):
         self._argv = list(child_argv)
         self._count = count
+        # Kept open while children may still be started; closed when stopping (see _stop_children).
+        self._listen_fds = {name: list(fds) for name, fds in listen_fds.items()}
         self._restart_delay = restart_delay
         self._stop_grace = stop_grace
         self._notifier = notifier
@@ -64,12 +71,17 @@ class Supervisor:
     async def _spawn(self, index: int) -> _Child:
         read_end, write_end = os.pipe()
         env = {**os.environ, READY_FD_ENV: str(write_end), CHILD_ENV: str(index),
-               PARENT_ENV: str(os.getpid()), MULTIPROCESS_ENV: self._metrics_dir}  # fmt: skip
+               PARENT_ENV: str(os.getpid()), MULTIPROCESS_ENV: self._metrics_dir,
+               LISTEN_FDS_ENV: encode_fds(self._listen_fds)}  # fmt: skip
         env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
+        listening = [fd for fds in self._listen_fds.values() for fd in fds]
         try:
             process = await asyncio.create_subprocess_exec(
-                *self._argv, env=env, pass_fds=(write_end,)
+                *self._argv, env=env, pass_fds=(write_end, *listening)
             )
+        except BaseException:
+            os.close(read_end)
+            raise
         finally:
             os.close(write_end)
         loop = asyncio.get_running_loop()
@@ -102,8 +114,9 @@ class Supervisor:
             if not await self._all_ready(stop):
                 await self._stop_children()
                 return 1
-            self._notifier.ready(f"{self._count} processes")
-            logger.info("postroom ready with %d processes", self._count)
+            status = f"{self._count} processes; {describe_fds(self._listen_fds)}"
+            self._notifier.ready(status)
+            logger.info("postroom ready with %s", status)
             watchdog = asyncio.create_task(self._notifier.run_watchdog(stop))
             await self._keep_alive(stop)
             self._notifier.stopping()
@@ -152,19 +165,49 @@ class Supervisor:
                 if stop.is_set():
                     return
                 for future in done:
-                    child = exits[future]
-                    logger.error(
-                        "daemon process %d (pid %d) exited with %s; starting it again",
-                        child.index, child.process.pid, child.process.returncode,
-                    )  # fmt: skip
-                    multiprocess.mark_process_dead(child.process.pid)  # type: ignore[no-untyped-call]
-                    await asyncio.sleep(self._restart_delay)
-                    if not stop.is_set():
-                        await self._spawn(child.index)
+                    await self._restart(exits[future], stop)
         finally:
             stopping.cancel()
 
+    async def _restart(self, child: _Child, stop: asyncio.Event) -> None:
+        """Start a dead child again, on the same sockets. Nothing here may raise: the supervisor
+        dying would take every other child with it (PDEATHSIG), and with them all delivery."""
+        logger.error(
+            "daemon process %d (pid %d) exited with %s; starting it again",
+            child.index, child.process.pid, child.process.returncode,
+        )  # fmt: skip
+        self._forget_metrics(child.process.pid)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._restart_delay)
+            if stop.is_set():
+                return
+            try:
+                await self._spawn(child.index)
+                return
+            except Exception:
+                logger.exception("could not start daemon process %d; trying again", child.index)
+
+    def _forget_metrics(self, pid: int) -> None:
+        """Drop a dead process's live gauges from the multiprocess files. The directory is passed
+        explicitly: prometheus-client would read it from $PROMETHEUS_MULTIPROC_DIR, which only the
+        children have (a missing one raised TypeError here and took the supervisor down)."""
+        try:
+            multiprocess.mark_process_dead(pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+        except Exception:
+            logger.exception("could not clean up the metrics of daemon process pid %d", pid)
+
+    def _close_listeners(self) -> None:
+        """No child will be started again: let the sockets close once the children close theirs,
+        so new connections are refused instead of waiting in a queue nobody accepts from."""
+        fds, self._listen_fds = self._listen_fds, {}
+        for numbers in fds.values():
+            for fd in numbers:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
     async def _stop_children(self) -> None:
+        self._close_listeners()
         running = [c.process for c in self._children.values() if c.process.returncode is None]
         for process in running:
             with contextlib.suppress(ProcessLookupError):
@@ -211,12 +254,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-format", default="json")
     args = parser.parse_args(argv)
     configure(args.log_level, args.log_format)
+    # `postroom serve` binds the sockets and execs this program with them; run alone, the
+    # children would have nothing to serve from.
+    try:
+        listen_fds = inherited_fds(os.environ)
+    except ListenError as exc:
+        print(f"postroom-supervisor: {exc}", file=sys.stderr)
+        return 2
+    if not listen_fds:
+        print(f"postroom-supervisor: no listening sockets in ${LISTEN_FDS_ENV}; "
+              "start the daemon with `postroom serve`", file=sys.stderr)  # fmt: skip
+        return 2
 
     async def supervise() -> int:
         stop = asyncio.Event()
         supervising = Supervisor(
             child_argv(args.config),
             args.processes,
+            listen_fds=listen_fds,
             restart_delay=args.restart_delay,
             stop_grace=args.stop_grace,
             notifier=ServiceNotifier(os.environ),

@@ -1,5 +1,11 @@
 """`postroom serve`: the daemon in the foreground (systemd Type=notify), or its supervisor when
-several processes are configured."""
+several processes are configured.
+
+Either way it first binds every listening socket, once and without SO_REUSEPORT, so a second
+`postroom serve` on the same ports exits at once saying so. The single daemon serves from those
+sockets; with several processes they survive the exec into the supervisor, which hands them to its
+children (postroom.listen). A child (started by the supervisor) binds nothing: it adopts them.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from postroom.core.errors import PostroomError, SchemaNotCurrentError
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run the daemon in the foreground (systemd: Type=notify)."""
-    from postroom import supervisor
+    from postroom import listen, supervisor
     from postroom.app import Daemon
     from postroom.logs import configure_logging
     from postroom.signals import install_signal_handlers
@@ -32,23 +38,34 @@ def serve(ctx: click.Context) -> None:
     sys.setswitchinterval(0.0005)
     processes = settings.processes.resolved(os.cpu_count())
     is_child = supervisor.CHILD_ENV in os.environ
-    if is_child:
-        supervisor.die_with_supervisor()
+    try:
+        if is_child:
+            supervisor.die_with_supervisor()
+            sockets = listen.adopt_inherited(os.environ)
+            if sockets is None:
+                fail(f"started as a daemon process without ${listen.LISTEN_FDS_ENV}")
+        else:
+            sockets = listen.bind_listeners(
+                listen.configured_listeners(settings.smtp, settings.http)
+            )
+    except listen.ListenError as exc:
+        fail(str(exc))
 
     if processes > 1 and not is_child:
         # Become the small supervisor program (same pid): it starts `processes` children, each
-        # a full daemon like this one would have been.
+        # a full daemon like this one would have been, serving from the sockets bound above.
         config_path = str(config_path_from(ctx).resolve())
         argv = supervisor.exec_argv(config_path, processes, settings.processes.restart_delay,
                                     settings.delivery.drain_grace + 15, settings.log.level,
                                     settings.log.format)  # fmt: skip
+        env = {**os.environ, listen.LISTEN_FDS_ENV: listen.hand_down(sockets)}
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(argv[0], argv)
+        os.execve(argv[0], argv, env)
 
     async def main_loop() -> None:
         stop = asyncio.Event()
-        daemon = Daemon(settings, reuse_port=is_child)
+        daemon = Daemon(settings, listen_sockets=sockets)
         install_signal_handlers(stop, daemon.request_reload)
         running = asyncio.create_task(daemon.run(stop))
         ready = asyncio.create_task(daemon.ready.wait())
@@ -74,7 +91,7 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop when it is installed and not turned off (POSTROOM_UVLOOP=0); else asyncio's.
 
     The daemon spends much of a core in the event loop itself (socket reads and writes, callbacks,
-    timers); uvloop does that work in C. Everything postroom uses (SO_REUSEPORT listeners,
+    timers); uvloop does that work in C. Everything postroom uses (listeners on inherited sockets,
     STARTTLS on both sides, signal handlers, executors) runs on either loop.
     """
     if os.environ.get("POSTROOM_UVLOOP", "1") == "0":

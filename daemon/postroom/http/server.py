@@ -1,4 +1,5 @@
-"""The aiohttp application and its lifecycle: build routes, bind, serve until stop, drain."""
+"""The aiohttp application and its lifecycle: build routes, serve from the listening socket that
+`postroom serve` bound and handed over (or bind one, in-process), serve until stop, drain."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from postroom.config import HttpSettings, parse_hostport
+from postroom.config import HttpSettings
 from postroom.http.auth import API_KEY, bearer_auth
 from postroom.http.errors import Handler, error_response, json_errors
 from postroom.http.domains import DomainRoutes
 from postroom.http.messages import MessageRoutes
+from postroom.listen import BACKLOG, Listener, ListenSockets, describe, sockets_for
 from postroom.metrics import Metrics, scrape_registry
 from postroom.store.credentials import SqlApiKeys
 
@@ -67,27 +69,30 @@ def build_app(
 
 
 class HttpServer:
-    def __init__(self, settings: HttpSettings, app: web.Application, reuse_port: bool = False):
+    def __init__(
+        self, settings: HttpSettings, app: web.Application, sockets: ListenSockets | None = None
+    ):
         self._settings = settings
         self._app = app
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
-        self._reuse_port = reuse_port
+        self._sockets = sockets  # None: bind here (without SO_REUSEPORT)
         self.bound: tuple[str, int] | None = None
 
     async def start(self) -> None:
         await self._runner.setup()
-        host, port = parse_hostport(self._settings.listen)
-        site = web.TCPSite(
-            self._runner, host, port, reuse_port=self._reuse_port or None
+        sockets, bound_here = sockets_for(
+            self._sockets, Listener("http", "http.listen", self._settings.listen)
         )
-        await site.start()
-        server = site._server  # noqa: SLF001 - the only way to learn the port bound for port 0
-        # asyncio's Server or uvloop's (not a subclass): both have `sockets`.
-        sockets = list(getattr(server, "sockets", None) or [])
-        if sockets:
-            sockname = sockets[0].getsockname()
-            self.bound = (sockname[0], sockname[1])
-        logger.info("HTTP API listening on %s", self.bound)
+        try:
+            for sock in sockets:
+                await web.SockSite(self._runner, sock, backlog=BACKLOG).start()
+        except BaseException:
+            if bound_here:
+                for sock in sockets:
+                    sock.close()
+            raise
+        self.bound = describe(sockets[0])
+        logger.info("HTTP API listening on %s:%d", *self.bound)
 
     async def run(self, stop: asyncio.Event) -> None:
         try:

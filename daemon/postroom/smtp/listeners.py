@@ -1,7 +1,9 @@
 """Binding the SMTP listeners on the daemon's loop (never aiosmtpd's threaded Controller).
 
-`SmtpListeners.start` binds every configured port (so a bad address fails start-up, before READY=1);
-`run` serves until stop, then closes the listening sockets and gives open sessions a grace period.
+`SmtpListeners.start` serves every configured listener from the sockets `postroom serve` bound and
+handed over (postroom.listen), or, when given none (the in-process test harness), binds them itself;
+either way a bad address fails start-up, before READY=1. `run` serves until stop, then closes the
+listening sockets and gives open sessions a grace period.
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from postroom.config import SmtpSettings, parse_hostport
+from postroom.config import SmtpSettings
+from postroom.listen import BACKLOG, Listener, ListenSockets, describe, sockets_for
 from postroom.metrics import Metrics
 from postroom.smtp.handlers import MxHandler, SubmissionHandler
 from postroom.smtp.protocol import PostroomSMTP, Verifier
@@ -37,6 +39,10 @@ class ListenerSpec:
     address: str
     implicit_tls: bool
 
+    @property
+    def listener(self) -> Listener:
+        return Listener(self.name, f"smtp.{self.name}_listen", self.address)
+
 
 class SmtpListeners:
     def __init__(
@@ -47,7 +53,7 @@ class SmtpListeners:
         verifier: Verifier,
         metrics: Metrics,
         tls_context: ssl.SSLContext | None,
-        reuse_port: bool = False,
+        sockets: ListenSockets | None = None,
     ):
         self._settings = settings
         self._submission = submission
@@ -55,7 +61,7 @@ class SmtpListeners:
         self._verifier = verifier
         self._metrics = metrics
         self._tls = tls_context
-        self._reuse_port = reuse_port
+        self._sockets = sockets  # None: bind here (without SO_REUSEPORT)
         self._servers: list[asyncio.Server] = []
         self._sessions = 0
         self.bound: dict[str, tuple[str, int]] = {}
@@ -106,20 +112,23 @@ class SmtpListeners:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for spec in self._specs():
-            host, port = parse_hostport(spec.address)
-            server = await loop.create_server(
-                self._factory(spec),
-                host=host,
-                port=port,
-                ssl=self._tls if spec.implicit_tls else None,
-                reuse_address=True,
-                reuse_port=self._reuse_port or None,
-                family=socket.AF_UNSPEC,
-            )
-            self._servers.append(server)
-            sockname = server.sockets[0].getsockname()
-            self.bound[spec.name] = (sockname[0], sockname[1])
-            logger.info("SMTP %s listening on %s:%d", spec.name, sockname[0], sockname[1])
+            sockets, bound_here = sockets_for(self._sockets, spec.listener)
+            try:
+                for sock in sockets:
+                    server = await loop.create_server(
+                        self._factory(spec),
+                        sock=sock,
+                        ssl=self._tls if spec.implicit_tls else None,
+                        backlog=BACKLOG,
+                    )
+                    self._servers.append(server)  # closing the server closes its socket
+            except BaseException:
+                if bound_here:
+                    for sock in sockets:
+                        sock.close()
+                raise
+            self.bound[spec.name] = describe(sockets[0])
+            logger.info("SMTP %s listening on %s:%d", spec.name, *self.bound[spec.name])
 
     async def run(self, stop: asyncio.Event, grace: float = 10.0) -> None:
         """Serve until `stop`; then stop accepting and give open sessions `grace` seconds."""
