@@ -192,3 +192,37 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemin",
         )
+        # The event outbox (postroom.events): one series per consumer.
+        self.events_consumed = Counter(
+            "postroom_events_consumed",
+            "Events handed to an outbox consumer and committed with its cursor",
+            ["consumer"],
+            registry=registry,
+        )
+        self.event_consumer_failures = Counter(
+            "postroom_event_consumer_failures",
+            "Batches an outbox consumer failed (rolled back and retried later)",
+            ["consumer"],
+            registry=registry,
+        )
+        self.event_consumer_stuck = Gauge(
+            "postroom_event_consumer_stuck",
+            "1 while an outbox consumer has failed the same batch several times in a row",
+            ["consumer"],
+            registry=registry,
+            multiprocess_mode="mostrecent",  # the latest outcome, whichever daemon had it
+        )
+        self.event_consumer_lag = Gauge(
+            "postroom_event_consumer_lag_events",
+            "Events committed but not yet consumed, per outbox consumer",
+            ["consumer"],
+            registry=registry,
+            multiprocess_mode="mostrecent",  # every process reads the same cursors
+        )
+        self.event_consumer_lag_seconds = Gauge(
+            "postroom_event_consumer_lag_seconds",
+            "Age of the oldest event an outbox consumer has not consumed yet (0: caught up)",
+            ["consumer"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )

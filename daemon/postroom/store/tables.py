@@ -3,7 +3,10 @@
 Alembic migrations under `migrations/versions` create exactly these; a test compares them.
 """
 
+from typing import Any
+
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
 
 metadata = sa.MetaData(
     naming_convention={
@@ -17,6 +20,24 @@ metadata = sa.MetaData(
 # SQLite only makes INTEGER PRIMARY KEY an alias of its rowid (autoincrementing) when the type is
 # exactly INTEGER; PostgreSQL needs BIGINT for a queue that outlives 2^31 deliveries.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class CurrentTransaction(sa.sql.expression.ColumnElement[int]):
+    """The server default of `events.xact`: the writing transaction's id on PostgreSQL, 0 on
+    SQLite (whose writers are serialised, so id order is commit order already)."""
+
+    type = sa.BigInteger()
+    inherit_cache = True
+
+
+@compiles(CurrentTransaction)
+def _no_transaction_id(element: CurrentTransaction, compiler: Any, **kw: Any) -> str:
+    return "0"
+
+
+@compiles(CurrentTransaction, "postgresql")
+def _current_transaction_id(element: CurrentTransaction, compiler: Any, **kw: Any) -> str:
+    return "(pg_current_xact_id()::text::bigint)"
 
 messages = sa.Table(
     "messages",
@@ -64,6 +85,12 @@ deliveries = sa.Table(
     sa.Index(None, "domain", "state"),
 )
 
+# Read in commit order by the event outbox (postroom.events), cursored by (xact, id). On
+# PostgreSQL a sequence value drawn by a transaction that commits later can be smaller than one
+# already visible, so `id > cursor` alone would skip events: `xact` (the writing transaction's id,
+# a server default, so the insert paths never name it) lets the reader take only events of
+# transactions older than any still running. AUTOINCREMENT on SQLite: without it a new row reuses
+# the largest rowid after it was deleted (`queue purge`), at or below a consumer's cursor.
 events = sa.Table(
     "events",
     metadata,
@@ -74,8 +101,29 @@ events = sa.Table(
     sa.Column("delivery_id", BigId),
     sa.Column("recipient", sa.String(512)),
     sa.Column("detail", sa.JSON, nullable=False),
+    sa.Column("xact", sa.BigInteger, nullable=False, server_default=CurrentTransaction()),
     sa.Index(None, "message_id"),
     sa.Index(None, "at"),
+    sa.Index(None, "xact", "id"),
+    sqlite_autoincrement=True,
+)
+
+# One row per event outbox consumer: the (xact, id) of the last event it consumed, moved in the
+# transaction its batch commits in. Locked for that transaction (SKIP LOCKED on PostgreSQL), so
+# two daemons never hand one batch to the same consumer.
+event_cursors = sa.Table(
+    "event_cursors",
+    metadata,
+    sa.Column("consumer", sa.String(64), primary_key=True),
+    sa.Column("xact", sa.BigInteger, nullable=False),
+    sa.Column("event_id", sa.BigInteger, nullable=False),
+    sa.Column("consumed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    # Failures of the batch after the cursor in a row (reset when it moves), for operators.
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed_at", sa.Float),
+    sa.Column("last_error", sa.Text),
 )
 
 idempotency_keys = sa.Table(
