@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from postroom.config import Settings
 from postroom.core.clock import Clock, SystemClock
 from postroom.core.errors import PostroomError
-from postroom.core.types import DeliveryState, Submission
+from postroom.core.types import INHOUSE_ROUTE, DeliveryState, Submission
 from postroom.delivery.mx import Destination, MxCache, MxRoute, resolve
 from postroom.delivery.transport import build_transport
 from postroom.delivery.worker import DeliveryWorker, WorkerOptions
@@ -169,7 +169,7 @@ class Daemon:
                 )
                 worker = DeliveryWorker(
                     store,
-                    transport,
+                    {INHOUSE_ROUTE: transport},
                     RetryPolicy(
                         base=settings.delivery.retry_base,
                         cap=settings.delivery.retry_max,

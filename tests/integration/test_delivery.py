@@ -79,7 +79,7 @@ def delivery_settings(port: int, **overrides: Any) -> DeliverySettings:
 def make_worker(engine: AsyncEngine, transport: Any, clock: FakeClock, registry: CollectorRegistry,
                 **options: Any) -> DeliveryWorker:  # fmt: skip
     return DeliveryWorker(
-        SqlQueueStore(engine), transport, RetryPolicy(base=60, cap=3600, max_age=3 * 3600), clock,
+        SqlQueueStore(engine), {"inhouse": transport}, RetryPolicy(base=60, cap=3600, max_age=3 * 3600), clock,
         Metrics(registry), WorkerOptions(owner=options.pop("owner", "w1"), **options),
         draw=lambda: 0.5,
     )  # fmt: skip
@@ -227,7 +227,7 @@ async def test_a_message_that_crashes_the_pipeline_is_parked_dead_and_can_be_ret
     async def explode(message: QueuedMessage) -> bytes:
         raise RuntimeError("signer blew up")
 
-    broken = DeliveryWorker(SqlQueueStore(sqlite_engine), transport, RetryPolicy(), clock, Metrics(registry),
+    broken = DeliveryWorker(SqlQueueStore(sqlite_engine), {"inhouse": transport}, RetryPolicy(), clock, Metrics(registry),
                             WorkerOptions(owner="w1"), prepare=explode)  # fmt: skip
     message_id = await queue(sqlite_engine, clock, "a@example.com")
     assert await broken.drain() == 1
@@ -271,7 +271,7 @@ async def test_leases_are_extended_while_a_slow_send_is_in_flight(sqlite_engine:
     store = SqlQueueStore(sqlite_engine)
     message_id = (await store.insert_many([Submission("app@postroom.test", ("a@example.com",), CONTENT, "api")],
                                           clock.now()))[0]  # fmt: skip
-    worker = DeliveryWorker(store, transport, RetryPolicy(), clock, Metrics(CollectorRegistry()),
+    worker = DeliveryWorker(store, {"inhouse": transport}, RetryPolicy(), clock, Metrics(CollectorRegistry()),
                             WorkerOptions(owner="slow", lease_seconds=0.6, poll_interval=0.05))  # fmt: skip
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))

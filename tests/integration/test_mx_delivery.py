@@ -326,7 +326,7 @@ async def delivering(
     transport = build_transport(settings, "mail.postroom.test", mx_cache(lookup, clock, metrics))
     store = SqlQueueStore(engine)
     worker = DeliveryWorker(
-        store, transport,
+        store, {"inhouse": transport},
         RetryPolicy(base=settings.retry_base, cap=settings.retry_max, max_age=settings.max_age),
         clock, metrics,
         WorkerOptions(owner="mx-test", poll_interval=settings.poll_interval,

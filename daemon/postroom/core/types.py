@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -29,6 +30,10 @@ FINAL_STATES = frozenset(
 ACTIVE_STATES = (DeliveryState.QUEUED, DeliveryState.DEFERRED, DeliveryState.SENDING)
 
 
+# The route of mail postroom delivers itself (MX, smarthost or capture, as configured).
+INHOUSE_ROUTE = "inhouse"
+
+
 @dataclass(frozen=True)
 class Submission:
     """A message ready to be queued: the exact bytes to send and the envelope."""
@@ -41,10 +46,15 @@ class Submission:
     header_from: str | None = None
     subject: str | None = None
     stream: str = "transactional"
-    route: str = "inhouse"
+    route: str = INHOUSE_ROUTE
     tags: tuple[str, ...] = ()
     message_id: str | None = None  # set by the caller when it must know the id beforehand
     added_bytes: int = 0  # what ingress put on top of the submitter's message (trace fields)
+    # Per recipient, where they differ from the message's: the route (a later routing step sets
+    # it) and the envelope sender (VERP). The message is still signed once for all of them: the
+    # envelope is not part of what DKIM signs.
+    recipient_routes: Mapping[str, str] = field(default_factory=dict)
+    return_paths: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

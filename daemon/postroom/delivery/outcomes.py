@@ -47,8 +47,9 @@ def decide(
     if state is DeliveryState.EXPIRED:
         reply = f"expired after {claimed.attempts + 1} attempts; last reply: {result.reply}"
     return Release(
-        claimed.id, claimed.message_id, claimed.recipient, state, reply, when, dict(result.details)
-    )
+        claimed.id, claimed.message_id, claimed.recipient, state, reply, when, dict(result.details),
+        route=claimed.route,
+    )  # fmt: skip
 
 
 def postpone(claimed: ClaimedDelivery, until: float, reason: str) -> Release:
@@ -56,7 +57,7 @@ def postpone(claimed: ClaimedDelivery, until: float, reason: str) -> Release:
     state = DeliveryState.DEFERRED if claimed.attempts else DeliveryState.QUEUED
     return Release(
         claimed.id, claimed.message_id, claimed.recipient, state, reason, until,
-        {"postponed": True}, tried=False,
+        {"postponed": True}, tried=False, route=claimed.route,
     )  # fmt: skip
 
 

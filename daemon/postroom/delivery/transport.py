@@ -16,6 +16,7 @@ worker parks that message as dead.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import ssl
@@ -68,7 +69,8 @@ class Transport(Protocol):
     async def route(self, domain: str) -> Route | RouteFailure: ...
 
     async def send(
-        self, route: Route, message: QueuedMessage, content: bytes, recipients: Sequence[str]
+        self, route: Route, message: QueuedMessage, content: bytes, recipients: Sequence[str],
+        mail_from: str,
     ) -> Attempt: ...
 
     def sweep(self) -> None:
@@ -112,14 +114,19 @@ class CaptureTransport:
         os.replace(temporary, final)
 
     async def send(
-        self, route: Route, message: QueuedMessage, content: bytes, recipients: Sequence[str]
+        self, route: Route, message: QueuedMessage, content: bytes, recipients: Sequence[str],
+        mail_from: str,
     ) -> Attempt:
+        # One file per message; a copy with its own envelope sender (VERP) gets its own file.
+        name = message.id
+        if mail_from != message.mail_from:
+            name += "-" + hashlib.sha256(mail_from.encode()).hexdigest()[:12]
         try:
-            await asyncio.to_thread(self._write, message.id, content)
+            await asyncio.to_thread(self._write, name, content)
         except OSError as exc:
             reason = f"capture write failed: {exc.strerror}"
             return Attempt(_all(recipients, Verdict.DEFERRED, reason), unreachable=reason)
-        return Attempt(_all(recipients, Verdict.DELIVERED, f"250 captured as {message.id}.eml"))
+        return Attempt(_all(recipients, Verdict.DELIVERED, f"250 captured as {name}.eml"))
 
     def sweep(self) -> None:
         return None
@@ -200,7 +207,8 @@ class SmtpTransport:
         return await self._router.route(domain)
 
     async def send(
-        self, route: Route, message: QueuedMessage, content: bytes, recipients: Sequence[str]
+        self, route: Route, message: QueuedMessage, content: bytes, recipients: Sequence[str],
+        mail_from: str,
     ) -> Attempt:
         session = await self._take(route.key)
         if session is None:
@@ -208,7 +216,7 @@ class SmtpTransport:
             if isinstance(session_or_failure, Attempt):
                 return session_or_failure
             session = session_or_failure
-        results = await session.deliver(message.mail_from, recipients, content)
+        results = await session.deliver(mail_from, recipients, content)
         attempt = Attempt(results, throttled=session.throttled_reply, details=session.details)
         if session.usable and session.messages < route.rule.messages_per_connection:
             self._idle.setdefault(route.key, []).append(session)

@@ -12,6 +12,11 @@ A destination that throttles us (421, rate-limit replies) is slowed down and sus
 cannot be reached at all is suspended, and one past its daily (warm-up) cap waits for the next UTC
 day; the deliveries it held are handed back untried, due when it may be tried again.
 
+Each delivery names its route, the transport that sends it (`transports`: "inhouse" is the
+configured MX / smarthost / capture path; the Loops route plugs in beside it), and may carry its own
+envelope sender (VERP): recipients of one message with the same route, destination and envelope
+sender share one transaction, and all of them share the one signing of the message.
+
 Leases are extended while deliveries are held; if this process dies they run out and the reaper
 (every worker runs it) returns them to the queue. A message whose processing raises is parked as
 dead with the error, never dropped.
@@ -24,7 +29,7 @@ import contextlib
 import datetime
 import logging
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from postroom.config import DestinationSettings
@@ -68,11 +73,20 @@ class WorkerOptions:
 
 @dataclass
 class Job:
-    """One message to the recipients it has at one destination."""
+    """One message to the recipients it has at one destination, from one envelope sender."""
 
     message: QueuedMessage
     content: bytes
     deliveries: list[ClaimedDelivery]
+
+    @property
+    def mail_from(self) -> str:
+        first = self.deliveries[0].mail_from
+        return first if first is not None else self.message.mail_from
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.message.id, self.mail_from
 
 
 @dataclass
@@ -80,6 +94,7 @@ class Lane:
     """A destination's queue of jobs, its shaping state and its health."""
 
     route: Route
+    transport: Transport
     health: Health
     bucket: TokenBucket
     jobs: deque[Job] = field(default_factory=deque)
@@ -87,7 +102,7 @@ class Lane:
     active: int = 0
     day: datetime.date | None = None
     sent_today: int = 0
-    waiting: dict[str, Job] = field(default_factory=dict)  # queued jobs by message id
+    waiting: dict[tuple[str, str], Job] = field(default_factory=dict)  # queued jobs by `Job.key`
     reported_reasons: set[str] = field(default_factory=set)  # suspended gauges now at 1
     reported_slow: bool = False  # the speed gauge shows a slow-down
 
@@ -96,18 +111,19 @@ class Lane:
         return self.route.rule
 
     def enqueue(self, job: Job) -> None:
-        """Queue a job; recipients of a message already waiting here join its transaction (a
-        message to two domains behind one relay goes as one copy, as Postfix sends it)."""
-        waiting = self.waiting.get(job.message.id)
+        """Queue a job; recipients of a message already waiting here with the same envelope
+        sender join its transaction (a message to two domains behind one relay goes as one copy,
+        as Postfix sends it)."""
+        waiting = self.waiting.get(job.key)
         if waiting is not None:
             waiting.deliveries.extend(job.deliveries)
             return
         self.jobs.append(job)
-        self.waiting[job.message.id] = job
+        self.waiting[job.key] = job
 
     def next_job(self) -> Job:
         job = self.jobs.popleft()
-        self.waiting.pop(job.message.id, None)
+        self.waiting.pop(job.key, None)
         return job
 
     def take_all(self) -> list[Job]:
@@ -120,7 +136,7 @@ class DeliveryWorker:
     def __init__(
         self,
         store: QueueStore,
-        transport: Transport,
+        transports: Mapping[str, Transport],
         policy: RetryPolicy,
         clock: Clock,
         metrics: Metrics,
@@ -129,7 +145,7 @@ class DeliveryWorker:
         draw: Callable[[], float] = system_draw,
     ):
         self._store = store
-        self._transport = transport
+        self._transports = dict(transports)
         self._policy = policy
         self._clock = clock
         self._metrics = metrics
@@ -187,7 +203,7 @@ class DeliveryWorker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            await self._transport.close()
+            await asyncio.gather(*(t.close() for t in self._transports.values()))
 
     async def _finish_runners(self) -> None:
         busy = self._routing | self._runners
@@ -236,7 +252,8 @@ class DeliveryWorker:
                     logger.warning("could not extend leases: %s", exc)
 
     def _transport_sweep(self) -> None:
-        self._transport.sweep()
+        for transport in self._transports.values():
+            transport.sweep()
         self._forget_idle_lanes()
 
     async def drain(self) -> int:
@@ -298,14 +315,16 @@ class DeliveryWorker:
         prepared = await asyncio.gather(
             *(self._prepared(loaded.get(mid), mid, group) for mid, group in by_message.items())
         )
-        # One task per recipient domain: a domain whose DNS is slow holds only its own mail.
-        by_domain: dict[str, list[tuple[Job, ClaimedDelivery]]] = defaultdict(list)
+        # One task per route and recipient domain: a domain whose DNS is slow holds only its own
+        # mail.
+        by_domain: dict[tuple[str, str], list[tuple[Job, ClaimedDelivery]]] = defaultdict(list)
         for job in prepared:
             if job is not None:
                 for delivery in job.deliveries:
-                    by_domain[delivery.domain].append((job, delivery))
-        for domain, items in by_domain.items():
-            task = asyncio.create_task(self._route_and_queue(domain, items), name=f"route {domain}")
+                    by_domain[delivery.route, delivery.domain].append((job, delivery))
+        for (route_name, domain), items in by_domain.items():
+            task = asyncio.create_task(self._route_and_queue(route_name, domain, items),
+                                       name=f"route {route_name} {domain}")  # fmt: skip
             self._routing.add(task)
             task.add_done_callback(self._routing.discard)
 
@@ -331,15 +350,25 @@ class DeliveryWorker:
             await self._park(message, message_id, group, exc)
             return None
 
-    async def _route_and_queue(self, domain: str, items: list[tuple[Job, ClaimedDelivery]]) -> None:
+    async def _route_and_queue(
+        self, route_name: str, domain: str, items: list[tuple[Job, ClaimedDelivery]]
+    ) -> None:
         try:
-            route = await self._transport.route(domain)
+            transport = self._transports.get(route_name)
+            if transport is None:
+                # Mail routed to a path this daemon does not run (say Loops, not configured
+                # here): it waits for a daemon that does, or for the operator to re-route it.
+                reason = f"no transport for route {route_name!r} in this daemon"
+                for job, delivery in items:
+                    self._record(job.message, [self._decide(delivery, Verdict.DEFERRED, reason, local=True)])
+                return
+            route = await transport.route(domain)
             if isinstance(route, RouteFailure):
                 verdict = Verdict.BOUNCED if route.permanent else Verdict.DEFERRED
                 for job, delivery in items:
                     self._record(job.message, [self._decide(delivery, verdict, route.reason, local=True)])
                 return
-            lane = self._lane(route)
+            lane = self._lane(route_name, route, transport)
             lane.domains.add(domain)
             held_back = lane.health.suspended(self._clock.now()) or self._stopping
             for job, delivery in items:
@@ -384,22 +413,24 @@ class DeliveryWorker:
             logger.warning("could not park message %s: %s", message_id, store_error)
         self._record(
             message,
-            [Release(d.id, d.message_id, d.recipient, DeliveryState.DEAD, f"internal error: {error}")
-             for d in group],
+            [Release(d.id, d.message_id, d.recipient, DeliveryState.DEAD, f"internal error: {error}",
+                     route=d.route) for d in group],
         )  # fmt: skip
 
     # -- lanes ----------------------------------------------------------------------------
 
-    def _lane(self, route: Route) -> Lane:
-        lane = self._lanes.get(route.key)
+    def _lane(self, route_name: str, route: Route, transport: Transport) -> Lane:
+        key = f"{route_name}:{route.key}"
+        lane = self._lanes.get(key)
         if lane is None:
             now = self._clock.now()
             lane = Lane(
                 route,
+                transport,
                 Health(self._options.throttle_backoff, self._options.throttle_backoff_max),
                 TokenBucket(share(route.rule.max_rate, self._options.processes), 1.0, now),
             )
-            self._lanes[route.key] = lane
+            self._lanes[key] = lane
         else:
             lane.route = route  # the newest resolution (addresses may have changed)
         return lane
@@ -467,7 +498,7 @@ class DeliveryWorker:
         recipients = [d.recipient for d in job.deliveries]
         self._metrics.outbound_sessions.inc()
         try:
-            attempt = await self._transport.send(lane.route, job.message, job.content, recipients)
+            attempt = await lane.transport.send(lane.route, job.message, job.content, recipients, job.mail_from)
         finally:
             self._metrics.outbound_sessions.dec()
         by_recipient = {r.recipient: r for r in attempt.results}
@@ -598,7 +629,7 @@ class DeliveryWorker:
                 continue
             message = self._messages.get(outcome.message_id)
             stream = message.stream if message else "unknown"
-            route = message.route if message else "unknown"
+            route = outcome.route
             self._metrics.attempted.labels(outcome.state.value).inc()
             if outcome.state is DeliveryState.DELIVERED:
                 self._metrics.delivered.labels(stream, route).inc()

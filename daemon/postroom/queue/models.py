@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from postroom.core.addresses import domain_of
-from postroom.core.types import DeliveryState
+from postroom.core.types import INHOUSE_ROUTE, DeliveryState
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,8 @@ class ClaimedDelivery:
     recipient: str
     attempts: int  # attempts made before this one
     accepted_at: float
+    route: str = INHOUSE_ROUTE  # the transport that sends it
+    mail_from: str | None = None  # its own envelope sender (VERP); None: the message's
 
     @property
     def domain(self) -> str:
@@ -50,6 +52,7 @@ class Release:
     next_attempt_at: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     tried: bool = True  # False: handed back untried (destination suspended, shutting down)
+    route: str = INHOUSE_ROUTE  # the delivery's route (a metrics label)
 
 
 @dataclass(frozen=True)

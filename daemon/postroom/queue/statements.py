@@ -78,6 +78,8 @@ def insert_statements(
                     "created_at": now,
                     "updated_at": now,
                     "next_attempt_at": now,
+                    "route": item.recipient_routes.get(recipient, item.route),
+                    "mail_from": item.return_paths.get(recipient),
                     **leased,
                 }
                 for message_id, item in batch
@@ -147,12 +149,14 @@ CLAIMED_COLUMNS = (
     deliveries.c.recipient,
     deliveries.c.attempts,
     deliveries.c.created_at,
+    deliveries.c.route,
+    deliveries.c.mail_from,
 )
 
 
 def claimed_deliveries(rows: Iterable[Any]) -> list[ClaimedDelivery]:
     return [
-        ClaimedDelivery(r[0], r[1], r[2], r[3], r[4]) for r in sorted(rows, key=lambda r: r[0])
+        ClaimedDelivery(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in sorted(rows, key=lambda r: r[0])
     ]
 
 

@@ -80,6 +80,11 @@ deliveries = sa.Table(
     sa.Column("lease_expires_at", sa.Float),
     sa.Column("last_reply", sa.Text),
     sa.Column("finished_at", sa.Float),
+    # The transport that sends this copy ("inhouse": MX, smarthost or capture as configured);
+    # recipients of one message may take different routes (shadow mode's split).
+    sa.Column("route", sa.String(16), nullable=False, server_default="inhouse"),
+    # The envelope sender of this copy when it is not the message's (VERP); NULL: the message's.
+    sa.Column("mail_from", sa.String(512)),
     sa.Index(None, "state", "next_attempt_at"),
     sa.Index(None, "message_id"),
     sa.Index(None, "domain", "state"),
