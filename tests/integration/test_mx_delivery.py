@@ -38,6 +38,7 @@ from postroom.metrics import Metrics
 from postroom.queue.models import MessageDetail
 from postroom.queue.retry import RetryPolicy
 from postroom.queue.sql_store import SqlQueueStore
+from postroom.queue.views import SqlQueueViews
 from tests.dns_server import LocalDnsServer, serve_dns
 from tests.support import SinkHandler, wait_until
 
@@ -279,6 +280,7 @@ class Delivering:
     worker: DeliveryWorker
     transport: Transport
     store: SqlQueueStore
+    views: SqlQueueViews
     clock: Clock
     registry: CollectorRegistry
 
@@ -295,7 +297,7 @@ class Delivering:
         return ids[0]
 
     async def show(self, message_id: str) -> MessageDetail:
-        return await self.store.show(message_id)
+        return await self.views.show(message_id)
 
     async def states(self, message_id: str) -> dict[str, str]:
         return {d.recipient: d.state for d in (await self.show(message_id)).deliveries}
@@ -335,7 +337,7 @@ async def delivering(
         draw=lambda: 0.5,
     )  # fmt: skip
     try:
-        yield Delivering(worker, transport, store, clock, registry)
+        yield Delivering(worker, transport, store, SqlQueueViews(engine), clock, registry)
     finally:
         await transport.close()
 
