@@ -5,6 +5,9 @@ named tasks; systemd hears READY=1 once every listener is bound. SIGTERM/SIGINT 
 closes first, then the group committer flushes what was already acknowledged-in-progress, while the
 delivery worker finishes its batch within its grace period. Correctness never depends on this
 orderly path: leases and the reaper make `kill -9` safe.
+
+Every ingress reaches the queue through the one `SubmissionService`; every delivery goes through
+the transport its route names; features that follow what happened read the event outbox.
 """
 
 from __future__ import annotations
@@ -13,36 +16,42 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import socket
 import ssl
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postroom.config import Settings
 from postroom.core.clock import Clock, SystemClock
 from postroom.core.errors import PostroomError
-from postroom.core.types import INHOUSE_ROUTE, DeliveryState, Submission
-from postroom.delivery.mx import Destination, MxCache, MxRoute, resolve
+from postroom.core.types import INHOUSE_ROUTE, Submission
+from postroom.delivery.mx import counted_mx_cache
 from postroom.delivery.transport import build_transport
 from postroom.delivery.worker import DeliveryWorker, WorkerOptions
 from postroom.dkim.keyring import Keyring, SigningKeys
 from postroom.dkim.preparer import DkimPreparer
 from postroom.dkim.rotation import KeyMonitor
+from postroom.dkim.signing import Signer
 from postroom.domains.lookup import DnsLookup
 from postroom.domains.resolver import lookup_for
 from postroom.domains.service import DomainChecker
+from postroom.events.models import EventConsumer
+from postroom.events.outbox import EventOutbox
+from postroom.http.app import RouteGroup, build_app
 from postroom.http.domains import DomainRoutes
-from postroom.dkim.signing import Signer
 from postroom.http.messages import MessageRoutes
-from postroom.http.server import HttpServer, build_app
+from postroom.http.operations import OperationsRoutes
+from postroom.http.server import HttpServer
 from postroom.metrics import Metrics
 from postroom.queue.committer import GroupCommitter
+from postroom.queue.gauges import QueueGauges
+from postroom.queue.protocols import QueueStore
 from postroom.queue.retry import RetryPolicy
-from postroom.queue.protocols import QueueStore, QueueViews
 from postroom.queue.sql_store import SqlQueueStore
 from postroom.queue.sqlite_store import SqliteQueueStore
 from postroom.queue.views import SqlQueueViews
@@ -53,60 +62,24 @@ from postroom.smtp.throttle import LoginThrottle
 from postroom.store.credentials import SqlApiKeys, SqlSmtpUsers
 from postroom.store.dkim_keys import SqlDkimKeys
 from postroom.store.engine import WriteGate, create_engine, translate_errors
-from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.store.schema import require_current
+from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.submission.service import SubmissionService
 from postroom.submission.steps import standard_steps
 
 logger = logging.getLogger(__name__)
-
-GAUGE_REFRESH_SECONDS = 5.0
-
-
-def mx_cache(lookup: DnsLookup, clock: Clock, metrics: Metrics) -> MxCache:
-    """MX answers for direct delivery, cached, with lookups counted by outcome."""
-
-    async def counted(domain: str) -> Destination:
-        destination = await resolve(domain, lookup, random.random)
-        if isinstance(destination, MxRoute):
-            metrics.mx_lookups.labels("route").inc()
-        else:
-            metrics.mx_lookups.labels("permanent" if destination.permanent else "temporary").inc()
-        return destination
-
-    return MxCache(counted, clock)
 
 
 def worker_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
-class QueueGauges:
-    """Refreshes queue depth and oldest age from the database (shared by every daemon)."""
-
-    def __init__(self, views: QueueViews, metrics: Metrics, clock: Clock):
-        self._views = views
-        self._metrics = metrics
-        self._clock = clock
-
-    async def refresh(self) -> None:
-        depth = await self._views.depth_by_state()
-        for state in DeliveryState:
-            self._metrics.queue_depth.labels(state.value).set(depth.get(state.value, 0))
-        now = self._clock.now()
-        oldest = await self._views.oldest_active_created_at()
-        self._metrics.oldest_queued_age.set(0.0 if oldest is None else max(0.0, now - oldest))
-        deferred = await self._views.oldest_active_created_at(DeliveryState.DEFERRED)
-        self._metrics.oldest_deferred_age.set(0.0 if deferred is None else max(0.0, now - deferred))
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.refresh()
-            except Exception as exc:  # a gauge refresh must never take the daemon down
-                logger.warning("queue gauges not refreshed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=GAUGE_REFRESH_SECONDS)
+@dataclass(frozen=True)
+class Storage:
+    engine: AsyncEngine
+    gate: WriteGate
+    store: QueueStore
+    views: SqlQueueViews
 
 
 class Daemon:
@@ -135,133 +108,29 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         async with contextlib.AsyncExitStack() as stack:
-            engine = create_engine(settings.database)
-            stack.push_async_callback(engine.dispose)
-            await require_current(engine)
-
-            gate = WriteGate.for_database(settings.database)
-            stack.callback(gate.close)
-            writer = SqliteBatchWriter(settings.database) if settings.database.is_sqlite else None
-            if writer is not None:
-                stack.callback(writer.close)
-            store: QueueStore = SqliteQueueStore(engine, writer, gate) if writer else SqlQueueStore(engine, gate)
-            views = SqlQueueViews(engine)
-
+            storage = await self._open_storage(stack)
             lookup = self.dns_lookup or lookup_for(settings.delivery.dns_resolver)
             signing_keys = SigningKeys(settings.domains, Keyring(Signer([])))
-            signing_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
-            stack.callback(signing_pool.shutdown, wait=True)
             key_monitor = KeyMonitor(
-                SqlDkimKeys(engine),
-                signing_keys,
-                lookup,
-                self.clock,
-                interval=settings.dkim.rotation_check_interval,
-                overlap=settings.dkim.rotation_overlap,
-            )
+                SqlDkimKeys(storage.engine), signing_keys, lookup, self.clock,
+                interval=settings.dkim.rotation_check_interval, overlap=settings.dkim.rotation_overlap,
+            )  # fmt: skip
             await key_monitor.reload()
-            worker: DeliveryWorker | None = None
-            if not settings.delivery.hold:
-                transport = build_transport(
-                    settings.delivery,
-                    settings.smtp.hostname,
-                    mx_cache(lookup, self.clock, self.metrics),
-                )
-                worker = DeliveryWorker(
-                    store,
-                    {INHOUSE_ROUTE: transport},
-                    RetryPolicy(
-                        base=settings.delivery.retry_base,
-                        cap=settings.delivery.retry_max,
-                        max_age=settings.delivery.max_age,
-                    ),
-                    self.clock,
-                    self.metrics,
-                    WorkerOptions(
-                        owner=worker_owner(),
-                        batch_size=settings.delivery.batch_size,
-                        lease_seconds=settings.delivery.lease_seconds,
-                        poll_interval=settings.delivery.poll_interval,
-                        drain_grace=settings.delivery.drain_grace,
-                        max_in_flight=settings.delivery.max_in_flight,
-                        processes=settings.processes.resolved(os.cpu_count()),
-                        throttle_backoff=settings.delivery.throttle_backoff,
-                        throttle_backoff_max=settings.delivery.throttle_backoff_max,
-                    ),
-                    prepare=DkimPreparer(signing_keys, self.clock, self.metrics, signing_pool),
-                )
-            def committed(batch: list[Submission], seconds: float) -> None:
-                self.metrics.commit_batch.observe(len(batch))
-                self.metrics.commit_seconds.observe(seconds)
-
+            worker = self._delivery_worker(stack, storage, signing_keys, lookup)
             # Mail this process accepts goes to its own worker in memory, leased to it in the
             # commit itself (or, while the worker is full, stays queued until it has room).
-            committer = GroupCommitter(store, self.clock, on_commit=committed, handoff=worker)
+            committer = GroupCommitter(storage.store, self.clock, on_commit=self._committed, handoff=worker)
             submissions = SubmissionService(
                 standard_steps(signing_keys, settings.smtp.max_message_size),
-                store, self.clock, self.metrics, committer,
+                storage.store, self.clock, self.metrics, committer,
             )  # fmt: skip
+            # Features that follow what happened (webhooks, suppression, capture, reports)
+            # subscribe here; each reads the event stream through its own durable cursor.
+            consumers: list[EventConsumer] = []
+            outbox = EventOutbox(storage.engine, storage.gate, self.clock, self.metrics, consumers)
+            listeners = self._smtp_listeners(storage, submissions)
+            http = self._http_server(storage, submissions, lookup)
 
-            tls: ssl.SSLContext | None = None
-            if settings.smtp.tls_cert:
-                tls = server_tls_context(settings.smtp.tls_cert, settings.smtp.tls_key)
-            listeners = SmtpListeners(
-                settings.smtp,
-                SubmissionHandler(
-                    submit=submissions.submit,
-                    clock=self.clock,
-                    metrics=self.metrics,
-                    hostname=settings.smtp.hostname,
-                    max_recipients=settings.smtp.max_recipients,
-                    trusted_networks=settings.smtp.trusted_networks,
-                ),
-                MxHandler(self.metrics),
-                Authenticator(
-                    SqlSmtpUsers(engine),
-                    LoginThrottle(
-                        self.clock,
-                        settings.smtp.login_failure_limit,
-                        settings.smtp.login_failure_window,
-                    ),
-                    self.metrics,
-                ),
-                self.metrics,
-                tls,
-                sockets=self.listen_sockets,
-            )
-
-            async def readiness() -> str | None:
-                if not self.ready.is_set():
-                    return "starting or stopping"
-                try:
-                    with translate_errors("readiness check"):
-                        async with engine.connect() as conn:
-                            await conn.execute(sa.text("SELECT 1"))
-                except Exception as exc:
-                    return f"database unavailable: {exc}"
-                return None
-
-            http = HttpServer(
-                settings.http,
-                build_app(
-                    settings.http,
-                    SqlApiKeys(engine),
-                    MessageRoutes(submissions, views, self.clock, self.metrics, settings.smtp.hostname),
-                    self.metrics,
-                    readiness,
-                    DomainRoutes(
-                        DomainChecker(
-                            settings.domains,
-                            SqlDkimKeys(engine),
-                            lookup,
-                            self.metrics,
-                            sending_ips=settings.delivery.sending_ips,
-                            mx_host=settings.smtp.hostname,
-                        )
-                    ),
-                ),
-                sockets=self.listen_sockets,
-            )
             stack.push_async_callback(listeners.close)
             await listeners.start()
             stack.push_async_callback(http.close)
@@ -277,7 +146,9 @@ class Daemon:
                 ]
                 if worker is not None:
                     tasks.create_task(worker.run(stop), name="delivery")
-                tasks.create_task(QueueGauges(views, self.metrics, self.clock).run(stop), name="gauges")
+                if outbox.consumers:
+                    tasks.create_task(outbox.run(stop), name="event-outbox")
+                tasks.create_task(QueueGauges(storage.views, self.metrics, self.clock).run(stop), name="gauges")
                 tasks.create_task(key_monitor.run(stop), name="dkim-keys")
                 tasks.create_task(self._reload_on_request(key_monitor, stop), name="reload")
                 tasks.create_task(self.notifier.run_watchdog(stop), name="watchdog")
@@ -295,6 +166,99 @@ class Daemon:
                 await asyncio.wait(ingress)
                 backend_stop.set()
                 await committer_task
+
+    async def _open_storage(self, stack: contextlib.AsyncExitStack) -> Storage:
+        """The engine (schema checked), the write gate and the queue: on SQLite its hot paths on
+        the writer thread."""
+        settings = self.settings.database
+        engine = create_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        await require_current(engine)
+        gate = WriteGate.for_database(settings)
+        stack.callback(gate.close)
+        store: QueueStore = SqlQueueStore(engine, gate)
+        if settings.is_sqlite:
+            writer = SqliteBatchWriter(settings)
+            stack.callback(writer.close)
+            store = SqliteQueueStore(engine, writer, gate)
+        return Storage(engine, gate, store, SqlQueueViews(engine))
+
+    def _delivery_worker(
+        self,
+        stack: contextlib.AsyncExitStack,
+        storage: Storage,
+        signing_keys: SigningKeys,
+        lookup: DnsLookup,
+    ) -> DeliveryWorker | None:
+        delivery = self.settings.delivery
+        if delivery.hold:
+            return None
+        signing_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
+        stack.callback(signing_pool.shutdown, wait=True)
+        inhouse = build_transport(delivery, self.settings.smtp.hostname,
+                                  counted_mx_cache(lookup, self.clock, self.metrics))  # fmt: skip
+        return DeliveryWorker(
+            storage.store,
+            {INHOUSE_ROUTE: inhouse},
+            RetryPolicy(base=delivery.retry_base, cap=delivery.retry_max, max_age=delivery.max_age),
+            self.clock,
+            self.metrics,
+            WorkerOptions(
+                owner=worker_owner(),
+                batch_size=delivery.batch_size,
+                lease_seconds=delivery.lease_seconds,
+                poll_interval=delivery.poll_interval,
+                drain_grace=delivery.drain_grace,
+                max_in_flight=delivery.max_in_flight,
+                processes=self.settings.processes.resolved(os.cpu_count()),
+                throttle_backoff=delivery.throttle_backoff,
+                throttle_backoff_max=delivery.throttle_backoff_max,
+            ),
+            prepare=DkimPreparer(signing_keys, self.clock, self.metrics, signing_pool),
+        )
+
+    def _committed(self, batch: list[Submission], seconds: float) -> None:
+        self.metrics.commit_batch.observe(len(batch))
+        self.metrics.commit_seconds.observe(seconds)
+
+    def _smtp_listeners(self, storage: Storage, submissions: SubmissionService) -> SmtpListeners:
+        smtp = self.settings.smtp
+        tls: ssl.SSLContext | None = None
+        if smtp.tls_cert:
+            tls = server_tls_context(smtp.tls_cert, smtp.tls_key)
+        handler = SubmissionHandler(
+            submit=submissions.submit, clock=self.clock, metrics=self.metrics, hostname=smtp.hostname,
+            max_recipients=smtp.max_recipients, trusted_networks=smtp.trusted_networks,
+        )  # fmt: skip
+        throttle = LoginThrottle(self.clock, smtp.login_failure_limit, smtp.login_failure_window)
+        authenticator = Authenticator(SqlSmtpUsers(storage.engine), throttle, self.metrics)
+        return SmtpListeners(smtp, handler, MxHandler(self.metrics), authenticator, self.metrics, tls,
+                             sockets=self.listen_sockets)  # fmt: skip
+
+    def _http_server(self, storage: Storage, submissions: SubmissionService, lookup: DnsLookup) -> HttpServer:
+        settings = self.settings
+        checker = DomainChecker(
+            settings.domains, SqlDkimKeys(storage.engine), lookup, self.metrics,
+            sending_ips=settings.delivery.sending_ips, mx_host=settings.smtp.hostname,
+        )  # fmt: skip
+        groups: list[RouteGroup] = [
+            OperationsRoutes(self.metrics, lambda: self._readiness(storage.engine)),
+            MessageRoutes(submissions, storage.views, self.clock, self.metrics, settings.smtp.hostname),
+            DomainRoutes(checker),
+        ]
+        app = build_app(settings.http, SqlApiKeys(storage.engine), self.metrics, groups)
+        return HttpServer(settings.http, app, sockets=self.listen_sockets)
+
+    async def _readiness(self, engine: AsyncEngine) -> str | None:
+        if not self.ready.is_set():
+            return "starting or stopping"
+        try:
+            with translate_errors("readiness check"):
+                async with engine.connect() as conn:
+                    await conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            return f"database unavailable: {exc}"
+        return None
 
     def request_reload(self) -> None:
         """SIGHUP: reload what can change without a restart (today: DKIM keys and rotation)."""

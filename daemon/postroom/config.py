@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from postroom.config_sources import EnvironSource, SecretFileSource, TomlFileSource
+from postroom.core.addresses import normalise_domain
 from postroom.core.errors import ConfigError
 
 ENV_PREFIX = "POSTROOM_"
@@ -288,7 +289,7 @@ class DomainSettings(_Section):
     @field_validator("name", "bounce_domain")
     @classmethod
     def _lower_domain(cls, value: str) -> str:
-        value = value.strip().rstrip(".").lower()
+        value = normalise_domain(value)
         if value and (" " in value or "@" in value or "." not in value.strip(".")):
             raise ValueError(f"{value!r} is not a domain name")
         return value
@@ -336,7 +337,7 @@ class Settings(BaseSettings):
         return self
 
     def domain(self, name: str) -> DomainSettings | None:
-        wanted = name.lower().rstrip(".")
+        wanted = normalise_domain(name)
         return next((d for d in self.domains if d.name == wanted), None)
 
     @property

@@ -27,7 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postroom.app import mx_cache
+from postroom.delivery.mx import counted_mx_cache
 from postroom.config import DeliverySettings, DestinationSettings
 from postroom.core.clock import Clock, FakeClock, SystemClock
 from postroom.core.types import Submission
@@ -325,7 +325,7 @@ async def delivering(
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     lookup = DnspythonLookup(("127.0.0.1", lab.dns_port), timeout=2.0)
-    transport = build_transport(settings, "mail.postroom.test", mx_cache(lookup, clock, metrics))
+    transport = build_transport(settings, "mail.postroom.test", counted_mx_cache(lookup, clock, metrics))
     store = SqlQueueStore(engine)
     worker = DeliveryWorker(
         store, {"inhouse": transport},

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from postroom.core.addresses import normalise_domain
 from postroom.core.clock import Clock
 from postroom.domains.lookup import DnsLookup, DnsLookupError, RecordTtls
+from postroom.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ def order_mx(records: list[tuple[int, str]], draw: Callable[[], float]) -> list[
     """
     best: dict[str, int] = {}
     for preference, host in records:
-        name = _normalise(host)
+        name = normalise_domain(host)
         if name not in best or preference < best[name]:
             best[name] = preference
     by_preference: dict[int, list[str]] = {}
@@ -97,7 +100,7 @@ def _shuffle(names: list[str], draw: Callable[[], float]) -> list[str]:
 
 async def resolve(domain: str, lookup: DnsLookup, draw: Callable[[], float]) -> Destination:
     """The route for mail to `domain`, or why there is none. Never raises for DNS trouble."""
-    domain = _normalise(domain)
+    domain = normalise_domain(domain)
     try:
         records = await lookup.mx(domain)
     except DnsLookupError as exc:
@@ -121,7 +124,7 @@ async def resolve(domain: str, lookup: DnsLookup, draw: Callable[[], float]) -> 
 
     preferences: dict[str, int] = {}
     for preference, host in records:
-        name = _normalise(host)
+        name = normalise_domain(host)
         preferences[name] = min(preference, preferences.get(name, preference))
     names = order_mx(records, draw)
     # RFC 5321 §5.1: an MX names a host, never an address, so an exchange such as "192.0.2.1" is
@@ -165,10 +168,6 @@ def _unique(addresses: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(addresses))
 
 
-def _normalise(name: str) -> str:
-    return name.strip().rstrip(".").lower()
-
-
 @dataclass(frozen=True)
 class _Entry:
     destination: Destination
@@ -209,7 +208,7 @@ class MxCache:
         return len(self._entries)
 
     async def resolve(self, domain: str) -> Destination:
-        key = _normalise(domain)
+        key = normalise_domain(domain)
         entry = self._entries.get(key)
         if entry is not None:
             if entry.expires_at > self._clock.now():
@@ -246,3 +245,17 @@ class MxCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+
+
+def counted_mx_cache(lookup: DnsLookup, clock: Clock, metrics: Metrics) -> MxCache:
+    """The daemon's MX cache: MX order shuffled by `random`, lookups counted by outcome."""
+
+    async def counted(domain: str) -> Destination:
+        destination = await resolve(domain, lookup, random.random)
+        if isinstance(destination, MxRoute):
+            metrics.mx_lookups.labels("route").inc()
+        else:
+            metrics.mx_lookups.labels("permanent" if destination.permanent else "temporary").inc()
+        return destination
+
+    return MxCache(counted, clock)

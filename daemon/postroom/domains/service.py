@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Sequence
 
 from postroom.config import DomainSettings
+from postroom.core.addresses import normalise_domain
 from postroom.core.errors import NotFoundError
 from postroom.dkim.keys import dns_record_value, load_key
 from postroom.dkim.management import PublishedRecord
@@ -37,7 +38,7 @@ class DomainChecker:
         self._mx_host = mx_host
 
     async def expectation(self, name: str) -> DomainExpectation:
-        domain = self._domains.get(name.lower().rstrip("."))
+        domain = self._domains.get(normalise_domain(name))
         if domain is None:
             raise NotFoundError(f"{name} is not a sending domain of this server")
         dkim = []

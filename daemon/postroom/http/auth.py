@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
 from postroom.http.errors import ApiError, Handler
-from postroom.store.credentials import ApiKey, Role, SqlApiKeys
+from postroom.store.credentials import ApiKey, Role
 
-API_KEY = web.AppKey("api_key_store", SqlApiKeys)
+
+class ApiKeyAuthenticator(Protocol):
+    async def authenticate(self, token: str) -> ApiKey | None: ...
+
+
+API_KEY = web.AppKey("api_keys", ApiKeyAuthenticator)
 # aiohttp 3.14 warns on plain-string request keys (NotAppKeyWarning, an error under the test
 # suite's filterwarnings); releases before 3.14 have no RequestKey and take the string.
 CALLER: Any = (

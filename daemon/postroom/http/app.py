@@ -1,0 +1,61 @@
+"""The aiohttp application: the native API's route groups on the root, other APIs mounted beside
+them as sub-applications with their own error shapes and authentication.
+
+The root's middlewares count every request by route and status, turn errors into postroom's JSON
+errors (`{"error": {"code", "message"}}`) and check the bearer API key of routes marked with
+`requires`. A mounted API (the Loops-compatible one at `/api/v1`) brings its own middlewares, which
+run inside the root's: its handlers are not marked, so the root's auth leaves them to it, and its
+responses arrive already shaped. Route groups call services only; none holds a store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import web
+
+from postroom.config import HttpSettings
+from postroom.http.auth import API_KEY, ApiKeyAuthenticator, bearer_auth
+from postroom.http.errors import Handler, json_errors
+from postroom.metrics import Metrics
+
+
+class RouteGroup(Protocol):
+    def register(self, app: web.Application) -> None: ...
+
+
+@dataclass(frozen=True)
+class Mount:
+    """An API of its own under a path prefix, e.g. `Mount("/api/v1", loops_app)`."""
+
+    prefix: str
+    app: web.Application
+
+
+def build_app(
+    settings: HttpSettings,
+    api_keys: ApiKeyAuthenticator,
+    metrics: Metrics,
+    groups: Sequence[RouteGroup],
+    mounts: Sequence[Mount] = (),
+) -> web.Application:
+    @web.middleware
+    async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        metrics.http_requests.labels(name, str(response.status)).inc()
+        return response
+
+    app = web.Application(
+        client_max_size=settings.max_body_size,
+        middlewares=[count_requests, json_errors, bearer_auth],
+    )
+    app[API_KEY] = api_keys
+    for group in groups:
+        group.register(app)
+    for mount in mounts:
+        app.add_subapp(mount.prefix, mount.app)
+    return app
