@@ -264,8 +264,9 @@ class DeliverySettings(_Section):
 
 
 class ProcessSettings(_Section):
-    # How many daemon processes share the listeners (SO_REUSEPORT) and the queue; 0 = one per CPU
-    # core (the default): one asyncio process fills one core; see docs/benchmarks.md.
+    # How many daemon processes share the listening sockets (bound once by the supervisor) and the
+    # queue; 0 = one per CPU core (the default): one asyncio process fills one core; see
+    # docs/benchmarks.md.
     count: int = Field(default=0, ge=0, le=64)
     restart_delay: float = Field(default=1.0, ge=0)
 

@@ -26,7 +26,7 @@ from postroom.queue.retry import RetryPolicy
 from postroom.queue.sql_store import SqlQueueStore
 from postroom.queue.views import SqlQueueViews
 from tests.conftest import Tls
-from tests.support import SinkHandler
+from tests.support import claim, SinkHandler
 
 CONTENT = b"From: app@postroom.test\r\nTo: a@example.com\r\nSubject: hi\r\n\r\nh\xc3\xa9llo\r\n"
 
@@ -277,7 +277,7 @@ async def test_leases_are_extended_while_a_slow_send_is_in_flight(sqlite_engine:
     running = asyncio.create_task(worker.run(stop))
     try:
         await asyncio.sleep(1.0)  # past the first lease, inside the slow DATA
-        stolen = await store.claim("thief", 10, clock.now(), 60)
+        stolen = await claim(store, "thief", 10, clock.now(), 60)
         assert stolen == [], "a live, extended lease must not be reaped or claimed"
         for _ in range(100):
             if (await states(sqlite_engine, message_id))["a@example.com"] == "delivered":

@@ -31,6 +31,7 @@ from postroom.queue.views import SqlQueueViews
 from postroom.store.engine import WriteGate
 from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.store.tables import deliveries, events, idempotency_keys, messages
+from tests.support import claim
 from tests.conftest import fresh_pg_database
 
 LEASE = 300.0
@@ -118,7 +119,7 @@ def release(claimed: ClaimedDelivery, state: DeliveryState, reply: str = "250 2.
 
 
 async def claim_one(store: QueueStore, clock: FakeClock, owner: str = "w1") -> ClaimedDelivery:
-    claimed = await store.claim(owner, 10, clock.now(), LEASE)
+    claimed = await claim(store, owner, 10, clock.now(), LEASE)
     assert len(claimed) == 1, claimed
     return claimed[0]
 
@@ -197,7 +198,7 @@ async def test_claim_takes_only_due_deliveries_oldest_due_first_up_to_limit(
     ids = await store.insert_many(
         [submission(f"r{i}@example.com") for i in range(5)], clock.now()
     )
-    first = {c.recipient: c for c in await store.claim("w1", 10, clock.now(), LEASE)}
+    first = {c.recipient: c for c in await claim(store, "w1", 10, clock.now(), LEASE)}
     # Defer them so the due order is the reverse of the insertion (and id) order; r4 is not due yet.
     now = clock.now()
     due_in = {"r0": 40, "r1": 30, "r2": 20, "r3": 10, "r4": 500}
@@ -212,15 +213,15 @@ async def test_claim_takes_only_due_deliveries_oldest_due_first_up_to_limit(
     )
 
     clock.advance(5)
-    assert await store.claim("w2", 10, clock.now(), LEASE) == []  # nothing is due yet
+    assert await claim(store, "w2", 10, clock.now(), LEASE) == []  # nothing is due yet
 
     clock.advance(95)  # r0..r3 are due, r4 is not
-    claimed = await store.claim("w2", 2, clock.now(), LEASE)
+    claimed = await claim(store, "w2", 2, clock.now(), LEASE)
     assert {c.recipient for c in claimed} == {"r3@example.com", "r2@example.com"}
     assert {c.message_id for c in claimed} == {ids[3], ids[2]}
     assert all(c.attempts == 1 for c in claimed)
 
-    rest = await store.claim("w2", 10, clock.now(), LEASE)
+    rest = await claim(store, "w2", 10, clock.now(), LEASE)
     assert {c.recipient for c in rest} == {"r1@example.com", "r0@example.com"}
     (not_due,) = await select_rows(engine, deliveries, deliveries.c.recipient == "r4@example.com")
     assert not_due.state == "deferred"
@@ -233,7 +234,7 @@ async def test_claim_leases_rows_to_the_owner(
         [submission("a@example.com", "b@example.com")], clock.now()
     )
     clock.advance(7)
-    claimed = await store.claim("worker-1", 10, clock.now(), LEASE)
+    claimed = await claim(store, "worker-1", 10, clock.now(), LEASE)
 
     assert sorted(c.recipient for c in claimed) == ["a@example.com", "b@example.com"]
     assert all(c.message_id == message_id and c.attempts == 0 for c in claimed)
@@ -249,9 +250,9 @@ async def test_a_second_claim_does_not_return_leased_rows(
     store: QueueStore, clock: FakeClock
 ) -> None:
     await store.insert_many([submission(f"r{i}@example.com") for i in range(3)], clock.now())
-    first = await store.claim("w1", 2, clock.now(), LEASE)
-    second = await store.claim("w2", 10, clock.now(), LEASE)
-    third = await store.claim("w3", 10, clock.now(), LEASE)
+    first = await claim(store, "w1", 2, clock.now(), LEASE)
+    second = await claim(store, "w2", 10, clock.now(), LEASE)
+    third = await claim(store, "w3", 10, clock.now(), LEASE)
 
     assert len(first) == 2
     assert len(second) == 1
@@ -269,9 +270,9 @@ async def test_concurrent_claimers_never_get_the_same_delivery(
     assert len(everything) == 90
 
     owners = [f"w{n}" for n in range(24)]
-    results = await asyncio.gather(*(store.claim(o, 6, clock.now(), LEASE) for o in owners))
+    results = await asyncio.gather(*(claim(store, o, 6, clock.now(), LEASE) for o in owners))
     # SKIP LOCKED may hand a claimer fewer rows than are due; a sweeper picks up what is left.
-    leftover = await store.claim("sweeper", 1000, clock.now(), LEASE)
+    leftover = await claim(store, "sweeper", 1000, clock.now(), LEASE)
 
     got = [c.id for batch in results for c in batch] + [c.id for c in leftover]
     assert len(got) == len(set(got)), "a delivery was leased twice"
@@ -306,8 +307,8 @@ async def test_release_returns_how_many_outcomes_were_still_ours(
     engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     await store.insert_many([submission("a@example.com", "b@example.com")], clock.now())
-    mine = await store.claim("w1", 1, clock.now(), LEASE)
-    theirs = await store.claim("w2", 1, clock.now(), LEASE)
+    mine = await claim(store, "w1", 1, clock.now(), LEASE)
+    theirs = await claim(store, "w2", 1, clock.now(), LEASE)
 
     recorded = await store.release(
         "w1",
@@ -348,7 +349,7 @@ async def test_release_to_a_final_state_sets_finished_at(
     assert row.updated_at == clock.now()
     assert row.last_reply == reply
     assert (row.lease_owner, row.lease_expires_at) == (None, None)
-    assert await store.claim("w2", 10, clock.now() + 10 * LEASE, LEASE) == []
+    assert await claim(store, "w2", 10, clock.now() + 10 * LEASE, LEASE) == []
     assert await event_types(engine, message_id) == ["accepted", state.value]
 
 
@@ -368,8 +369,8 @@ async def test_release_deferred_keeps_next_attempt_at_from_the_release(
     assert (row.state, row.attempts, row.next_attempt_at) == ("deferred", 1, retry_at)
     assert row.finished_at is None
     assert row.last_reply == "421 try later"
-    assert await store.claim("w1", 10, retry_at - 1, LEASE) == []
-    (again,) = await store.claim("w1", 10, retry_at, LEASE)
+    assert await claim(store, "w1", 10, retry_at - 1, LEASE) == []
+    (again,) = await claim(store, "w1", 10, retry_at, LEASE)
     assert (again.id, again.attempts) == (claimed.id, 1)
 
 
@@ -384,7 +385,7 @@ async def test_release_dead_does_not_count_an_attempt(
 
     row = await delivery(engine, claimed.id)
     assert (row.state, row.attempts, row.finished_at) == ("dead", 0, None)
-    assert await store.claim("w1", 10, clock.now() + 10 * LEASE, LEASE) == []
+    assert await claim(store, "w1", 10, clock.now() + 10 * LEASE, LEASE) == []
 
 
 async def test_release_writes_one_event_per_outcome_with_the_reply(
@@ -393,7 +394,7 @@ async def test_release_writes_one_event_per_outcome_with_the_reply(
     (message_id,) = await store.insert_many(
         [submission("a@example.com", "b@example.com", "c@example.com")], clock.now()
     )
-    claimed = {c.recipient: c for c in await store.claim("w1", 10, clock.now(), LEASE)}
+    claimed = {c.recipient: c for c in await claim(store, "w1", 10, clock.now(), LEASE)}
     clock.advance(2)
 
     await store.release(
@@ -429,8 +430,8 @@ async def test_extend_pushes_the_lease_only_of_the_owners_sending_rows(
     engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     await store.insert_many([submission(f"r{i}@example.com") for i in range(4)], clock.now())
-    mine = await store.claim("w1", 3, clock.now(), LEASE)
-    (theirs,) = await store.claim("w2", 3, clock.now(), LEASE)
+    mine = await claim(store, "w1", 3, clock.now(), LEASE)
+    (theirs,) = await claim(store, "w2", 3, clock.now(), LEASE)
     await store.release("w1", [release(mine[2], DeliveryState.DELIVERED)], clock.now())
     until = clock.now() + 3 * LEASE
 
@@ -448,8 +449,8 @@ async def test_reap_requeues_expired_leases_and_leaves_live_ones(
     engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
     await store.insert_many([submission("a@example.com", "b@example.com")], clock.now())
-    (short,) = await store.claim("dead-worker", 1, clock.now(), 30)
-    (long,) = await store.claim("live-worker", 1, clock.now(), 600)
+    (short,) = await claim(store, "dead-worker", 1, clock.now(), 30)
+    (long,) = await claim(store, "live-worker", 1, clock.now(), 600)
     clock.advance(60)
 
     assert await store.reap(clock.now()) == 1
@@ -461,7 +462,7 @@ async def test_reap_requeues_expired_leases_and_leaves_live_ones(
     live = await delivery(engine, long.id)
     assert (live.state, live.lease_owner) == ("sending", "live-worker")
     assert await store.reap(clock.now()) == 0
-    (again,) = await store.claim("w3", 10, clock.now(), LEASE)  # due right away
+    (again,) = await claim(store, "w3", 10, clock.now(), LEASE)  # due right away
     assert again.id == short.id
 
 
@@ -504,7 +505,7 @@ async def test_park_records_the_error_on_the_message(
 async def _outcomes(store: QueueStore, clock: FakeClock, owner: str,
                     states: dict[str, DeliveryState]) -> dict[str, ClaimedDelivery]:  # fmt: skip
     """Claim everything due and release each recipient to the state asked for."""
-    claimed = {c.recipient: c for c in await store.claim(owner, 100, clock.now(), LEASE)}
+    claimed = {c.recipient: c for c in await claim(store, owner, 100, clock.now(), LEASE)}
     await store.release(
         owner,
         [
@@ -546,7 +547,7 @@ async def test_retry_of_a_message_requeues_its_dead_and_deferred_deliveries_and_
     assert (await delivery(engine, claimed["other-dead@example.com"].id)).state == "dead"
     assert (await views.show(target)).error is None
     assert (await views.show(other)).error == "boom too"
-    again = await store.claim("w2", 10, clock.now(), LEASE)
+    again = await claim(store, "w2", 10, clock.now(), LEASE)
     assert {c.recipient for c in again} == {"dead@example.com", "deferred@example.com"}
 
 
@@ -583,7 +584,7 @@ async def test_purge_by_id_is_refused_while_a_delivery_is_being_sent(
     (message_id,) = await store.insert_many(
         [submission("a@example.com", "b@example.com")], clock.now()
     )
-    await store.claim("w1", 1, clock.now(), LEASE)
+    await claim(store, "w1", 1, clock.now(), LEASE)
 
     with pytest.raises(ConflictError):
         await store.purge(message_id=message_id)
@@ -683,7 +684,7 @@ async def test_oldest_active_created_at_ignores_finished_deliveries(
     })  # fmt: skip
     assert await views.oldest_active_created_at() == second_at
 
-    claimed = await store.claim("w2", 10, clock.now() + 3600, LEASE)  # sending counts as active
+    claimed = await claim(store, "w2", 10, clock.now() + 3600, LEASE)  # sending counts as active
     assert await views.oldest_active_created_at() == second_at
     await store.release("w2", [release(claimed[0], DeliveryState.BOUNCED, "550")], clock.now())
     assert await views.oldest_active_created_at() is None
@@ -705,7 +706,7 @@ async def test_list_messages_filters_orders_newest_first_and_pages(
         )  # fmt: skip
         ids.append(message_id)
         clock.advance(10)
-    claimed = {c.recipient: c for c in await store.claim("w1", 100, clock.now(), LEASE)}
+    claimed = {c.recipient: c for c in await claim(store, "w1", 100, clock.now(), LEASE)}
     await store.release("w1", [release(claimed["to1@example.com"], DeliveryState.BOUNCED, "550")],
                         clock.now())  # fmt: skip
 
@@ -746,7 +747,7 @@ async def test_show_returns_the_message_its_deliveries_and_events(
                     subject="Your receipt", tags=("receipt", "eu"), submitted_by="key:abc")],
         clock.now(),
     )  # fmt: skip
-    claimed = {c.recipient: c for c in await store.claim("w1", 10, clock.now(), LEASE)}
+    claimed = {c.recipient: c for c in await claim(store, "w1", 10, clock.now(), LEASE)}
     clock.advance(5)
     delivered = release(claimed["a@example.com"], DeliveryState.DELIVERED, "250 ok")
     await store.release("w1", [delivered], clock.now())

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.integration.test_cli import Cli, write_cli_config
 from tests.integration.test_http_api import serving
-from tests.support import make_settings
+from tests.support import claim, make_settings
 
 NOW = 1_790_000_000.0
 TLS_ATTEMPT = {"mx": "mx1.example.org", "ip": "192.0.2.7", "port": 25, "tls": "TLSv1.3", "code": 451}
@@ -37,7 +37,7 @@ async def queue_mail(store: SqlQueueStore, *recipients: str) -> str:
 
 
 async def defer_all(store: SqlQueueStore, domain: str, reply: str, detail: dict[str, object]) -> int:
-    claimed = [d for d in await store.claim("w", 1000, NOW + 1, 60) if d.domain == domain]
+    claimed = [d for d in await claim(store, "w", 1000, NOW + 1, 60) if d.domain == domain]
     releases = [
         Release(d.id, d.message_id, d.recipient, DeliveryState.DEFERRED, reply, NOW + 600, dict(detail))
         for d in claimed
@@ -64,7 +64,7 @@ async def test_destinations_group_by_domain_and_state_largest_first(engine: Asyn
     assert groups[1].last_reply is None
 
     # Final states only with include_final.
-    [fast] = [d for d in await store.claim("w", 10, NOW + 20_000, 60) if d.domain == "fast.example"]
+    [fast] = [d for d in await claim(store, "w", 10, NOW + 20_000, 60) if d.domain == "fast.example"]
     await store.release("w", [Release(fast.id, fast.message_id, fast.recipient,
                                       DeliveryState.DELIVERED, "250 ok")], NOW + 20_001)  # fmt: skip
     await store.reap(NOW + 90_000)
@@ -76,9 +76,9 @@ async def test_destinations_group_by_domain_and_state_largest_first(engine: Asyn
 async def test_claim_skips_excluded_domains(engine: AsyncEngine) -> None:
     store = SqlQueueStore(engine)
     await queue_mail(store, "a@held.example", "b@other.example", "c@HELD.example")
-    claimed = await store.claim("w", 10, NOW + 1, 60, exclude_domains=["held.example"])
+    claimed = await claim(store, "w", 10, NOW + 1, 60, exclude_domains=["held.example"])
     assert [d.recipient for d in claimed] == ["b@other.example"]
-    rest = await store.claim("w", 10, NOW + 1, 60)
+    rest = await claim(store, "w", 10, NOW + 1, 60)
     assert sorted(d.recipient for d in rest) == ["a@held.example", "c@HELD.example"]
 
 
@@ -87,7 +87,7 @@ async def test_untried_hand_backs_are_held_events_and_do_not_count_as_attempts(
 ) -> None:
     store = SqlQueueStore(engine)
     message_id = await queue_mail(store, "a@example.org")
-    [claimed] = await store.claim("w", 10, NOW, 60)
+    [claimed] = await claim(store, "w", 10, NOW, 60)
     await store.release("w", [Release(claimed.id, message_id, claimed.recipient, DeliveryState.QUEUED,
                                       "destination held back", NOW + 60, {"postponed": True},
                                       tried=False)], NOW)  # fmt: skip
@@ -106,7 +106,7 @@ async def test_cli_groups_by_destination_and_shows_each_attempt(tmp_path: Path, 
     engine = create_engine(make_settings(tmp_path, db_url).database)
     try:
         store = SqlQueueStore(engine)
-        [slow] = [d for d in await store.claim("w", 10, 4e9, 60) if d.domain == "slow.example"]
+        [slow] = [d for d in await claim(store, "w", 10, 4e9, 60) if d.domain == "slow.example"]
         await store.release("w", [Release(slow.id, message_id, slow.recipient, DeliveryState.DEFERRED,
                                           "451 4.7.0 try later", 4e9 + 600, TLS_ATTEMPT)], 4e9)  # fmt: skip
         await store.reap(5e9)

@@ -90,3 +90,16 @@ def configured_domain(settings: Settings, name: str) -> str:
     if domain is None:
         fail(f"{name} is not a sending domain: add a [[domains]] entry with name = \"{name}\"", 2)
     return domain.name
+
+
+def domain_command(group: click.Group, name: str) -> Callable[[Callable[..., Any]], Any]:
+    """A subcommand about one sending domain: `NAME DOMAIN [--json] [--config PATH]`; the
+    function gets the click context, the domain as typed and the --json flag."""
+
+    def decorate(func: Callable[..., Any]) -> Any:
+        func = click.pass_context(func)
+        func = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+        func = click.argument("domain")(func)
+        return group.command(name)(config_option(func))
+
+    return decorate

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from postroom.cli.common import config_option, configured_domain, run_db, settings_from, when
+from postroom.cli.common import config_option, configured_domain, domain_command, run_db, settings_from, when
 from postroom.dkim.keys import split_txt
 from postroom.dkim.management import (
     PublishedRecord,
@@ -85,11 +85,7 @@ def dkim_rotate(ctx: click.Context, domain: str, algorithms: tuple[str, ...], as
     print_records(made, as_json)
 
 
-@dkim.command("dns")
-@config_option
-@click.argument("domain")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
+@domain_command(dkim, "dns")
 def dkim_dns(ctx: click.Context, domain: str, as_json: bool) -> None:
     """Every DNS record the domain needs: DKIM per selector, SPF, DMARC, MX, MTA-STS, TLS-RPT."""
     settings = settings_from(ctx)

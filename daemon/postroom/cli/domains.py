@@ -8,7 +8,7 @@ import sys
 import click
 from prometheus_client import CollectorRegistry
 
-from postroom.cli.common import config_option, configured_domain, run_db, settings_from
+from postroom.cli.common import configured_domain, domain_command, run_db, settings_from
 from postroom.domains.resolver import lookup_for
 from postroom.domains.service import DomainChecker
 from postroom.metrics import Metrics
@@ -20,11 +20,7 @@ def domains() -> None:
     """Sending domains."""
 
 
-@domains.command("check")
-@config_option
-@click.argument("domain")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
+@domain_command(domains, "check")
 def domains_check(ctx: click.Context, domain: str, as_json: bool) -> None:
     """Check the domain's DNS: DKIM, SPF, DMARC, bounce MX. Exit 1 unless everything is ok."""
     settings = settings_from(ctx)

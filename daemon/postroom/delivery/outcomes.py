@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from postroom.core.clock import Clock
 from postroom.core.errors import StoreError
 from postroom.core.types import DeliveryState, RecipientResult, Verdict
-from postroom.queue.models import ClaimedDelivery, Release
+from postroom.metrics import Metrics
+from postroom.queue.models import ClaimedDelivery, QueuedMessage, Release
 from postroom.queue.retry import RetryPolicy, next_attempt_at
 from postroom.queue.protocols import QueueStore
 
@@ -59,6 +60,41 @@ def postpone(claimed: ClaimedDelivery, until: float, reason: str) -> Release:
         claimed.id, claimed.message_id, claimed.recipient, state, reason, until,
         {"postponed": True}, tried=False, route=claimed.route,
     )  # fmt: skip
+
+
+def signature_to_keep(message: QueuedMessage, sent: bytes, releases: Sequence[Release]) -> dict[str, bytes]:
+    """The DKIM-Signature fields an attempt sent (`sent` is the signed message), when a recipient
+    will be tried again and none are kept yet: the retry then sends the same bytes rather than
+    signing again."""
+    retried = any(r.state is DeliveryState.DEFERRED for r in releases)
+    if not retried or message.signature is not None or len(sent) <= len(message.content):
+        return {}
+    if not sent.endswith(message.content):
+        return {}
+    return {message.id: sent[: len(sent) - len(message.content)]}
+
+
+def count_outcomes(
+    metrics: Metrics, outcomes: Sequence[Release], messages: Mapping[str, QueuedMessage], now: float
+) -> None:
+    """Count recorded attempts by result, stream and route (untried hand-backs are not attempts)."""
+    for outcome in outcomes:
+        if not outcome.tried:
+            continue
+        message = messages.get(outcome.message_id)
+        stream = message.stream if message else "unknown"
+        route = outcome.route
+        metrics.attempted.labels(outcome.state.value).inc()
+        if outcome.state is DeliveryState.DELIVERED:
+            metrics.delivered.labels(stream, route).inc()
+            if message is not None:
+                metrics.latency.labels(stream).observe(max(0.0, now - message.created_at))
+        elif outcome.state is DeliveryState.DEFERRED:
+            metrics.deferred.labels(stream, route).inc()
+        elif outcome.state is DeliveryState.BOUNCED:
+            metrics.bounced.labels(stream, route, "hard", "rejected").inc()
+        elif outcome.state is DeliveryState.EXPIRED:
+            metrics.bounced.labels(stream, route, "soft", "expired").inc()
 
 
 class OutcomeWriter:

@@ -26,18 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from postroom.config import DestinationSettings
 from postroom.core.clock import Clock
 from postroom.core.errors import PostroomError, StoreError
 from postroom.core.types import DeliveryState, RecipientResult, Verdict
-from postroom.delivery.outcomes import OutcomeWriter, decide, postpone
-from postroom.delivery.shaping import Health, TokenBucket, daily_cap, share
+from postroom.delivery.lanes import Job, Lane
+from postroom.delivery.outcomes import OutcomeWriter, count_outcomes, decide, postpone, signature_to_keep
+from postroom.delivery.shaping import Health, TokenBucket, share
 from postroom.delivery.transport import Route, RouteFailure, Transport
 from postroom.metrics import Metrics
 from postroom.queue.models import ClaimedDelivery, QueuedMessage, Release
@@ -69,67 +68,6 @@ class WorkerOptions:
     processes: int = 1  # host-wide limits are shared by this many processes
     throttle_backoff: float = 60.0
     throttle_backoff_max: float = 3600.0
-
-
-@dataclass
-class Job:
-    """One message to the recipients it has at one destination, from one envelope sender."""
-
-    message: QueuedMessage
-    content: bytes
-    deliveries: list[ClaimedDelivery]
-
-    @property
-    def mail_from(self) -> str:
-        first = self.deliveries[0].mail_from
-        return first if first is not None else self.message.mail_from
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.message.id, self.mail_from
-
-
-@dataclass
-class Lane:
-    """A destination's queue of jobs, its shaping state and its health."""
-
-    route: Route
-    transport: Transport
-    health: Health
-    bucket: TokenBucket
-    jobs: deque[Job] = field(default_factory=deque)
-    domains: set[str] = field(default_factory=set)
-    active: int = 0
-    day: datetime.date | None = None
-    sent_today: int = 0
-    waiting: dict[tuple[str, str], Job] = field(default_factory=dict)  # queued jobs by `Job.key`
-    reported_reasons: set[str] = field(default_factory=set)  # suspended gauges now at 1
-    reported_slow: bool = False  # the speed gauge shows a slow-down
-
-    @property
-    def rule(self) -> DestinationSettings:
-        return self.route.rule
-
-    def enqueue(self, job: Job) -> None:
-        """Queue a job; recipients of a message already waiting here with the same envelope
-        sender join its transaction (a message to two domains behind one relay goes as one copy,
-        as Postfix sends it)."""
-        waiting = self.waiting.get(job.key)
-        if waiting is not None:
-            waiting.deliveries.extend(job.deliveries)
-            return
-        self.jobs.append(job)
-        self.waiting[job.key] = job
-
-    def next_job(self) -> Job:
-        job = self.jobs.popleft()
-        self.waiting.pop(job.key, None)
-        return job
-
-    def take_all(self) -> list[Job]:
-        jobs, self.jobs = list(self.jobs), deque()
-        self.waiting.clear()
-        return jobs
 
 
 class DeliveryWorker:
@@ -384,17 +322,9 @@ class DeliveryWorker:
     def _held_back_domains(self, now: float) -> list[str]:
         held: set[str] = set()
         for lane in self._lanes.values():
-            if lane.health.suspended(now) or len(lane.jobs) >= self._backlog_limit(lane):
+            if lane.health.suspended(now) or len(lane.jobs) >= lane.backlog_limit(self._options.processes):
                 held.update(lane.domains)
         return sorted(held)[:MAX_EXCLUDED_DOMAINS]
-
-    def _backlog_limit(self, lane: Lane) -> int:
-        # Enough queued jobs to keep the lane's connections busy for a while, no more: beyond it
-        # the claimer leaves the destination's deliveries in the database for later.
-        connections = self._connections(lane)
-        rate = self._rate(lane)
-        by_rate = int(rate * 5) if rate else 0
-        return max(20, connections * 20, by_rate)
 
     async def _park(
         self,
@@ -435,15 +365,9 @@ class DeliveryWorker:
             lane.route = route  # the newest resolution (addresses may have changed)
         return lane
 
-    def _connections(self, lane: Lane) -> int:
-        return lane.health.connections(share(lane.rule.max_connections, self._options.processes))
-
-    def _rate(self, lane: Lane) -> float:
-        return lane.health.rate(share(lane.rule.max_rate, self._options.processes))
-
     def _pump(self, lane: Lane) -> None:
         """Start runners while the lane has jobs and free connections."""
-        while lane.jobs and lane.active < self._connections(lane) and not self._stopping:
+        while lane.jobs and lane.active < lane.connections(self._options.processes) and not self._stopping:
             lane.active += 1
             task = asyncio.create_task(self._run_lane(lane), name=f"lane {lane.route.key}")
             self._runners.add(task)
@@ -455,9 +379,9 @@ class DeliveryWorker:
                 now = self._clock.now()
                 if lane.health.suspended(now):
                     return  # its jobs were handed back when it was suspended
-                if lane.active > self._connections(lane):
+                if lane.active > lane.connections(self._options.processes):
                     return  # slowed down: fewer connections now
-                lane.bucket.rate = self._rate(lane)
+                lane.bucket.rate = lane.rate(self._options.processes)
                 wait = lane.bucket.wait(now)
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -481,16 +405,8 @@ class DeliveryWorker:
             lane.active -= 1
 
     def _over_daily_cap(self, lane: Lane, now: float) -> bool:
-        today = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
-        if lane.day != today:
-            lane.day, lane.sent_today = today, 0
-        cap = daily_cap(lane.rule, today, self._options.processes)
-        if cap is None or lane.sent_today < cap:
+        if not lane.reached_daily_cap(now, self._options.processes):
             return False
-        tomorrow = datetime.datetime.combine(today + datetime.timedelta(days=1), datetime.time(),
-                                             datetime.UTC).timestamp()  # fmt: skip
-        lane.health.suspended_until = max(lane.health.suspended_until, tomorrow)
-        lane.health.reason = f"daily cap of {cap} reached"
         self._suspended(lane, "daily_cap")
         return True
 
@@ -507,7 +423,7 @@ class DeliveryWorker:
             decide(d, by_recipient[d.recipient], self._policy, now, self._draw())
             for d in job.deliveries
         ]
-        self._record(job.message, releases, self._signature_to_keep(job, releases))
+        self._record(job.message, releases, signature_to_keep(job.message, job.content, releases))
         delivered = sum(r.verdict is Verdict.DELIVERED for r in attempt.results)
         lane.sent_today += delivered
         already = lane.health.suspended(now)  # other connections reported this incident first
@@ -584,18 +500,6 @@ class DeliveryWorker:
         result = RecipientResult(delivery.recipient, verdict, reply, {"local": True} if local else {})
         return decide(delivery, result, self._policy, self._clock.now(), self._draw())
 
-    @staticmethod
-    def _signature_to_keep(job: Job, releases: Sequence[Release]) -> dict[str, bytes]:
-        """The DKIM-Signature fields this attempt sent, when a recipient will be tried again and
-        none are kept yet: the retry then sends the same bytes rather than signing again."""
-        message, content = job.message, job.content
-        retried = any(r.state is DeliveryState.DEFERRED for r in releases)
-        if not retried or message.signature is not None or len(content) <= len(message.content):
-            return {}
-        if not content.endswith(message.content):
-            return {}
-        return {message.id: content[: len(content) - len(message.content)]}
-
     def _record(
         self,
         message: QueuedMessage | None,
@@ -611,7 +515,7 @@ class DeliveryWorker:
     def _written(self, releases: Sequence[Release]) -> None:
         was_full = len(self._in_flight) >= self._options.max_in_flight
         self._in_flight.difference_update(r.delivery_id for r in releases)
-        self._count(releases)
+        count_outcomes(self._metrics, releases, self._messages, self._clock.now())
         for release in releases:
             left = self._outstanding.get(release.message_id, 0) - 1
             if left > 0:
@@ -621,23 +525,3 @@ class DeliveryWorker:
                 self._messages.pop(release.message_id, None)
         if was_full:
             self._room.set()  # claim again now rather than at the next poll
-
-    def _count(self, outcomes: Sequence[Release]) -> None:
-        now = self._clock.now()
-        for outcome in outcomes:
-            if not outcome.tried:
-                continue
-            message = self._messages.get(outcome.message_id)
-            stream = message.stream if message else "unknown"
-            route = outcome.route
-            self._metrics.attempted.labels(outcome.state.value).inc()
-            if outcome.state is DeliveryState.DELIVERED:
-                self._metrics.delivered.labels(stream, route).inc()
-                if message is not None:
-                    self._metrics.latency.labels(stream).observe(max(0.0, now - message.created_at))
-            elif outcome.state is DeliveryState.DEFERRED:
-                self._metrics.deferred.labels(stream, route).inc()
-            elif outcome.state is DeliveryState.BOUNCED:
-                self._metrics.bounced.labels(stream, route, "hard", "rejected").inc()
-            elif outcome.state is DeliveryState.EXPIRED:
-                self._metrics.bounced.labels(stream, route, "soft", "expired").inc()

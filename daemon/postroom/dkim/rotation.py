@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import KW_ONLY, dataclass
 from typing import Protocol
 
 from postroom.core.clock import Clock
@@ -31,44 +32,36 @@ class TxtLookup(Protocol):
     async def txt(self, name: str) -> list[str]: ...
 
 
+@dataclass(frozen=True)
 class KeyMonitor:
-    def __init__(
-        self,
-        keys: SqlDkimKeys,
-        keys_in_use: SigningKeys,
-        lookup: TxtLookup | None,
-        clock: Clock,
-        *,
-        interval: float,
-        overlap: float,
-    ):
-        self._keys = keys
-        self._keys_in_use = keys_in_use
-        self._lookup = lookup
-        self._clock = clock
-        self._interval = interval
-        self._overlap = overlap
+    keys: SqlDkimKeys  # the selectors and their states
+    keys_in_use: SigningKeys  # what signing reads; replaced on every reload
+    lookup: TxtLookup | None  # None: no DNS (pending selectors wait)
+    clock: Clock
+    _: KW_ONLY
+    interval: float  # seconds between checks
+    overlap: float  # how long a replaced selector stays published
 
     async def reload(self) -> None:
-        keyring = await asyncio.to_thread(load_keyring, await self._keys.list())
+        keyring = await asyncio.to_thread(load_keyring, await self.keys.list())
         for domain, reasons in keyring.problems.items():
             for reason in reasons:
                 logger.error("DKIM key for %s unusable: %s", domain, reason)
         for name in keyring.weak:
             logger.warning("DKIM key %s is RSA shorter than 2048 bits; rotate it", name)
-        self._keys_in_use.replace_keyring(keyring)
+        self.keys_in_use.replace_keyring(keyring)
 
     async def check_once(self) -> list[str]:
         """Activate pending selectors seen in DNS, retire old ones, reload; return activations."""
         activated = []
-        if self._lookup is not None:
-            for record in await self._keys.list():
+        if self.lookup is not None:
+            for record in await self.keys.list():
                 if record.state is not SelectorState.PENDING:
                     continue
                 name = dns_record_name(record.domain, record.selector)
                 try:
                     key = await asyncio.to_thread(load_key, record.key_path, record.domain, record.selector)
-                    found = await self._lookup.txt(name)
+                    found = await self.lookup.txt(name)
                 except DkimKeyError as exc:
                     logger.error("pending DKIM selector %s unusable: %s", name, exc)
                     continue
@@ -82,11 +75,11 @@ class KeyMonitor:
                     logger.debug("pending DKIM selector %s not usable yet: %s", name, published.detail)
                     continue
                 with contextlib.suppress(ConflictError):  # another daemon was first
-                    await self._keys.activate(record.domain, record.selector,
-                                              self._clock.now(), self._overlap)  # fmt: skip
+                    await self.keys.activate(record.domain, record.selector,
+                                              self.clock.now(), self.overlap)  # fmt: skip
                     activated.append(name)
                     logger.info("DKIM selector %s seen in DNS: now signing with it", name)
-        retired = await self._keys.retire_due(self._clock.now())
+        retired = await self.keys.retire_due(self.clock.now())
         if retired:
             logger.info("retired %d DKIM selectors past their overlap", retired)
         await self.reload()
@@ -95,7 +88,7 @@ class KeyMonitor:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._interval)
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
             if stop.is_set():
                 return
             try:

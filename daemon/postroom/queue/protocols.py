@@ -37,11 +37,6 @@ class QueueStore(Protocol):
     ) -> tuple[str, bool]: ...
 
     # -- work
-    async def claim(
-        self, owner: str, limit: int, now: float, lease_seconds: float,
-        exclude_domains: Sequence[str] = (),
-    ) -> list[ClaimedDelivery]: ...  # fmt: skip
-
     async def claim_with_messages(
         self, owner: str, limit: int, now: float, lease_seconds: float,
         exclude_domains: Sequence[str] = (), load: bool = True,

@@ -54,13 +54,19 @@ class SqlQueueStore:
         (if it dies, the lease runs out and any worker takes them)."""
         ids = [item.message_id or new_message_id(now) for item in batch]
         with translate_errors("queueing messages"):
-            async with self._write() as conn:
-                await self._insert(conn, list(zip(ids, batch)), now, lease)
-                rows: list[Any] = []
-                if lease:
-                    result = await conn.execute(q.leased_statement(as_json=False), {"ids": ids})
-                    rows = list(result.all())
+            rows = await self._insert_rows(list(zip(ids, batch)), now, lease)
         return ids, q.claimed_deliveries(rows)
+
+    async def _insert_rows(
+        self, batch: list[tuple[str, Submission]], now: float, lease: Lease | None
+    ) -> list[Any]:
+        """Write the batch; with a lease, return its deliveries' rows as `claimed_deliveries` reads them."""
+        async with self._write() as conn:
+            await self._insert(conn, batch, now, lease)
+            if not lease:
+                return []
+            ids = [message_id for message_id, _ in batch]
+            return list((await conn.execute(q.leased_statement(as_json=False), {"ids": ids})).all())
 
     async def insert_idempotent(
         self, submission: Submission, key: IdempotencyKey, now: float
@@ -134,20 +140,6 @@ class SqlQueueStore:
 
     # -- work -----------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        owner: str,
-        limit: int,
-        now: float,
-        lease_seconds: float,
-        exclude_domains: Sequence[str] = (),
-    ) -> list[ClaimedDelivery]:
-        """Lease up to `limit` due deliveries, oldest due first, none for `exclude_domains`
-        (the destinations this worker holds back or has enough of)."""
-        claimed, _ = await self.claim_with_messages(owner, limit, now, lease_seconds,
-                                                    exclude_domains, load=False)  # fmt: skip
-        return claimed
-
     async def claim_with_messages(
         self,
         owner: str,
@@ -157,15 +149,19 @@ class SqlQueueStore:
         exclude_domains: Sequence[str] = (),
         load: bool = True,
     ) -> tuple[list[ClaimedDelivery], dict[str, QueuedMessage]]:
-        """`claim`, and the claimed deliveries' messages."""
-        params: dict[str, Any] = {"owner": owner, "limit": limit, "now": now,
-                                  "until": now + lease_seconds}  # fmt: skip
-        if exclude_domains:
-            params["excluded"] = sorted(exclude_domains)
+        """Lease up to `limit` due deliveries, oldest due first, none for `exclude_domains` (the
+        destinations this worker holds back or has enough of); with `load`, their messages too."""
         with translate_errors("claiming deliveries"):
-            async with self._write() as conn:
-                statement = q.claim_statement(bool(exclude_domains), as_json=False)
-                claimed = q.claimed_deliveries((await conn.execute(statement, params)).all())
+            return await self._claim(owner, limit, now, lease_seconds, exclude_domains, load)
+
+    async def _claim(
+        self, owner: str, limit: int, now: float, lease_seconds: float,
+        exclude_domains: Sequence[str], load: bool,
+    ) -> tuple[list[ClaimedDelivery], dict[str, QueuedMessage]]:  # fmt: skip
+        params = q.claim_params(owner, limit, now, lease_seconds, exclude_domains, as_json=False)
+        async with self._write() as conn:
+            statement = q.claim_statement(bool(exclude_domains), as_json=False)
+            claimed = q.claimed_deliveries((await conn.execute(statement, params)).all())
         loaded = await self.load_messages(d.message_id for d in claimed) if load else {}
         return claimed, loaded
 
@@ -212,19 +208,24 @@ class SqlQueueStore:
         """
         if not outcomes:
             return 0
-        ids = [o.delivery_id for o in outcomes]
         kept_signatures = [{"s_id": k, "s_value": v} for k, v in (signatures or {}).items()]
         with translate_errors("recording delivery outcomes"):
-            async with self._write() as conn:
-                found = await conn.execute(q.still_ours_statement(as_json=False), {"ids": ids, "owner": owner})
-                ours = set(found.scalars())
-                kept = [o for o in outcomes if o.delivery_id in ours]
-                if not kept:
-                    return 0
-                await conn.execute(q.release_statement(), q.release_rows(kept, owner, now))
-                await conn.execute(events.insert(), q.event_rows(kept, now))
-                if kept_signatures:
-                    await conn.execute(q.signature_statement(), kept_signatures)
+            return await self._release(owner, outcomes, now, kept_signatures)
+
+    async def _release(
+        self, owner: str, outcomes: Sequence[Release], now: float, kept_signatures: list[dict[str, Any]]
+    ) -> int:
+        ids = [o.delivery_id for o in outcomes]
+        async with self._write() as conn:
+            found = await conn.execute(q.still_ours_statement(as_json=False), {"ids": ids, "owner": owner})
+            ours = set(found.scalars())
+            kept = [o for o in outcomes if o.delivery_id in ours]
+            if not kept:
+                return 0
+            await conn.execute(q.release_statement(), q.release_rows(kept, owner, now))
+            await conn.execute(events.insert(), q.event_rows(kept, now))
+            if kept_signatures:
+                await conn.execute(q.signature_statement(), kept_signatures)
         return len(kept)
 
     async def park(self, message_id: str, error: str) -> None:

@@ -1,5 +1,9 @@
 """`SqliteQueueStore`: the queue on SQLite, its hot paths in one hop to the writer thread.
 
+It is `SqlQueueStore` with the four hot steps replaced (writing a batch, claiming with the
+messages, recording outcomes, lease bookkeeping); the public methods and their error
+translation are the ones it inherits.
+
 Through SQLAlchemy and aiosqlite a transaction is several hops to the driver's thread, each
 waiting for a turn of a busy event loop (see `store.sqlite_writer`). Here the group commit, claims
 with their messages, outcomes and lease bookkeeping each run as one function on the writer thread,
@@ -11,19 +15,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postroom.core.ids import new_message_id
 from postroom.core.types import Submission
 from postroom.queue import statements as q
 from postroom.queue.models import ClaimedDelivery, QueuedMessage, Release
 from postroom.queue.sql_store import SqlQueueStore
 from postroom.queue.statements import Lease
-from postroom.store.engine import WriteGate, translate_errors
+from postroom.store.engine import WriteGate
 from postroom.store.sqlite_writer import SqliteBatchWriter, compiled, execute, executemany, sql_and_rows
 from postroom.store.tables import events
 
@@ -33,38 +36,26 @@ class SqliteQueueStore(SqlQueueStore):
         super().__init__(engine, gate)
         self._writer = writer
 
-    async def insert_leased(
-        self, batch: Sequence[Submission], now: float, lease: Lease | None
-    ) -> tuple[list[str], list[ClaimedDelivery]]:
-        ids = [item.message_id or new_message_id(now) for item in batch]
-        statements = q.insert_statements(list(zip(ids, batch)), now, lease)
-        found = q.leased_statement(as_json=True)
-        params = {"ids": json.dumps(ids)}
+    async def _insert_rows(
+        self, batch: list[tuple[str, Submission]], now: float, lease: Lease | None
+    ) -> list[Any]:
+        statements = q.insert_statements(batch, now, lease)
+        params = {"ids": json.dumps([message_id for message_id, _ in batch])}
 
         def insert(connection: sqlite3.Connection) -> list[Any]:
             for sql, rows in [sql_and_rows(st, rows) for st, rows in statements if rows]:
                 connection.executemany(sql, rows)
-            return execute(connection, found, params, "leased") if lease else []
+            return execute(connection, q.leased_statement(as_json=True), params, "leased") if lease else []
 
-        with translate_errors("queueing messages"):
-            rows = await self._writer.run(insert, durable=True)
-        return ids, q.claimed_deliveries(rows)
+        return await self._writer.run(insert, durable=True)
 
-    async def claim_with_messages(
-        self,
-        owner: str,
-        limit: int,
-        now: float,
-        lease_seconds: float,
-        exclude_domains: Sequence[str] = (),
-        load: bool = True,
-    ) -> tuple[list[ClaimedDelivery], dict[str, QueuedMessage]]:
-        """`claim` and the messages, in the same hop."""
-        params: dict[str, Any] = {"owner": owner, "limit": limit, "now": now,
-                                  "until": now + lease_seconds}  # fmt: skip
+    async def _claim(
+        self, owner: str, limit: int, now: float, lease_seconds: float,
+        exclude_domains: Sequence[str], load: bool,
+    ) -> tuple[list[ClaimedDelivery], dict[str, QueuedMessage]]:  # fmt: skip
+        """The claim and the messages in the same hop."""
+        params = q.claim_params(owner, limit, now, lease_seconds, exclude_domains, as_json=True)
         excluding = bool(exclude_domains)
-        if excluding:
-            params["excluded"] = json.dumps(sorted(exclude_domains))
         statement = q.claim_statement(excluding, as_json=True)
 
         def claim_and_load(connection: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
@@ -75,21 +66,13 @@ class SqliteQueueStore(SqlQueueStore):
                 found = execute(connection, q.messages_statement(as_json=True), {"ids": wanted}, "messages")
             return rows, found
 
-        with translate_errors("claiming deliveries"):
-            rows, found = await self._writer.run(claim_and_load, durable=False)
+        rows, found = await self._writer.run(claim_and_load, durable=False)
         return q.claimed_deliveries(rows), {row[0]: q.queued_message(row) for row in found}
 
-    async def release(
-        self,
-        owner: str,
-        outcomes: Sequence[Release],
-        now: float,
-        signatures: Mapping[str, bytes] | None = None,
+    async def _release(
+        self, owner: str, outcomes: Sequence[Release], now: float, kept_signatures: list[dict[str, Any]]
     ) -> int:
-        if not outcomes:
-            return 0
         ids = json.dumps([o.delivery_id for o in outcomes])
-        kept_signatures = [{"s_id": k, "s_value": v} for k, v in (signatures or {}).items()]
 
         def record(connection: sqlite3.Connection) -> int:
             found = execute(connection, q.still_ours_statement(as_json=True),
@@ -102,8 +85,7 @@ class SqliteQueueStore(SqlQueueStore):
             executemany(connection, q.signature_statement(), kept_signatures, "signature")
             return len(kept)
 
-        with translate_errors("recording delivery outcomes"):
-            return await self._writer.run(record, durable=False)
+        return await self._writer.run(record, durable=False)
 
     async def _bookkeeping(self, statement: sa.Update) -> int:
         def update(connection: sqlite3.Connection) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +113,17 @@ def in_list(column: sa.ColumnElement[Any], name: str, as_json: bool) -> sa.Colum
         )
         return column.in_(values.scalar_subquery())
     return column.in_(sa.bindparam(name, expanding=True))
+
+
+def claim_params(
+    owner: str, limit: int, now: float, lease_seconds: float, exclude_domains: Sequence[str], as_json: bool
+) -> dict[str, Any]:
+    """The parameters of `claim_statement(bool(exclude_domains), as_json)`."""
+    params: dict[str, Any] = {"owner": owner, "limit": limit, "now": now, "until": now + lease_seconds}
+    if exclude_domains:
+        excluded = sorted(exclude_domains)
+        params["excluded"] = json.dumps(excluded) if as_json else excluded
+    return params
 
 
 @functools.cache

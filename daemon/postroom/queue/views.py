@@ -178,20 +178,8 @@ class SqlQueueViews:
                         ).where(messages.c.id == message_id)
                     )
                 ).one()
-                delivery_rows = (
-                    await conn.execute(
-                        sa.select(deliveries)
-                        .where(deliveries.c.message_id == message_id)
-                        .order_by(deliveries.c.id)
-                    )
-                ).all()
-                event_rows = (
-                    await conn.execute(
-                        sa.select(events)
-                        .where(events.c.message_id == message_id)
-                        .order_by(events.c.id)
-                    )
-                ).all()
+                delivery_rows = await _rows_of_message(conn, deliveries, message_id)
+                event_rows = await _rows_of_message(conn, events, message_id)
         return MessageDetail(
             summary=summaries[0],
             tags=list(extra.tags or []),
@@ -222,6 +210,12 @@ class SqlQueueViews:
         if value is None:
             raise NotFoundError(f"no message {message_id}")
         return bytes(value)
+
+
+async def _rows_of_message(conn: AsyncConnection, table: sa.Table, message_id: str) -> list[Any]:
+    """A message's deliveries or events, in the order they were written."""
+    statement = sa.select(table).where(table.c.message_id == message_id).order_by(table.c.id)
+    return list((await conn.execute(statement)).all())
 
 
 def _event_dict(row: Any) -> dict[str, Any]:

@@ -1,8 +1,4 @@
 """The queue, its events, idempotency keys, API keys and SMTP users.
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-25
 """
 
 import sqlalchemy as sa
@@ -10,8 +6,6 @@ from alembic import op
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 

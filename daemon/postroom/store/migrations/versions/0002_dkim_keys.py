@@ -1,8 +1,4 @@
 """DKIM selectors with their rotation state.
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-25
 """
 
 import sqlalchemy as sa
@@ -10,8 +6,6 @@ from alembic import op
 
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

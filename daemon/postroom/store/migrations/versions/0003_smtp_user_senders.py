@@ -1,8 +1,4 @@
 """SMTP users may be limited to some sender domains or addresses.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-25
 """
 
 import sqlalchemy as sa
@@ -10,8 +6,6 @@ from alembic import op
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

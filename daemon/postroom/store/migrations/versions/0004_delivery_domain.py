@@ -1,8 +1,4 @@
 """Deliveries know their recipient's domain, so the queue can be grouped and held back by it.
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-11-26
 """
 
 import sqlalchemy as sa
@@ -10,8 +6,6 @@ from alembic import op
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

@@ -1,9 +1,5 @@
 """A message keeps the DKIM-Signature header fields it was first sent with, so a retry sends the
 same signed bytes instead of signing again (DESIGN flow 2: sign once, not per retry).
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-11-26
 """
 
 import sqlalchemy as sa
@@ -11,8 +7,6 @@ from alembic import op
 
 revision = "0005"
 down_revision = "0004"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

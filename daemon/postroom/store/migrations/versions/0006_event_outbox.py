@@ -5,10 +5,6 @@ On PostgreSQL `events.xact` defaults to `pg_current_xact_id()`; rows written bef
 keep 0 (they are all committed, so reading them in id order is safe). On SQLite it is always 0,
 and the table is rebuilt with AUTOINCREMENT so an id freed by `queue purge` is never reused below
 a consumer's cursor (the rebuild keeps the rows, their ids and the indexes).
-
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-11-27
 """
 
 import sqlalchemy as sa
@@ -16,8 +12,6 @@ from alembic import op
 
 revision = "0006"
 down_revision = "0005"
-branch_labels = None
-depends_on = None
 
 PG_CURRENT_XACT = "(pg_current_xact_id()::text::bigint)"
 

@@ -1,9 +1,5 @@
 """Each delivery carries its own route (which transport sends it: the in-house path, later Loops)
 and, for VERP, its own envelope sender; until now the route was only the message's metrics label.
-
-Revision ID: 0007
-Revises: 0006
-Create Date: 2026-12-05
 """
 
 import sqlalchemy as sa
@@ -11,8 +7,6 @@ from alembic import op
 
 revision = "0007"
 down_revision = "0006"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
