@@ -1,0 +1,64 @@
+"""`ByteBudget`: how many bytes of messages being received a process holds at once.
+
+Every SMTP DATA upload and every HTTP request body reserves its size before it is read into memory
+(the SMTP SIZE parameter or Content-Length, and the bytes as they arrive when neither was said) and
+gives it back once the message is committed or refused. When the budget is spent, new uploads are
+refused with a temporary reply (SMTP 452 4.3.1, HTTP 503 with Retry-After) instead of growing the
+process until the OOM killer takes it: a burst of large messages costs a bounded amount of memory
+and the clients retry. One budget per process, shared by both ingresses; single-threaded (the
+event loop), so no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+from collections.abc import Iterator
+
+logger = logging.getLogger(__name__)
+
+# glibc keeps freed arenas mapped; after a burst of large messages the process would stay at its
+# peak. malloc_trim(0) hands the free pages back (a no-op elsewhere).
+_TRIM_AFTER_BYTES = 8 * 1024 * 1024
+
+
+def _malloc_trim() -> None:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name).malloc_trim(0)
+
+
+class ByteBudget:
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_flight = 0
+        self._released_since_trim = 0
+
+    def try_reserve(self, size: int) -> bool:
+        """Take `size` bytes if they fit (a single upload larger than the whole budget fits only
+        when nothing else is in flight, so one maximum-size message always gets through)."""
+        if self.in_flight and self.in_flight + size > self.limit:
+            return False
+        self.in_flight += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.in_flight = max(0, self.in_flight - size)
+        self._released_since_trim += size
+        if self.in_flight == 0 and self._released_since_trim >= _TRIM_AFTER_BYTES:
+            self._released_since_trim = 0
+            _malloc_trim()
+
+    @contextlib.contextmanager
+    def reserved(self, size: int) -> Iterator[bool]:
+        """`with budget.reserved(n) as ok:` reserve for the block if possible; `ok` says whether."""
+        ok = self.try_reserve(size)
+        try:
+            yield ok
+        finally:
+            if ok:
+                self.release(size)
