@@ -64,6 +64,7 @@ from postroom.store.dkim_keys import SqlDkimKeys
 from postroom.store.engine import WriteGate, create_engine, translate_errors
 from postroom.store.schema import require_current
 from postroom.store.sqlite_writer import SqliteBatchWriter
+from postroom.submission.budget import ByteBudget
 from postroom.submission.service import SubmissionService
 from postroom.submission.steps import standard_steps
 
@@ -102,6 +103,8 @@ class Daemon:
         self.dns_lookup = dns_lookup
         self.ready = asyncio.Event()
         self._reload = asyncio.Event()
+        # Bytes of messages being received, shared by both ingresses of this process.
+        self.budget = ByteBudget(settings.limits.bytes_in_flight, self.metrics.ingress_bytes)
         self.smtp_bound: dict[str, tuple[str, int]] = {}
         self.http_bound: tuple[str, int] | None = None
 
@@ -246,7 +249,8 @@ class Daemon:
             MessageRoutes(submissions, storage.views, self.clock, self.metrics, settings.smtp.hostname),
             DomainRoutes(checker),
         ]
-        app = build_app(settings.http, SqlApiKeys(storage.engine), self.metrics, groups)
+        app = build_app(settings.http, SqlApiKeys(storage.engine), self.metrics, groups,
+                        budget=self.budget)  # fmt: skip
         return HttpServer(settings.http, app, sockets=self.listen_sockets)
 
     async def _readiness(self, engine: AsyncEngine) -> str | None:

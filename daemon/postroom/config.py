@@ -263,6 +263,12 @@ class DeliverySettings(_Section):
         return self
 
 
+class LimitsSettings(_Section):
+    # Bytes of messages being received (SMTP DATA, HTTP request bodies) one daemon process holds at
+    # once; past it new uploads get a temporary refusal (SMTP 452, HTTP 503) until room frees up.
+    bytes_in_flight: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+
+
 class ProcessSettings(_Section):
     # How many daemon processes share the listening sockets (bound once by the supervisor) and the
     # queue; 0 = one per CPU core (the default): one asyncio process fills one core; see
@@ -322,6 +328,7 @@ class Settings(BaseSettings):
 
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     log: LogSettings = Field(default_factory=LogSettings)

@@ -226,3 +226,16 @@ class Metrics:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
+        # Bytes of messages being received, against [limits] bytes_in_flight (submission.budget).
+        self.ingress_bytes = Gauge(
+            "postroom_ingress_bytes_in_flight",
+            "Bytes of messages being received (SMTP DATA, HTTP bodies) held in memory now",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.ingress_busy = Counter(
+            "postroom_ingress_busy_refusals",
+            "Uploads refused for now because [limits] bytes_in_flight was spent, by ingress",
+            ["ingress"],
+            registry=registry,
+        )

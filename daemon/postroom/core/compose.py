@@ -41,9 +41,18 @@ class Draft:
     attachments: tuple[Attachment, ...] = field(default_factory=tuple)
 
 
+# What may never be in a header value: CR and LF (header injection), NUL, and the other characters
+# Python's str.splitlines (and so the email package) treats as line breaks: the email library would
+# refuse them with a ValueError deep inside composition, or fold a header at them.
+_FORBIDDEN_IN_HEADERS = frozenset("\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
 def check_header_value(name: str, value: str) -> None:
     if "\r" in value or "\n" in value:
         raise InvalidMessageError(f"header {name} must not contain CR or LF")
+    bad = next((c for c in value if c in _FORBIDDEN_IN_HEADERS), None)
+    if bad is not None:
+        raise InvalidMessageError(f"header {name} must not contain the character U+{ord(bad):04X}")
 
 
 def check_header_name(name: str) -> None:

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from postroom.config import HttpSettings
 from postroom.http.auth import API_KEY, ApiKeyAuthenticator, bearer_auth
-from postroom.http.errors import Handler, json_errors
+from postroom.http.errors import ApiError, Handler, json_errors
 from postroom.metrics import Metrics
+from postroom.submission.budget import ByteBudget
 
 
 class RouteGroup(Protocol):
@@ -34,12 +36,36 @@ class Mount:
     app: web.Application
 
 
+def body_budget(settings: HttpSettings, budget: ByteBudget, metrics: Metrics) -> Middleware:
+    """Request bodies reserve their size in the process's byte budget before they are read: one
+    larger than `max_body_size` is refused at once (413, unread), one that does not fit now gets
+    503 with Retry-After. A body without Content-Length reserves the largest allowed size."""
+
+    @web.middleware
+    async def reserve(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.body_exists:
+            return await handler(request)
+        size = request.content_length
+        if size is not None and size > settings.max_body_size:
+            raise ApiError(413, "payload_too_large", f"the body is {size} bytes; the limit is "
+                           f"{settings.max_body_size} (http.max_body_size)")  # fmt: skip
+        with budget.reserved(size if size is not None else settings.max_body_size) as room:
+            if not room:
+                metrics.ingress_busy.labels("http").inc()
+                raise ApiError(503, "busy", "too many large requests in progress; retry shortly",
+                               {"Retry-After": "2"})  # fmt: skip
+            return await handler(request)
+
+    return reserve
+
+
 def build_app(
     settings: HttpSettings,
     api_keys: ApiKeyAuthenticator,
     metrics: Metrics,
     groups: Sequence[RouteGroup],
     mounts: Sequence[Mount] = (),
+    budget: ByteBudget | None = None,
 ) -> web.Application:
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -49,10 +75,11 @@ def build_app(
         metrics.http_requests.labels(name, str(response.status)).inc()
         return response
 
-    app = web.Application(
-        client_max_size=settings.max_body_size,
-        middlewares=[count_requests, json_errors, bearer_auth],
-    )
+    middlewares: list[Middleware] = [count_requests, json_errors]
+    if budget is not None:
+        middlewares.append(body_budget(settings, budget, metrics))
+    middlewares.append(bearer_auth)
+    app = web.Application(client_max_size=settings.max_body_size, middlewares=middlewares)
     app[API_KEY] = api_keys
     for group in groups:
         group.register(app)

@@ -24,7 +24,7 @@ from postroom.metrics import Metrics
 from postroom.queue.models import MessageDetail, MessageSummary
 from postroom.queue.protocols import QueueViews
 from postroom.store.credentials import Role
-from postroom.submission.fields import MessageIn, build_submission
+from postroom.submission.fields import MessageIn, build_submission, unencodable_field
 from postroom.submission.outcome import Caller, Refusal
 from postroom.submission.service import SubmissionService
 
@@ -118,6 +118,13 @@ class MessageRoutes:
         except (ValueError, UnicodeDecodeError):
             self._metrics.rejected.labels("api", "bad_json").inc()
             raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        except RecursionError:
+            self._metrics.rejected.labels("api", "bad_json").inc()
+            raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
+        unencodable = unencodable_field(payload)
+        if unencodable is not None:
+            self._metrics.rejected.labels("api", "invalid").inc()
+            raise ApiError(400, "invalid_request", f"{unencodable}: not valid text (a lone UTF-16 surrogate)")
         try:
             body = MessageIn.model_validate(payload)
         except ValidationError as exc:

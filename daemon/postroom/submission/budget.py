@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import logging
 from collections.abc import Iterator
+from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +33,15 @@ def _malloc_trim() -> None:
         ctypes.CDLL(name).malloc_trim(0)
 
 
+class Settable(Protocol):
+    def set(self, value: float) -> None: ...
+
+
 class ByteBudget:
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, gauge: Settable | None = None):
         self.limit = limit
         self.in_flight = 0
+        self._gauge = gauge
         self._released_since_trim = 0
 
     def try_reserve(self, size: int) -> bool:
@@ -44,10 +50,14 @@ class ByteBudget:
         if self.in_flight and self.in_flight + size > self.limit:
             return False
         self.in_flight += size
+        if self._gauge is not None:
+            self._gauge.set(self.in_flight)
         return True
 
     def release(self, size: int) -> None:
         self.in_flight = max(0, self.in_flight - size)
+        if self._gauge is not None:
+            self._gauge.set(self.in_flight)
         self._released_since_trim += size
         if self.in_flight == 0 and self._released_since_trim >= _TRIM_AFTER_BYTES:
             self._released_since_trim = 0

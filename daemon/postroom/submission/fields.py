@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from postroom.core.addresses import valid_mailbox
-from postroom.core.compose import Attachment, Draft, address_of, compose, format_address
+from postroom.core.compose import Attachment, Draft, address_of, check_header_value, compose, format_address
 from postroom.core.errors import InvalidMessageError
 from postroom.core.ids import new_message_id
 from postroom.core.types import Submission
@@ -61,14 +61,35 @@ class MessageIn(_Body):
         return [value] if isinstance(value, (str, dict)) else value
 
 
+def unencodable_field(value: Any, path: str = "") -> str | None:
+    """The path of the first string in a decoded JSON value that cannot be encoded as UTF-8 (a
+    lone surrogate such as `"\\ud800"`: valid JSON, but no valid text), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = unencodable_field(key, path) or unencodable_field(item, f"{path}.{key}" if path else key)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = unencodable_field(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
+
+
 def _address(value: AddressField) -> tuple[str, str]:
     """(bare address, header form)."""
     if isinstance(value, AddressIn):
         bare, header = value.email, format_address(value.email, value.name)
     else:
         bare, header = address_of(value), value
-    if "\r" in header or "\n" in header:
-        raise InvalidMessageError("addresses must not contain CR or LF")
+    check_header_value("address", header)
     if not valid_mailbox(bare):
         raise InvalidMessageError(f"{bare!r} is not a valid email address")
     return bare, header
@@ -106,7 +127,12 @@ def build_submission(
         headers=tuple(body.headers.items()),
         attachments=tuple(_attachment(a) for a in body.attachments),
     )
-    content = compose(draft, message_id=message_id, hostname=hostname, now=now)
+    try:
+        content = compose(draft, message_id=message_id, hostname=hostname, now=now)
+    except (ValueError, UnicodeError, LookupError) as exc:
+        # What the checks above did not foresee, refused by the email library: still the
+        # submitter's input, so a 400 with its reason, never a 500.
+        raise InvalidMessageError(f"the message could not be composed: {exc}") from None
     return Submission(
         mail_from=sender_bare,
         recipients=tuple(recipients),
