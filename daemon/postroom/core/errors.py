@@ -36,3 +36,13 @@ class ConflictError(PostroomError):
 class InvalidMessageError(PostroomError):
     """A submitted message is malformed; the text is safe to show to the submitter."""
 
+
+
+class TemplateError(PostroomError):
+    """A template that cannot be compiled, or data it cannot be rendered with; each problem names
+    its place (a file and line, or the path of a data variable). Safe to show to the submitter."""
+
+    def __init__(self, code: str, problems: list[str]):
+        self.code = code  # "invalid_template", "invalid_data", "render_failed"
+        self.problems = problems
+        super().__init__("; ".join(problems))
