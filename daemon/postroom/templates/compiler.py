@@ -46,6 +46,10 @@ _TABLE_TAGS = [
     (re.compile(r"</(table|thead|tbody|tfoot|tr)\s*>", re.IGNORECASE), "</div>"),
     (re.compile(r"<t[dh]\b[^>]*>", re.IGNORECASE), "<span>"),
     (re.compile(r"</t[dh]\s*>", re.IGNORECASE), "</span><span>  </span>"),
+    # An ordered list's items usually come from a loop over one <li>: numbered once, they would
+    # all say "1."; bullets stay true.
+    (re.compile(r"<ol\b[^>]*>", re.IGNORECASE), "<ul>"),
+    (re.compile(r"</ol\s*>", re.IGNORECASE), "</ul>"),
 ]
 
 
