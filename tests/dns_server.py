@@ -6,14 +6,18 @@ in-memory dict `{(name, type): [value, ...]}` the test may change while it runs 
 `"2001:db8::1"` for AAAA; a TXT value is one string, sent cut into 255-byte character-strings as a
 zone file would (RFC 1035 §3.3), so the client has to join them. A name with no records at all gets
 NXDOMAIN, a name with records of other types an empty NOERROR (NODATA). Names in `servfail` get
-SERVFAIL and names in `silent` no answer at all. Answers are sized like a real server's: at most
-512 bytes, or the EDNS payload the query offers, else a truncated (TC) reply; there is no TCP.
+SERVFAIL and names in `silent` no answer at all; `server.fail(name, type, "REFUSED")` makes one
+question fail with that rcode (REFUSED or SERVFAIL) while the name's other types still answer, as
+a dnsmasq without an upstream refuses AAAA and answers A from its hosts file. Answers are sized
+like a real server's: at most 512 bytes, or the EDNS payload the query offers, else a truncated
+(TC) reply; there is no TCP.
 
     async with serve_dns({("example.com", "TXT"): ["v=spf1 -all"]}) as (server, port):
         lookup = DnspythonLookup(("127.0.0.1", port), timeout=2.0)
 
 `DictDnsLookup(records)` answers the same dict directly, without sockets, for unit tests of code
-that takes a `DnsLookup`; it records queries too, and raises `DnsLookupError` for names in `failing`.
+that takes a `DnsLookup`; it records queries too, and raises `DnsLookupError` for names in `failing`
+and for the (name, type) questions in `failing_queries`.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import dns.rdatatype
 import dns.rrset
 from dns.rdtypes.ANY.TXT import TXT
 
-from postroom.domains.lookup import DnsLookupError
+from postroom.domains.lookup import AddressType, DnsLookupError
 
 Records = Mapping[tuple[str, str], list[str]]
 
@@ -50,6 +54,8 @@ class LocalDnsServer(asyncio.DatagramProtocol):
         self.queries: list[tuple[str, str]] = []
         self.servfail: set[str] = set()
         self.silent: set[str] = set()
+        # (name, type) -> the rcode that question gets; delete an entry to answer it again.
+        self.failures: dict[tuple[str, str], dns.rcode.Rcode] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -60,6 +66,11 @@ class LocalDnsServer(asyncio.DatagramProtocol):
         for value in values:
             _rdata(rdtype, value)
         self.records[(_name(name), rtype.upper())] = list(values)
+
+    def fail(self, name: str, rtype: str, rcode: str = "REFUSED") -> None:
+        """Answer the question (name, type) with `rcode` ("REFUSED", "SERVFAIL") from now on,
+        whatever records it has; other types of the name answer as before."""
+        self.failures[(_name(name), rtype.upper())] = dns.rcode.from_text(rcode)
 
     def remove(self, name: str, rtype: str | None = None) -> None:
         """Remove one type of record from `name`, or the whole name (NXDOMAIN from now on)."""
@@ -97,6 +108,9 @@ class LocalDnsServer(asyncio.DatagramProtocol):
         if name in self.silent:
             return None
         response = dns.message.make_response(query)
+        if (name, rtype) in self.failures:
+            response.set_rcode(self.failures[(name, rtype)])
+            return response.to_wire()
         response.flags |= dns.flags.AA
         if name in self.servfail:
             response.set_rcode(dns.rcode.SERVFAIL)
@@ -121,9 +135,15 @@ class LocalDnsServer(asyncio.DatagramProtocol):
 class DictDnsLookup:
     """A `DnsLookup` answering from a records dict in memory (same format as `serve_dns`)."""
 
-    def __init__(self, records: Records, failing: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        records: Records,
+        failing: set[str] | None = None,
+        failing_queries: set[tuple[str, str]] | None = None,
+    ) -> None:
         self.records = {(_name(name), rtype.upper()): v for (name, rtype), v in records.items()}
         self.failing = failing or set()
+        self.failing_queries = {(_name(n), rtype.upper()) for n, rtype in failing_queries or ()}
         self.queries: list[tuple[str, str]] = []
 
     async def txt(self, name: str) -> list[str]:
@@ -136,13 +156,15 @@ class DictDnsLookup:
             answers.append((int(preference), _name(host)))
         return answers
 
-    async def addresses(self, name: str) -> list[str]:
-        return self._get(name, "A") + self._get(name, "AAAA")
+    async def addresses(self, name: str, rdtype: AddressType) -> list[str]:
+        return self._get(name, rdtype)
 
     def _get(self, name: str, rtype: str) -> list[str]:
         self.queries.append((_name(name), rtype))
         if _name(name) in self.failing:
             raise DnsLookupError(f"DNS query {name} {rtype}: SERVFAIL (test)")
+        if (_name(name), rtype) in self.failing_queries:
+            raise DnsLookupError(f"DNS query {name} {rtype}: REFUSED (test)")
         return list(self.records.get((_name(name), rtype), []))
 
 

@@ -120,11 +120,12 @@ async def test_lookup_answers(dkim_value: str) -> None:
             (20, "mx2.example.test"),
         ]
         assert await lookup.mx("null.example.test") == [(0, "")]
-        assert await lookup.addresses("host.example.test") == ["192.0.2.7", "2001:db8::7"]
-        assert await lookup.addresses("example.test") == []  # NODATA
+        assert await lookup.addresses("host.example.test", "A") == ["192.0.2.7"]
+        assert await lookup.addresses("host.example.test", "AAAA") == ["2001:db8::7"]
+        assert await lookup.addresses("example.test", "A") == []  # NODATA
         assert await lookup.txt("host.example.test") == []  # NODATA
         assert await lookup.txt("nowhere.example.test") == []  # NXDOMAIN
-        assert await lookup.addresses("nowhere.example.test") == []
+        assert await lookup.addresses("nowhere.example.test", "AAAA") == []
 
 
 async def test_servfail_is_a_lookup_error(dkim_value: str) -> None:
@@ -133,6 +134,19 @@ async def test_servfail_is_a_lookup_error(dkim_value: str) -> None:
         lookup = DnspythonLookup(("127.0.0.1", port), timeout=2.0)
         with pytest.raises(DnsLookupError, match=r"example\.test TXT: 127\.0\.0\.1:\d+ failed"):
             await lookup.txt("example.test")
+
+
+@pytest.mark.parametrize("rcode", ["REFUSED", "SERVFAIL"])
+async def test_one_failing_question_leaves_the_other_types_of_the_name(rcode: str) -> None:
+    records = {("host.example.test", "A"): ["192.0.2.7"], ("host.example.test", "AAAA"): ["::7"]}
+    async with serve_dns(records) as (server, port):
+        server.fail("host.example.test", "AAAA", rcode)
+        lookup = DnspythonLookup(("127.0.0.1", port), timeout=2.0)
+        assert await lookup.addresses("host.example.test", "A") == ["192.0.2.7"]
+        with pytest.raises(DnsLookupError, match=r"host\.example\.test AAAA: .* failed"):
+            await lookup.addresses("host.example.test", "AAAA")
+        del server.failures[("host.example.test", "AAAA")]
+        assert await lookup.addresses("host.example.test", "AAAA") == ["::7"]
 
 
 async def test_resolver_timeout_is_a_lookup_error_and_error_verdicts(dkim_value: str) -> None:

@@ -120,6 +120,25 @@ async def test_broken_records_get_their_verdicts_and_a_failing_exit(tmp_path: Pa
     assert wrong_mx["found"] and "mx.elsewhere.example" in wrong_mx["found"][0]
 
 
+async def test_spf_mx_passes_the_ipv4_sending_address_when_aaaa_is_refused(tmp_path: Path) -> None:
+    # A resolver that answers A and refuses AAAA (dnsmasq without an upstream): an IPv4 address
+    # is checked against A records only (RFC 7208 §5.4), so the refusal does not matter.
+    async with serve_dns() as (server, port):
+        config = write_config(tmp_path, port)
+        zone = good_zone(await make_keys(config))
+        zone[(DOMAIN, "TXT")] = ["v=spf1 mx ~all"]
+        zone[(MX_HOST, "A")] = [SENDING_IP]
+        for (name, rtype), values in zone.items():
+            server.set(name, rtype, values)
+        server.fail(MX_HOST, "AAAA", "REFUSED")
+        code, report = await cli_check(config)
+    spf = next(c for c in report["checks"] if c["kind"] == "spf")
+    assert spf["verdict"] == "ok", spf["detail"]
+    assert f"{SENDING_IP}: pass (matched 'mx' at {DOMAIN} (MX host {MX_HOST}))" == spf["detail"]
+    assert (MX_HOST, "A") in server.queries and (MX_HOST, "AAAA") not in server.queries
+    assert code == 0, report
+
+
 async def test_http_route_and_metrics(tmp_path: Path) -> None:
     async with serve_dns() as (server, port):
         config = write_config(tmp_path, port)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import time
@@ -712,3 +713,53 @@ async def test_max_rate_spaces_messages(engine: AsyncEngine, lab: Lab) -> None:
     assert times[-1] - times[0] >= 0.45 * 0.9  # nine gaps of 1/20 s
     # No burst: at most two messages in any 50 ms window (a token per 50 ms, one in the bucket).
     assert all(later - earlier >= 0.05 * 0.8 for earlier, later in zip(times, times[2:]))
+
+
+# -- 11. A resolver that refuses AAAA --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rcode", ["REFUSED", "SERVFAIL"])
+async def test_a_refused_aaaa_query_does_not_stop_delivery_to_the_ipv4_address(
+    engine: AsyncEngine, lab: Lab, caplog: pytest.LogCaptureFixture, rcode: str
+) -> None:
+    # dnsmasq without an upstream answers A from its hosts file and refuses AAAA; every message
+    # to such a domain used to be deferred "DNS temporarily unavailable" with the IPv4 address known.
+    lab.domain("v4only.test", (10, "mx.v4only.test", "127.0.0.2"))
+    lab.dns.fail("mx.v4only.test", "AAAA", rcode)
+    # bare4.test: no MX, so its own A record is the mail host (RFC 5321 §5.1); AAAA fails too.
+    lab.dns.set("bare4.test", "A", ["127.0.0.3"])
+    lab.dns.fail("bare4.test", "AAAA", rcode)
+    mx_sink, bare_sink = await lab.sink("127.0.0.2"), await lab.sink("127.0.0.3")
+
+    with caplog.at_level(logging.WARNING, logger="postroom.delivery.mx"):
+        async with delivering(engine, lab, FakeClock()) as run:
+            ids = [await run.queue(f"u{n}@v4only.test") for n in range(3)]
+            ids.append(await run.queue("user@bare4.test"))
+            assert await run.worker.drain() == 4
+            states = [await run.states(message_id) for message_id in ids]
+
+    assert all(set(state.values()) == {"delivered"} for state in states), states
+    assert sorted(r for m in mx_sink.messages for r in m.recipients) == [f"u{n}@v4only.test" for n in range(3)]
+    assert [m.recipients for m in bare_sink.messages] == [["user@bare4.test"]]
+    assert lab.dns.queries.count(("mx.v4only.test", "AAAA")) == 1  # the route is cached ...
+    logged = [r.getMessage() for r in caplog.records if r.name == "postroom.delivery.mx"]
+    v4_lines = [line for line in logged if line.startswith("MX host mx.v4only.test of v4only.test")]
+    assert len(v4_lines) == 1, logged  # ... and the failure said once, not per message
+    assert v4_lines[0].endswith("; using the addresses found: 127.0.0.2")
+    assert len([line for line in logged if line.startswith("MX host bare4.test of bare4.test")]) == 1
+
+
+async def test_every_address_query_refused_defers(engine: AsyncEngine, lab: Lab) -> None:
+    lab.domain("dark.test", (10, "mx.dark.test", "127.0.0.2"))
+    lab.dns.fail("mx.dark.test", "A")
+    lab.dns.fail("mx.dark.test", "AAAA")
+    sink = await lab.sink("127.0.0.2")
+
+    async with delivering(engine, lab, FakeClock()) as run:
+        message_id = await run.queue("user@dark.test")
+        assert await run.worker.drain() == 1
+        delivery = (await run.show(message_id)).deliveries[0]
+
+    assert delivery.state == "deferred"
+    assert "DNS temporarily unavailable" in (delivery.last_reply or ""), delivery.last_reply
+    assert sink.connections == 0

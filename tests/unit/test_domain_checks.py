@@ -322,6 +322,18 @@ async def test_spf_evaluates_mx_and_a_through_the_lookup() -> None:
     assert "matched 'a:out.example.com'" in check.detail
 
 
+async def test_spf_mx_passes_an_ipv4_address_when_the_mx_hosts_aaaa_is_refused() -> None:
+    records: Records = {
+        ("example.com", "TXT"): ["v=spf1 mx ~all"],
+        ("example.com", "MX"): ["10 mx.postroom.test"],
+        ("mx.postroom.test", "A"): ["192.0.2.1"],
+    }
+    refused = DictDnsLookup(records, failing_queries={("mx.postroom.test", "AAAA")})
+    check = await check_spf(refused, expectation(sending_ips=("192.0.2.1",)))
+    assert check.verdict == "ok", check.detail
+    assert ("mx.postroom.test", "AAAA") not in refused.queries
+
+
 # -- DMARC ---------------------------------------------------------------------------------------------
 
 
@@ -444,11 +456,62 @@ def test_dmarc_records_need_the_version_tag_first() -> None:
 
 @pytest.mark.parametrize(
     ("domain", "org"),
-    [("example.com", "example.com"), ("a.b.example.com", "example.com"), ("Mail.Example.COM.",
-                                                                            "example.com")],
+    [
+        ("example.com", "example.com"),
+        ("a.b.example.com", "example.com"),
+        ("shop.example.co.uk", "example.co.uk"),  # a multi-label public suffix
+        ("example.co.uk", "example.co.uk"),
+        ("a.b.c.example.kawasaki.jp", "c.example.kawasaki.jp"),  # wildcard rule *.kawasaki.jp
+        ("mail.city.kawasaki.jp", "city.kawasaki.jp"),  # exception rule !city.kawasaki.jp
+        # Private-section entries are not suffixes (ICANN section only): sites under github.io
+        # share github.io's organisational domain.
+        ("alice.github.io", "github.io"),
+        ("www.alice.github.io", "github.io"),
+        ("mail.example.unknowntld", "example.unknowntld"),  # not on the list: the "*" rule
+        ("mail.example.xn--55qx5d.cn", "example.xn--55qx5d.cn"),  # IDN suffix (公司.cn), A-labels
+        ("mail.example.公司.cn", "example.公司.cn"),  # ... and as U-labels
+        ("www.xn--bcher-kva.de", "xn--bcher-kva.de"),  # IDN registered label (bücher.de)
+        ("Mail.Example.COM.", "example.com"),  # upper case and a trailing dot
+        ("SHOP.Example.CO.UK.", "example.co.uk"),
+        ("co.uk", "co.uk"),  # a public suffix has none: it stands for itself
+        ("localhost", "localhost"),
+    ],
 )
-def test_organisational_domain_is_the_last_two_labels(domain: str, org: str) -> None:
+def test_organisational_domain_is_the_public_suffix_plus_one_label(domain: str, org: str) -> None:
     assert organisational_domain(domain) == org
+
+
+async def test_dmarc_under_a_multi_label_suffix_falls_back_to_the_registered_domain() -> None:
+    records: Records = {
+        ("_dmarc.example.co.uk", "TXT"): ["v=DMARC1; p=none; sp=quarantine"],
+        ("_dmarc.co.uk", "TXT"): ["v=DMARC1; p=reject"],  # must never be consulted
+    }
+    lookup = DictDnsLookup(records)
+    e = expectation(domain="shop.example.co.uk", bounce_domain="bounces.example.co.uk")
+    check = await check_dmarc(lookup, e)
+    assert check.verdict == "ok"
+    assert check.detail.startswith("p=quarantine (inherited from _dmarc.example.co.uk)")
+    assert "SPF aligned (aspf=r: envelope-from domain bounces.example.co.uk)" in check.detail
+    assert ("_dmarc.co.uk", "TXT") not in lookup.queries
+
+
+@pytest.mark.parametrize(
+    ("domain", "bounce", "aligned"),
+    [
+        ("news.example.com", "bounces.example.com", True),  # siblings: one organisational domain
+        ("shop.example.co.uk", "example.co.uk", True),
+        ("shop.example.co.uk", "bounces.other.co.uk", False),  # only the suffix in common
+        ("alice.github.io", "bob.github.io", True),  # private entries are not suffixes here
+    ],
+)
+async def test_relaxed_spf_alignment_compares_organisational_domains(
+    domain: str, bounce: str, aligned: bool
+) -> None:
+    records: Records = {(f"_dmarc.{domain}", "TXT"): ["v=DMARC1; p=reject"]}
+    check = await dmarc(records, dkim=(), domain=domain, bounce_domain=bounce)
+    assert check.verdict == ("ok" if aligned else "wrong")
+    wanted = "SPF aligned" if aligned else "SPF not aligned"
+    assert f"{wanted} (aspf=r: envelope-from domain {bounce})" in check.detail
 
 
 # -- MX ------------------------------------------------------------------------------------------------

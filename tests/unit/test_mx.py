@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 
 import pytest
 
 from postroom.core.clock import FakeClock
 from postroom.delivery.mx import (
+    PARTIAL_ROUTE_TTL,
     Destination,
+    FailedLookup,
     MxCache,
     MxFailure,
     MxHost,
@@ -76,8 +79,13 @@ def test_order_mx_of_nothing_is_empty() -> None:
 # -- resolve ------------------------------------------------------------------------------------------
 
 
-async def route(records: Records, failing: set[str] | None = None) -> Destination:
-    return await resolve(DOMAIN, DictDnsLookup(records, failing), constant(0.999))
+async def route(
+    records: Records,
+    failing: set[str] | None = None,
+    failing_queries: set[tuple[str, str]] | None = None,
+) -> Destination:
+    lookup = DictDnsLookup(records, failing, failing_queries)
+    return await resolve(DOMAIN, lookup, constant(0.999))
 
 
 async def test_resolve_lists_mx_hosts_in_preference_order_with_addresses() -> None:
@@ -157,7 +165,12 @@ async def test_resolve_skips_hosts_whose_lookup_fails() -> None:
         },
         failing={"broken.example.com"},
     )
-    assert result == MxRoute(DOMAIN, (MxHost("mx2.example.com", ("192.0.2.2",), 20),))
+    assert isinstance(result, MxRoute)
+    assert result.hosts == (MxHost("mx2.example.com", ("192.0.2.2",), 20),)
+    assert [(f.host, f.rdtype) for f in result.failed] == [
+        ("broken.example.com", "A"),
+        ("broken.example.com", "AAAA"),
+    ]
 
 
 async def test_resolve_no_host_with_an_address_is_temporary() -> None:
@@ -172,6 +185,97 @@ async def test_resolve_all_host_lookups_failing_is_a_temporary_dns_failure() -> 
     assert isinstance(result, MxFailure)
     assert not result.permanent
     assert result.reason.startswith("DNS temporarily unavailable: ")
+
+
+# -- resolve with partial answers (a resolver that refuses one address type) ----------------------
+
+REFUSED_AAAA = FailedLookup(
+    "mx1.example.com", "AAAA", "DNS query mx1.example.com AAAA: REFUSED (test)"
+)
+
+
+async def test_resolve_uses_the_ipv4_address_when_the_aaaa_query_is_refused() -> None:
+    lookup = DictDnsLookup(
+        {(DOMAIN, "MX"): ["10 mx1.example.com."], ("mx1.example.com", "A"): ["192.0.2.1"]},
+        failing_queries={("mx1.example.com", "AAAA")},
+    )
+    result = await resolve(DOMAIN, lookup, no_draw)
+    assert result == MxRoute(
+        DOMAIN, (MxHost("mx1.example.com", ("192.0.2.1",), 10),), failed=(REFUSED_AAAA,)
+    )
+    assert ("mx1.example.com", "AAAA") in lookup.queries  # it was asked, and its failure kept
+
+
+async def test_resolve_uses_the_ipv6_address_when_the_a_query_fails() -> None:
+    result = await route(
+        {(DOMAIN, "MX"): ["10 mx1.example.com."], ("mx1.example.com", "AAAA"): ["2001:db8::1"]},
+        failing_queries={("mx1.example.com", "A")},
+    )
+    assert isinstance(result, MxRoute)
+    assert result.hosts == (MxHost("mx1.example.com", ("2001:db8::1",), 10),)
+    assert [(f.host, f.rdtype) for f in result.failed] == [("mx1.example.com", "A")]
+
+
+async def test_resolve_keeps_preference_order_when_the_first_host_is_partial() -> None:
+    result = await route(
+        {
+            (DOMAIN, "MX"): ["10 mx1.example.com.", "20 mx2.example.com."],
+            ("mx1.example.com", "A"): ["192.0.2.1"],
+            ("mx2.example.com", "A"): ["192.0.2.2"],
+            ("mx2.example.com", "AAAA"): ["2001:db8::2"],
+        },
+        failing_queries={("mx1.example.com", "AAAA")},
+    )
+    assert result == MxRoute(
+        DOMAIN,
+        (
+            MxHost("mx1.example.com", ("192.0.2.1",), 10),
+            MxHost("mx2.example.com", ("192.0.2.2", "2001:db8::2"), 20),
+        ),
+        failed=(REFUSED_AAAA,),
+    )
+
+
+async def test_resolve_without_mx_uses_the_a_record_when_aaaa_is_refused() -> None:
+    # RFC 5321 §5.1 implicit MX: the domain's own addresses, with the same tolerance.
+    result = await route({(DOMAIN, "A"): ["192.0.2.9"]}, failing_queries={(DOMAIN, "AAAA")})
+    assert isinstance(result, MxRoute)
+    assert result.hosts == (MxHost(DOMAIN, ("192.0.2.9",), 0),)
+    assert [(f.host, f.rdtype) for f in result.failed] == [(DOMAIN, "AAAA")]
+
+
+async def test_resolve_without_mx_and_without_a_when_aaaa_fails_is_temporary() -> None:
+    # No A record, and the AAAA question unanswered: the address may exist, so never a bounce.
+    result = await route({(DOMAIN, "TXT"): ["v=spf1 -all"]}, failing_queries={(DOMAIN, "AAAA")})
+    assert result == MxFailure(
+        DOMAIN, "DNS temporarily unavailable: DNS query example.com AAAA: REFUSED (test)",
+        permanent=False,
+    )  # fmt: skip
+
+
+async def test_resolve_defers_when_no_host_has_an_address_and_a_lookup_failed() -> None:
+    result = await route(
+        {(DOMAIN, "MX"): ["10 mx1.example.com.", "20 mx2.example.com."]},  # mx2: NODATA
+        failing_queries={("mx1.example.com", "A"), ("mx1.example.com", "AAAA")},
+    )
+    assert result == MxFailure(
+        DOMAIN, "DNS temporarily unavailable: DNS query mx1.example.com A: REFUSED (test)",
+        permanent=False,
+    )  # fmt: skip
+
+
+async def test_a_partial_route_carries_the_smallest_ttl_of_what_was_found() -> None:
+    # The lookup still remembers a TTL from an earlier AAAA answer; the refused AAAA is not part
+    # of this route, so its stale TTL must not count.
+    lookup = TtlDnsLookup(
+        {(DOMAIN, "MX"): ["10 mx1.example.com."], ("mx1.example.com", "A"): ["192.0.2.1"]},
+        {(DOMAIN, "MX"): 3600, ("mx1.example.com", "A"): 600, ("mx1.example.com", "AAAA"): 7},
+        failing_queries={("mx1.example.com", "AAAA")},
+    )
+    result = await resolve(DOMAIN, lookup, no_draw)
+    assert isinstance(result, MxRoute)
+    assert result.ttl == 600.0
+    assert result.failed == (REFUSED_AAAA,)
 
 
 # -- MxCache --------------------------------------------------------------------------------------------
@@ -323,8 +427,13 @@ def test_cache_needs_room_for_one_entry() -> None:
 class TtlDnsLookup(DictDnsLookup):
     """A dict lookup that also reports record TTLs (`RecordTtls`), like DnspythonLookup."""
 
-    def __init__(self, records: Records, ttls: dict[tuple[str, str], int]) -> None:
-        super().__init__(records)
+    def __init__(
+        self,
+        records: Records,
+        ttls: dict[tuple[str, str], int],
+        failing_queries: set[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(records, failing_queries=failing_queries)
         self.ttls = ttls
 
     def ttl(self, name: str, rdtype: str) -> int | None:
@@ -366,3 +475,55 @@ async def test_cache_keeps_a_route_for_its_record_ttl_within_bounds(
     clock.advance(0.5)
     await cache.resolve(DOMAIN)
     assert len(fake.calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("record_ttl", "kept"), [(None, PARTIAL_ROUTE_TTL), (3600.0, PARTIAL_ROUTE_TTL), (30.0, 30.0)]
+)
+async def test_cache_keeps_a_partial_route_at_most_the_partial_ttl(
+    record_ttl: float | None, kept: float
+) -> None:
+    clock = FakeClock()
+    partial = MxRoute(DOMAIN, ROUTE.hosts, record_ttl, (REFUSED_AAAA,))
+    fake = FakeResolve({DOMAIN: partial})
+    cache = MxCache(fake, clock, ttl=300.0)
+    assert await cache.resolve(DOMAIN) == partial
+    clock.advance(kept - 0.5)
+    await cache.resolve(DOMAIN)
+    assert len(fake.calls) == 1
+    clock.advance(0.5)
+    await cache.resolve(DOMAIN)
+    assert len(fake.calls) == 2  # the missing address type is asked for again
+
+
+async def test_cache_logs_failed_lookups_once_per_host_and_period(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    shared = FailedLookup("mx.shared.example", "AAAA", "DNS query mx.shared.example AAAA: REFUSED")
+    gone = FailedLookup("gone.shared.example", "A", "DNS query gone.shared.example A: timed out")
+    host = MxHost("mx.shared.example", ("192.0.2.1",), 10)
+    answers: dict[str, Destination] = {
+        name: MxRoute(name, (host,), None, (shared, gone)) for name in ("a.example", "b.example")
+    }
+    fake = FakeResolve(answers)
+    clock = FakeClock()
+    cache = MxCache(fake, clock)
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "postroom.delivery.mx"]
+
+    with caplog.at_level(logging.WARNING, logger="postroom.delivery.mx"):
+        for _ in range(3):  # messages to a.example: one resolution, one line per host
+            await cache.resolve("a.example")
+        await cache.resolve("b.example")  # the same hosts behind another domain: nothing new
+        assert logged() == [
+            "MX host mx.shared.example of a.example: DNS query mx.shared.example AAAA: REFUSED; "
+            "using the addresses found: 192.0.2.1",
+            "MX host gone.shared.example of a.example skipped: "
+            "DNS query gone.shared.example A: timed out",
+        ]
+        clock.advance(PARTIAL_ROUTE_TTL)  # the next period: asked again, and said again
+        await cache.resolve("b.example")
+    assert fake.calls == ["a.example", "b.example", "b.example"]
+    assert len(logged()) == 4
+    assert "of b.example" in logged()[2]

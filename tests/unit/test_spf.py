@@ -11,9 +11,14 @@ DOMAIN = "example.com"
 
 
 async def evaluate(
-    records: Records, ip: str, domain: str = DOMAIN, failing: set[str] | None = None, **kw: str
+    records: Records,
+    ip: str,
+    domain: str = DOMAIN,
+    failing: set[str] | None = None,
+    failing_queries: set[tuple[str, str]] | None = None,
+    **kw: str,
 ) -> SpfOutcome:
-    return await check_host(DictDnsLookup(records, failing), ip, domain, **kw)
+    return await check_host(DictDnsLookup(records, failing, failing_queries), ip, domain, **kw)
 
 
 def spf(record: str, domain: str = DOMAIN) -> Records:
@@ -203,6 +208,51 @@ async def test_exists_matches_when_the_name_has_an_a_record() -> None:
 async def test_exists_ignores_aaaa_records() -> None:
     records: Records = {**spf("v=spf1 exists:x.example.com -all"), ("x.example.com", "AAAA"): ["::1"]}
     assert (await evaluate(records, "192.0.2.1")).result == "fail"
+
+
+async def test_a_and_mx_ask_only_for_the_address_type_of_the_client() -> None:
+    # RFC 7208 §5.3, §5.4: A records for an IPv4 client, AAAA records for an IPv6 one.
+    records: Records = {
+        **spf("v=spf1 a mx:example.net -all"),
+        (DOMAIN, "A"): ["198.51.100.1"],
+        (DOMAIN, "AAAA"): ["2001:db8::99"],
+        ("example.net", "MX"): ["10 mx.example.net"],
+        ("mx.example.net", "A"): ["192.0.2.1"],
+        ("mx.example.net", "AAAA"): ["2001:db8::1"],
+    }
+    four = DictDnsLookup(records)
+    assert (await check_host(four, "192.0.2.1", DOMAIN)).result == "pass"
+    assert [query for query in four.queries if query[1] == "AAAA"] == []
+    six = DictDnsLookup(records)
+    assert (await check_host(six, "2001:db8::1", DOMAIN)).result == "pass"
+    assert [query for query in six.queries if query[1] == "A"] == []
+
+
+@pytest.mark.parametrize("record", ["v=spf1 mx ~all", "v=spf1 a:mx.example.com ~all"])
+async def test_a_refused_aaaa_query_does_not_matter_to_an_ipv4_client(record: str) -> None:
+    # A resolver that answers A and refuses AAAA (dnsmasq without an upstream).
+    records: Records = {
+        **spf(record),
+        (DOMAIN, "MX"): ["10 mx.example.com"],
+        ("mx.example.com", "A"): ["192.0.2.1"],
+    }
+    refused = {("mx.example.com", "AAAA")}
+    outcome = await evaluate(records, "192.0.2.1", failing_queries=refused)
+    assert outcome.result == "pass", outcome.detail
+    # For an IPv6 client the refused type is the one that could match: that is a temperror.
+    six = await evaluate(records, "2001:db8::1", failing_queries=refused)
+    assert six.result == "temperror"
+    assert "mx.example.com AAAA" in six.detail
+
+
+async def test_a_name_without_records_of_the_clients_type_is_a_void_lookup() -> None:
+    # §4.6.4: the A query of an IPv6-only name answers nothing, so for an IPv4 client it is void.
+    record = spf("v=spf1 a:v1.example a:v2.example a:v3.example ip4:192.0.2.1 -all")
+    records: Records = {**record, **{(f"v{n}.example", "AAAA"): ["2001:db8::1"] for n in (1, 2, 3)}}
+    outcome = await evaluate(records, "192.0.2.1")
+    assert outcome.result == "permerror"
+    assert "too many void lookups" in outcome.detail
+    assert (await evaluate(records, "2001:db8::1")).result == "pass"
 
 
 async def test_ptr_is_not_evaluated_and_says_so() -> None:

@@ -10,21 +10,26 @@ needs, for `postroom dkim dns`. Everything here is pure: DNS answers come throug
 Two choices worth knowing. SPF is checked at the bounce domain, not the From domain: receivers
 evaluate SPF for the envelope-from (MAIL FROM) identity (RFC 7208 §2.4), which is
 `<anything>@<bounce_domain>`; the two are the same name unless a bounce domain is configured. And
-the organisational domain (RFC 7489 §3.2), where a subdomain's DMARC policy may live, is taken as
-the last two labels of the name, without the Public Suffix List: right for `mail.example.com`,
-wrong for `example.co.uk` (whose fallback lookup then just finds nothing at `_dmarc.co.uk`). For the
-same reason relaxed SPF alignment is only claimed when one domain is the other or under it.
+the organisational domain (RFC 7489 §3.2), where a subdomain's DMARC policy may live and by which
+relaxed alignment is judged, is the public suffix plus one label, by the ICANN section of the
+Public Suffix List that the `publicsuffixlist` package bundles (no network; a release of the
+package brings a newer list): `shop.example.co.uk` belongs to `example.co.uk`, not `co.uk`.
+Private-section entries (`github.io`, `blogspot.com`) are not suffixes here, so every site under
+one of them shares that name's organisational domain, and its `_dmarc` policy as the fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeAlias
+
+from publicsuffixlist import PublicSuffixList
 
 from postroom.dkim.records import compare_published_key, parse_key_record, parse_tag_specs
 from postroom.domains.lookup import DnsLookup, DnsLookupError
@@ -174,12 +179,13 @@ async def check_dmarc(lookup: DnsLookup, expectation: DomainExpectation) -> Reco
 
     We sign with d=<domain>, the From domain, so DKIM aligns in relaxed and strict mode whenever a
     selector is active. SPF aligns when the envelope-from (bounce) domain is the domain, or, in
-    relaxed mode (aspf=r, the default), one is under the other (RFC 7489 §3.1.2). The verdict is ok
-    when a record exists and at least one of the two aligns.
+    relaxed mode (aspf=r, the default), when both have the same organisational domain (RFC 7489
+    §3.1.2). The verdict is ok when a record exists and at least one of the two aligns.
     """
     domain = expectation.domain
     name = f"_dmarc.{domain}"
     suggestion = _dmarc_value(domain)
+    await asyncio.to_thread(_icann_suffixes)  # the first call parses the list: ~40 ms of CPU
     org = organisational_domain(domain)
 
     def verdict(verdict: Verdict, found: list[str], detail: str) -> RecordCheck:
@@ -277,9 +283,16 @@ def suggested_records(expectation: DomainExpectation, now: float) -> list[dict[s
 
 
 def organisational_domain(domain: str) -> str:
-    """The last two labels of `domain`: a stand-in for RFC 7489 §3.2 without the Public Suffix
-    List (wrong for names under multi-label suffixes such as co.uk)."""
-    return ".".join(_normal_name(domain).split(".")[-2:])
+    """The organisational domain of `domain` (RFC 7489 §3.2): its public suffix plus one label,
+    by the ICANN section of the bundled Public Suffix List, lower case without a trailing dot.
+
+    `shop.example.co.uk` -> `example.co.uk`. A TLD not on the list is a one-label suffix (the
+    list's implicit `*` rule). IDNs work in either form and keep it (`mail.example.xn--55qx5d.cn`
+    -> `example.xn--55qx5d.cn`, `mail.example.公司.cn` -> `example.公司.cn`). A name that is itself a
+    public suffix, or one label, has no such domain and stands for itself.
+    """
+    name = _normal_name(domain)
+    return _icann_suffixes().privatesuffix(name) or name
 
 
 def dmarc_records(txt_records: list[str]) -> list[str]:
@@ -288,11 +301,20 @@ def dmarc_records(txt_records: list[str]) -> list[str]:
 
 
 def _spf_aligned(domain: str, bounce: str, aspf: str) -> bool:
+    # RFC 7489 §3.1.2: strict mode needs the same name, relaxed mode the same organisational domain.
     if bounce == domain:
         return True
     if aspf == "s":
         return False
-    return bounce.endswith("." + domain) or domain.endswith("." + bounce)
+    return organisational_domain(bounce) == organisational_domain(domain)
+
+
+@functools.cache
+def _icann_suffixes() -> PublicSuffixList:
+    # Parsed once, on first use, from the list file inside the package (no network access);
+    # `check_dmarc` does that first call in a thread. It is an immutable table, like a compiled
+    # pattern, so it is kept rather than injected.
+    return PublicSuffixList(only_icann=True)
 
 
 def _spf_value(sending_ips: tuple[str, ...]) -> str:

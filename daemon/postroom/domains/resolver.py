@@ -10,7 +10,6 @@ the query.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from collections import OrderedDict
 
@@ -25,7 +24,7 @@ from dns.rdtypes.ANY.TXT import TXT
 from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
 
-from postroom.domains.lookup import DnsLookupError
+from postroom.domains.lookup import AddressType, DnsLookupError
 
 # Largest UDP answer we ask for (EDNS0): the DNS Flag Day 2020 value, which fits a 4096-bit DKIM
 # key without falling back to TCP.
@@ -88,18 +87,9 @@ class DnspythonLookup:
             if isinstance(rdata, MX)
         ]
 
-    async def addresses(self, name: str) -> list[str]:
-        results = await asyncio.gather(
-            self._query(name, dns.rdatatype.A),
-            self._query(name, dns.rdatatype.AAAA),
-            return_exceptions=True,
-        )
-        found: list[str] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            found += [rdata.address for rdata in result if isinstance(rdata, (A, AAAA))]
-        return found
+    async def addresses(self, name: str, rdtype: AddressType) -> list[str]:
+        answer = await self._query(name, dns.rdatatype.A if rdtype == "A" else dns.rdatatype.AAAA)
+        return [rdata.address for rdata in answer if isinstance(rdata, (A, AAAA))]
 
     async def _query(self, name: str, rdtype: dns.rdatatype.RdataType) -> list[dns.rdata.Rdata]:
         query = f"{name} {rdtype.name}"

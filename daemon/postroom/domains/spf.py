@@ -4,11 +4,13 @@ A small, pure evaluator: the DNS answers come from an injected `DnsLookup`, and 
 value (`SpfOutcome`), never an exception. It implements the mechanisms `all`, `include`, `a`, `mx`,
 `ip4`, `ip6` and `exists` with qualifiers and dual CIDR lengths, the `redirect` modifier, macros
 (§7), and the processing limits of §4.6.4: at most 10 DNS-querying terms, 10 MX names per `mx`,
-and 2 void lookups. Two deliberate gaps, both documented in the outcome: `ptr` (§5.5, "SHOULD NOT
-be used") is counted as a DNS-querying term but never matches, because `DnsLookup` has no PTR
-query, and `%{p}` expands to "unknown" (§7.3 allows that). `exp=` is parsed and otherwise ignored:
-it only words the rejection text. pyspf was not used: it queries DNS itself, synchronously, through
-a module-level function, so it could neither take injected answers nor run on the event loop.
+and 2 void lookups. `a` and `mx` ask for the client's address type only (A for IPv4, AAAA for
+IPv6; §5.3, §5.4), so a resolver that fails the other type does not matter. Two deliberate gaps,
+both documented in the outcome: `ptr` (§5.5, "SHOULD NOT be used") is counted as a DNS-querying
+term but never matches, because `DnsLookup` has no PTR query, and `%{p}` expands to "unknown"
+(§7.3 allows that). `exp=` is parsed and otherwise ignored: it only words the rejection text.
+pyspf was not used: it queries DNS itself, synchronously, through a module-level function, so it
+could neither take injected answers nor run on the event loop.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from postroom.domains.lookup import DnsLookup, DnsLookupError
+from postroom.domains.lookup import AddressType, DnsLookup, DnsLookupError
 
 SpfResult: TypeAlias = Literal[
     "pass", "fail", "softfail", "neutral", "none", "permerror", "temperror"
@@ -261,8 +263,12 @@ class _Evaluation:
             return f"{detail}, included from {domain}" if result == "pass" else None
         if not _valid_domain(target):
             raise _PermError(f"'{directive.text}' at {domain}: {target!r} is not a domain name")
+        # §5.3, §5.4: `a` and `mx` look up the address type of the client's address only (A for
+        # IPv4, AAAA for IPv6): the other type could never match, and asking for it anyway would
+        # turn a resolver's failure on that type into a temperror.
+        rdtype: AddressType = "A" if self.ip.version == 4 else "AAAA"
         if directive.mechanism == "a":
-            addresses = await self._addresses(target, void_counts=True)
+            addresses = await self._addresses(target, rdtype, void_counts=True)
             return matched if self._any_in(addresses, directive) else None
         if directive.mechanism == "mx":
             exchanges = await self._mx(target)
@@ -271,13 +277,12 @@ class _Evaluation:
                     f"{target} has more than {MAX_MX_NAMES} MX records (RFC 7208 §4.6.4)"
                 )
             for host in exchanges:
-                if self._any_in(await self._addresses(host, void_counts=False), directive):
+                if self._any_in(await self._addresses(host, rdtype, void_counts=False), directive):
                     return f"{matched} (MX host {host})"
             return None
         if directive.mechanism == "exists":
             # §5.7: an A query whatever the version of the client's address.
-            addresses = await self._addresses(target, void_counts=True)
-            return matched if any(ipaddress.ip_address(a).version == 4 for a in addresses) else None
+            return matched if await self._addresses(target, "A", void_counts=True) else None
         self.skipped_ptr = True  # ptr: see the module docstring
         return None
 
@@ -323,9 +328,9 @@ class _Evaluation:
         # RFC 7505: a null MX ("0 .") names no host to look up.
         return [host for _, host in sorted(answers) if host]
 
-    async def _addresses(self, name: str, *, void_counts: bool) -> list[str]:
+    async def _addresses(self, name: str, rdtype: AddressType, *, void_counts: bool) -> list[str]:
         try:
-            answers = await self.lookup.addresses(name)
+            answers = await self.lookup.addresses(name, rdtype)
         except DnsLookupError as exc:
             raise _TempError(str(exc)) from exc
         if not answers and void_counts:
