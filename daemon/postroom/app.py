@@ -47,6 +47,7 @@ from postroom.http.domains import DomainRoutes
 from postroom.http.messages import MessageRoutes
 from postroom.http.operations import OperationsRoutes
 from postroom.http.server import HttpServer
+from postroom.http.templates import TemplateRoutes
 from postroom.metrics import Metrics
 from postroom.queue.committer import GroupCommitter
 from postroom.queue.gauges import QueueGauges
@@ -67,6 +68,8 @@ from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.submission.budget import ByteBudget
 from postroom.submission.service import SubmissionService
 from postroom.submission.steps import standard_steps
+from postroom.templates.service import TemplateService
+from postroom.templates.sql_store import SqlTemplateStore
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +106,8 @@ class Daemon:
         self.dns_lookup = dns_lookup
         self.ready = asyncio.Event()
         self._reload = asyncio.Event()
+        # Template renders (validation, Jinja, CSS inlining) run here, off the event loop.
+        self._render_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="render")
         # Bytes of messages being received, shared by both ingresses of this process.
         self.budget = ByteBudget(settings.limits.bytes_in_flight, self.metrics.ingress_bytes)
         self.smtp_bound: dict[str, tuple[str, int]] = {}
@@ -111,6 +116,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
         async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self._render_pool.shutdown, wait=False, cancel_futures=True)
             storage = await self._open_storage(stack)
             lookup = self.dns_lookup or lookup_for(settings.delivery.dns_resolver)
             signing_keys = SigningKeys(settings.domains, Keyring(Signer([])))
@@ -244,9 +250,12 @@ class Daemon:
             settings.domains, SqlDkimKeys(storage.engine), lookup, self.metrics,
             sending_ips=settings.delivery.sending_ips, mx_host=settings.smtp.hostname,
         )  # fmt: skip
+        templates = TemplateService(SqlTemplateStore(storage.engine), self.clock, self._render_pool)
         groups: list[RouteGroup] = [
             OperationsRoutes(self.metrics, lambda: self._readiness(storage.engine)),
-            MessageRoutes(submissions, storage.views, self.clock, self.metrics, settings.smtp.hostname),
+            MessageRoutes(submissions, storage.views, self.clock, self.metrics, settings.smtp.hostname,
+                          templates),  # fmt: skip
+            TemplateRoutes(templates, submissions, self.clock, settings.smtp.hostname),
             DomainRoutes(checker),
         ]
         app = build_app(settings.http, SqlApiKeys(storage.engine), self.metrics, groups,

@@ -55,6 +55,7 @@ class Submission:
     # envelope is not part of what DKIM signs.
     recipient_routes: Mapping[str, str] = field(default_factory=dict)
     return_paths: Mapping[str, str] = field(default_factory=dict)
+    template: tuple[str, int] | None = None  # (template id, version) it was rendered from
 
 
 @dataclass(frozen=True)

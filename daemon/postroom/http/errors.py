@@ -12,6 +12,7 @@ from postroom.core.errors import (
     InvalidMessageError,
     NotFoundError,
     StoreError,
+    TemplateError,
 )
 from postroom.submission.outcome import Refusal
 
@@ -47,11 +48,13 @@ def refusal_error(refusal: Refusal) -> ApiError:
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, headers: dict[str, str] | None = None,
+    problems: list[str] | None = None,
 ) -> web.Response:
-    return web.json_response(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers
-    )
+    error: dict[str, object] = {"code": code, "message": message}
+    if problems:
+        error["problems"] = problems  # every problem, each naming its place (a path, a file:line)
+    return web.json_response({"error": error}, status=status, headers=headers)
 
 
 _HTTP_CODES = {
@@ -77,6 +80,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(exc.status, exc.code, exc.message, exc.headers)
     except InvalidMessageError as exc:
         return error_response(400, "invalid_message", str(exc))
+    except TemplateError as exc:
+        return error_response(422, exc.code, str(exc), problems=exc.problems)
     except NotFoundError as exc:
         return error_response(404, "not_found", str(exc))
     except ConflictError as exc:

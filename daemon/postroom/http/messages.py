@@ -13,28 +13,21 @@ import json
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from postroom.core.clock import Clock
 from postroom.core.errors import InvalidMessageError
 from postroom.core.types import DeliveryState, IdempotencyKey
 from postroom.http.auth import caller, requires
+from postroom.http.bodies import json_payload, validated
 from postroom.http.errors import ApiError, refusal_error
 from postroom.metrics import Metrics
 from postroom.queue.models import MessageDetail, MessageSummary
 from postroom.queue.protocols import QueueViews
 from postroom.store.credentials import Role
-from postroom.submission.fields import MessageIn, build_submission, unencodable_field
+from postroom.submission.fields import MessageIn, build_submission
 from postroom.submission.outcome import Caller, Refusal
 from postroom.submission.service import SubmissionService
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:10]:
-        where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
+from postroom.templates.service import TemplateService
 
 
 def summary_json(summary: MessageSummary) -> dict[str, Any]:
@@ -95,7 +88,9 @@ class MessageRoutes:
         clock: Clock,
         metrics: Metrics,
         hostname: str,
+        templates: TemplateService | None = None,
     ):
+        self._templates = templates
         self._submissions = submissions
         self._views = views
         self._clock = clock
@@ -110,31 +105,26 @@ class MessageRoutes:
 
     @requires(Role.SENDER)
     async def send(self, request: web.Request) -> web.Response:
-        if request.content_type != "application/json":
-            raise ApiError(415, "unsupported_media_type", "send a JSON body (application/json)")
-        raw = await request.read()
         try:
-            payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            self._metrics.rejected.labels("api", "bad_json").inc()
-            raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
-        except RecursionError:
-            self._metrics.rejected.labels("api", "bad_json").inc()
-            raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
-        unencodable = unencodable_field(payload)
-        if unencodable is not None:
-            self._metrics.rejected.labels("api", "invalid").inc()
-            raise ApiError(400, "invalid_request", f"{unencodable}: not valid text (a lone UTF-16 surrogate)")
-        try:
-            body = MessageIn.model_validate(payload)
-        except ValidationError as exc:
-            self._metrics.rejected.labels("api", "invalid").inc()
-            raise ApiError(400, "invalid_request", _validation_message(exc)) from None
+            payload = await json_payload(request)
+            body = validated(MessageIn, payload)
+        except ApiError as exc:
+            self._metrics.rejected.labels("api", "bad_json" if exc.code == "invalid_json" else "invalid").inc()
+            raise
         key = caller(request)
+        rendered = None
+        if body.template is not None:
+            if self._templates is None:
+                raise ApiError(422, "templates_unavailable", "this server has no template store")
+            # Send keys render only published versions; template editors any version.
+            rendered = await self._templates.render(
+                body.template.id, body.data, body.template.version,
+                published_only=not key.role.allows(Role.TEMPLATES),
+            )  # fmt: skip
         try:
             submission = build_submission(
                 body, submitted_by=f"apikey:{key.id}", hostname=self._hostname,
-                now=self._clock.now(),
+                now=self._clock.now(), rendered=rendered,
             )  # fmt: skip
         except InvalidMessageError:
             self._metrics.rejected.labels("api", "invalid").inc()

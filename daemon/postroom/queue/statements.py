@@ -63,6 +63,8 @@ def insert_statements(
                     "size": len(item.content),
                     "content": item.content,
                     "error": None,
+                    "template_id": item.template[0] if item.template else None,
+                    "template_version": item.template[1] if item.template else None,
                 }
                 for message_id, item in batch
             ],

@@ -24,13 +24,25 @@ from postroom.store.tables import api_keys, smtp_users
 
 
 class Role(enum.StrEnum):
+    """What an API key may do: viewer reads; sender also sends (rendering only published
+    templates); templates also writes and publishes templates and renders any version; admin
+    does everything."""
+
     ADMIN = "admin"
+    TEMPLATES = "templates"
     SENDER = "sender"
     VIEWER = "viewer"
 
     def allows(self, needed: Role) -> bool:
-        order = [Role.VIEWER, Role.SENDER, Role.ADMIN]
-        return order.index(self) >= order.index(needed)
+        return needed in _GRANTS[self]
+
+
+_GRANTS = {
+    Role.ADMIN: frozenset(Role),
+    Role.TEMPLATES: frozenset({Role.TEMPLATES, Role.VIEWER}),
+    Role.SENDER: frozenset({Role.SENDER, Role.VIEWER}),
+    Role.VIEWER: frozenset({Role.VIEWER}),
+}
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,9 @@ messages = sa.Table(
     # The DKIM-Signature fields of its first attempt, kept once an attempt was deferred, so
     # retries send the same bytes (NULL: not signed yet, or nothing to keep).
     sa.Column("signature", sa.LargeBinary),
+    # The template and version it was rendered from (NULL: composed by its submitter).
+    sa.Column("template_id", sa.String(64)),
+    sa.Column("template_version", sa.Integer),
     sa.Index(None, "created_at"),
 )
 
@@ -176,3 +179,28 @@ dkim_keys = sa.Table(
     sa.Column("activated_at", sa.Float),
     sa.Column("retire_at", sa.Float),
 )
+
+
+# Templates (postroom.templates): a template's kind and published pointer, and its versions, each
+# an immutable JSON document of its content (a `TemplateSource`).
+templates = sa.Table(
+    "templates",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("published_version", sa.Integer),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+template_versions = sa.Table(
+    "template_versions",
+    metadata,
+    sa.Column("template_id", sa.String(64), sa.ForeignKey("templates.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("source", sa.JSON, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("created_by", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+

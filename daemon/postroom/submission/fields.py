@@ -9,13 +9,14 @@ import base64
 import binascii
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from postroom.core.addresses import valid_mailbox
 from postroom.core.compose import Attachment, Draft, address_of, check_header_value, compose, format_address
 from postroom.core.errors import InvalidMessageError
 from postroom.core.ids import new_message_id
 from postroom.core.types import Submission
+from postroom.templates.model import Rendered
 
 MAX_RECIPIENTS = 1000
 
@@ -39,15 +40,22 @@ class AttachmentIn(_Body):
     content_id: str | None = None
 
 
+class TemplateRef(_Body):
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    version: Annotated[int, Field(ge=1)] | None = None  # None: the published version
+
+
 class MessageIn(_Body):
-    sender: AddressField = Field(alias="from")
+    sender: AddressField | None = Field(default=None, alias="from")  # or the template's From
     to: list[AddressField] = Field(default_factory=list)
     cc: list[AddressField] = Field(default_factory=list)
     bcc: list[AddressField] = Field(default_factory=list)
     reply_to: AddressField | None = None
-    subject: Annotated[str, Field(max_length=998)]
+    subject: Annotated[str, Field(max_length=998)] | None = None
     text: str | None = None
     html: str | None = None
+    template: TemplateRef | None = None  # instead of subject, text and html
+    data: dict[str, Any] = Field(default_factory=dict)  # the template's variables
     headers: dict[str, str] = Field(default_factory=dict)
     attachments: list[AttachmentIn] = Field(default_factory=list)
     tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list)
@@ -59,6 +67,21 @@ class MessageIn(_Body):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, (str, dict)) else value
+
+    @model_validator(mode="after")
+    def _content_or_template(self) -> MessageIn:
+        if self.template is not None:
+            given = [name for name in ("subject", "text", "html") if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"a message from a template takes data, not {', '.join(given)}")
+        else:
+            if self.subject is None:
+                raise ValueError("subject is required (or a template)")
+            if self.sender is None:
+                raise ValueError("from is required (or a template that sets it)")
+            if self.data:
+                raise ValueError("data goes with a template")
+        return self
 
 
 def unencodable_field(value: Any, path: str = "") -> str | None:
@@ -104,9 +127,15 @@ def _attachment(item: AttachmentIn) -> Attachment:
 
 
 def build_submission(
-    body: MessageIn, *, submitted_by: str, hostname: str, now: float, source: str = "api"
+    body: MessageIn, *, submitted_by: str, hostname: str, now: float, source: str = "api",
+    rendered: Rendered | None = None,
 ) -> Submission:
-    sender_bare, sender_header = _address(body.sender)
+    """The submission for a request: its own subject, text and HTML, or `rendered` from its
+    template (whose From, Reply-To and stream apply where the request gives none)."""
+    sender_field = body.sender or (rendered.sender if rendered else None)
+    if sender_field is None:
+        raise InvalidMessageError("from is required: neither the request nor the template sets it")
+    sender_bare, sender_header = _address(sender_field)
     to = [_address(a) for a in body.to]
     cc = [_address(a) for a in body.cc]
     bcc = [_address(a) for a in body.bcc]
@@ -116,14 +145,17 @@ def build_submission(
     if len(recipients) > MAX_RECIPIENTS:
         raise InvalidMessageError(f"at most {MAX_RECIPIENTS} recipients per message")
     message_id = new_message_id(now)
+    subject = rendered.subject if rendered else (body.subject or "")
+    reply_to = body.reply_to or (rendered.reply_to if rendered else None)
+    stream = rendered.stream if rendered and "stream" not in body.model_fields_set else body.stream
     draft = Draft(
         sender=sender_header,
         to=tuple(h for _, h in to) or ("undisclosed-recipients:;",),
         cc=tuple(h for _, h in cc),
-        reply_to=_address(body.reply_to)[1] if body.reply_to else None,
-        subject=body.subject,
-        text=body.text,
-        html=body.html,
+        reply_to=_address(reply_to)[1] if reply_to else None,
+        subject=subject,
+        text=rendered.text if rendered else body.text,
+        html=rendered.html if rendered else body.html,
         headers=tuple(body.headers.items()),
         attachments=tuple(_attachment(a) for a in body.attachments),
     )
@@ -140,8 +172,9 @@ def build_submission(
         source=source,
         submitted_by=submitted_by,
         header_from=sender_header,
-        subject=body.subject,
-        stream=body.stream,
+        subject=subject,
+        stream=stream,
         tags=tuple(body.tags),
         message_id=message_id,
+        template=(rendered.template_id, rendered.version) if rendered else None,
     )

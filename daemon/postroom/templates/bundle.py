@@ -47,8 +47,17 @@ def valid_template_id(value: str) -> bool:
 def read_bundle(root: Path) -> list[BundleEntry]:
     """Every template below `root`, layouts and partials first (templates are checked against
     them); TemplateError listing every problem found."""
+    entries, problems = load_bundle(root)
+    if problems:
+        raise TemplateError("invalid_template", problems)
+    return entries
+
+
+def load_bundle(root: Path) -> tuple[list[BundleEntry], list[str]]:
+    """The templates below `root` that could be read, and the problems of those that could not
+    (so a push can report every problem at once)."""
     if not root.is_dir():
-        raise TemplateError("invalid_template", [f"{root}: not a directory"])
+        return [], [f"{root}: not a directory"]
     entries, problems = [], []
     for manifest in sorted(root.rglob(MANIFEST)):
         try:
@@ -60,10 +69,8 @@ def read_bundle(root: Path) -> list[BundleEntry]:
         if entry.template_id in seen:
             problems.append(f"{entry.directory}: id {entry.template_id!r} is also used by {seen[entry.template_id]}")
         seen[entry.template_id] = entry.directory
-    if problems:
-        raise TemplateError("invalid_template", problems)
     order = {TemplateKind.PARTIAL: 0, TemplateKind.LAYOUT: 1, TemplateKind.TEMPLATE: 2}
-    return sorted(entries, key=lambda e: (order[e.source.kind], e.template_id))
+    return sorted(entries, key=lambda e: (order[e.source.kind], e.template_id)), problems
 
 
 def read_entry(directory: Path) -> BundleEntry:
