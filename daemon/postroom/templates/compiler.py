@@ -170,6 +170,10 @@ class CompiledTemplate:
             raise TemplateError("render_failed", [f"render refused: {exc}"]) from None
         except (ArithmeticError, TypeError, ValueError, LookupError, RecursionError) as exc:
             raise TemplateError("render_failed", [f"render failed: {type(exc).__name__}: {exc}"]) from None
+        produced = len(subject) + len(content) + len(text)
+        if produced > self._budget.max_output:
+            raise TemplateError("render_failed", [f"render stopped: it produced {produced} characters, "
+                                                  f"more than {self._budget.max_output}"])  # fmt: skip
         if preheader:
             content = self._with_preheader(content, preheader)
         html = _INLINER.inline(content)

@@ -10,9 +10,10 @@ error, not an empty string.
 What the sandbox does not bound is work: `{% for a in range(99999) %}{% for b in range(99999) %}`
 or `'x' * 10**9`. Every render therefore runs under a `RenderBudget` (a deadline and a maximum
 output size): `range` is a guarded iterator that checks the deadline as it goes, `*`, `**` and `+`
-are intercepted so no single result can outgrow the output limit, and every output expression
-(`finalize`) counts the bytes written and checks the deadline. A render past its budget raises
-`BudgetExceeded`; it is stopped, not waited for.
+are intercepted so no single result can outgrow the output limit, calls check the deadline, and
+the renderer checks the size of what a render produced. A render past its budget raises
+`BudgetExceeded`; it is stopped, not waited for. (Counting every output expression as well cost a
+fifth of a render; the loops that could make a long output all check the deadline.)
 """
 
 from __future__ import annotations
@@ -43,21 +44,13 @@ class RenderBudget:
     seconds: float = 1.0
     max_output: int = 2 * 1024 * 1024  # characters of output (and of any single value made)
     deadline: float = field(init=False, default=0.0)
-    written: int = field(init=False, default=0)
 
     def start(self) -> None:
         self.deadline = time.monotonic() + self.seconds
-        self.written = 0
 
     def check_time(self) -> None:
         if time.monotonic() > self.deadline:
             raise BudgetExceeded(f"the render took longer than {self.seconds:g} s")
-
-    def count(self, size: int) -> None:
-        self.written += size
-        if self.written > self.max_output:
-            raise BudgetExceeded(f"the render produced more than {self.max_output} characters")
-        self.check_time()
 
 
 _BUDGET: contextvars.ContextVar[RenderBudget | None] = contextvars.ContextVar("render_budget", default=None)
@@ -151,17 +144,27 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         super().__init__(
             autoescape=autoescape,
             undefined=StrictUndefined,
-            finalize=self._finalize,
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,
             auto_reload=False,
-            cache_size=0,  # compiled templates are cached per version by their owner
+            cache_size=64,  # one environment per compiled version: its parts and partials
         )
         self.globals.clear()
         self.globals["range"] = guarded_range
         for name in _GROWING_FILTERS:
             self.filters[name] = guarded_filter(name, self.filters[name])
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """`order.number` on the data: a dict's key wins over a method of the same name (`items`,
+        `values` and `keys` are common variable names), and is read without the sandbox's checks,
+        which are for attributes. Everything else goes through the sandbox."""
+        if type(obj) is dict:
+            try:
+                return obj[attribute]
+            except KeyError:
+                pass
+        return super().getattr(obj, attribute)
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         budget = current_budget()
@@ -172,12 +175,6 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         if _size(result) > budget.max_output:
             raise BudgetExceeded(f"{name or 'a call'} exceeded the render's output limit")
         return result
-
-    @staticmethod
-    def _finalize(value: Any) -> Any:
-        budget = current_budget()
-        budget.count(len(value) if isinstance(value, str) else 16)
-        return value
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         budget = current_budget()
