@@ -21,6 +21,7 @@ import ssl
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
@@ -59,10 +60,12 @@ from postroom.queue.views import SqlQueueViews
 from postroom.service_notify import ServiceNotifier
 from postroom.smtp.handlers import Authenticator, MxHandler, SubmissionHandler
 from postroom.smtp.listeners import SmtpListeners, server_tls_context
-from postroom.smtp.throttle import LoginThrottle
+from postroom.smtp.postmaster import PostmasterForward, PostmasterMail, PostmasterMaildir
+from postroom.smtp.throttle import LoginLimits
 from postroom.store.credentials import SqlApiKeys, SqlSmtpUsers
 from postroom.store.dkim_keys import SqlDkimKeys
 from postroom.store.engine import WriteGate, create_engine, translate_errors
+from postroom.store.login_throttle import SqlLoginThrottle
 from postroom.store.schema import require_current
 from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.submission.budget import ByteBudget
@@ -137,7 +140,7 @@ class Daemon:
             # subscribe here; each reads the event stream through its own durable cursor.
             consumers: list[EventConsumer] = []
             outbox = EventOutbox(storage.engine, storage.gate, self.clock, self.metrics, consumers)
-            listeners = self._smtp_listeners(storage, submissions)
+            listeners = self._smtp_listeners(stack, storage, submissions)
             http = self._http_server(storage, submissions, lookup)
 
             stack.push_async_callback(listeners.close)
@@ -230,7 +233,9 @@ class Daemon:
         self.metrics.commit_batch.observe(len(batch))
         self.metrics.commit_seconds.observe(seconds)
 
-    def _smtp_listeners(self, storage: Storage, submissions: SubmissionService) -> SmtpListeners:
+    def _smtp_listeners(
+        self, stack: contextlib.AsyncExitStack, storage: Storage, submissions: SubmissionService
+    ) -> SmtpListeners:
         smtp = self.settings.smtp
         tls: ssl.SSLContext | None = None
         if smtp.tls_cert:
@@ -239,10 +244,31 @@ class Daemon:
             submit=submissions.submit, clock=self.clock, metrics=self.metrics, hostname=smtp.hostname,
             max_recipients=smtp.max_recipients, trusted_networks=smtp.trusted_networks,
         )  # fmt: skip
-        throttle = LoginThrottle(self.clock, smtp.login_failure_limit, smtp.login_failure_window)
-        authenticator = Authenticator(SqlSmtpUsers(storage.engine), throttle, self.metrics)
-        return SmtpListeners(smtp, handler, MxHandler(self.metrics), authenticator, self.metrics, tls,
-                             sockets=self.listen_sockets)  # fmt: skip
+        # Password checks (scrypt) get their own two threads: they neither starve nor wait behind
+        # the rest of the process's thread work.
+        hashing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="smtp-auth")
+        stack.callback(hashing.shutdown, wait=False, cancel_futures=True)
+        limits = LoginLimits(
+            limit=smtp.login_failure_limit, network_limit=smtp.login_network_failure_limit,
+            user_limit=smtp.login_user_failure_limit, window=smtp.login_failure_window,
+            backoff_max=smtp.login_backoff_max, trust_period=smtp.login_trust_period,
+        )  # fmt: skip
+        throttle = SqlLoginThrottle(storage.engine, storage.gate, window=limits.window,
+                                    blocks=limits.blocks, trust_period=limits.trust_period)  # fmt: skip
+        authenticator = Authenticator(SqlSmtpUsers(storage.engine, hashing), throttle, limits,
+                                      self.clock, self.metrics)  # fmt: skip
+        mx = MxHandler(self.metrics, self.clock, postmaster=self._postmaster(submissions),
+                       postmaster_domains=self.settings.postmaster_domains)  # fmt: skip
+        return SmtpListeners(smtp, handler, mx, authenticator, self.metrics, tls,
+                             sockets=self.listen_sockets, budget=self.budget)  # fmt: skip
+
+    def _postmaster(self, submissions: SubmissionService) -> PostmasterMail:
+        """Mail to postmaster at the MX: forwarded to the operator, or kept in a Maildir."""
+        settings = self.settings
+        if settings.smtp.postmaster_forward:
+            return PostmasterForward(submissions.submit, forward_to=settings.smtp.postmaster_forward,
+                                     from_domain=settings.domains[0].name, hostname=settings.smtp.hostname)  # fmt: skip
+        return PostmasterMaildir(Path(settings.state_dir) / "postmaster", settings.smtp.hostname)
 
     def _http_server(self, storage: Storage, submissions: SubmissionService, lookup: DnsLookup) -> HttpServer:
         settings = self.settings
@@ -260,7 +286,7 @@ class Daemon:
         ]
         app = build_app(settings.http, SqlApiKeys(storage.engine), self.metrics, groups,
                         budget=self.budget)  # fmt: skip
-        return HttpServer(settings.http, app, sockets=self.listen_sockets)
+        return HttpServer(settings.http, app, sockets=self.listen_sockets, metrics=self.metrics)
 
     async def _readiness(self, engine: AsyncEngine) -> str | None:
         if not self.ready.is_set():

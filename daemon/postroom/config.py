@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from postroom.config_sources import EnvironSource, SecretFileSource, TomlFileSource
-from postroom.core.addresses import normalise_domain
+from postroom.core.addresses import normalise_domain, valid_mailbox
 from postroom.core.errors import ConfigError
 
 ENV_PREFIX = "POSTROOM_"
@@ -79,6 +79,13 @@ class DatabaseSettings(_Section):
 class HttpSettings(_Section):
     listen: str = "127.0.0.1:8025"
     max_body_size: int = Field(default=40 * 1024 * 1024, ge=1024)
+    # Connection limits (http.server): the whole request head must arrive within header_timeout
+    # seconds of its first byte (of the connection, for the first request); an idle keep-alive
+    # connection is closed after keepalive_timeout; one client address holds at most
+    # max_connections_per_client connections per process (more get 429 and are closed).
+    header_timeout: float = Field(default=10.0, gt=0)
+    keepalive_timeout: float = Field(default=15.0, gt=0)
+    max_connections_per_client: int = Field(default=64, ge=1)
 
     @field_validator("listen")
     @classmethod
@@ -99,13 +106,31 @@ class SmtpSettings(_Section):
     max_recipients: int = Field(default=1000, ge=1)
     trusted_networks: tuple[str, ...] = ()
     session_timeout: float = Field(default=300.0, gt=0)
+    # Where the MX sends mail to postmaster (smtp.postmaster): this address, forwarded from
+    # postmaster@<first sending domain>; "" = into the Maildir <state_dir>/postmaster.
+    postmaster_forward: str = ""
+    # Failed AUTH throttle (postroom.smtp.throttle): per login and source network, per network,
+    # per login from anywhere; blocks double up to login_backoff_max; a login that succeeded from
+    # a network is spared the per-login limit there for login_trust_period (0: never).
     login_failure_limit: int = Field(default=5, ge=1)
     login_failure_window: float = Field(default=300.0, gt=0)
+    login_network_failure_limit: int = Field(default=20, ge=1)
+    login_user_failure_limit: int = Field(default=20, ge=1)
+    login_backoff_max: float = Field(default=3600.0, gt=0)
+    login_trust_period: float = Field(default=7 * 86400.0, ge=0)
 
     @field_validator("submission_listen", "submissions_listen", "mx_listen")
     @classmethod
     def _valid_listen(cls, value: str) -> str:
         return _check_listen(value)
+
+    @field_validator("postmaster_forward")
+    @classmethod
+    def _valid_forward(cls, value: str) -> str:
+        value = value.strip()
+        if value and not valid_mailbox(value):
+            raise ValueError(f"{value!r} is not a mailbox address")
+        return value
 
     _split_networks = field_validator("trusted_networks", mode="before")(
         classmethod(lambda cls, value: _comma_list(value))
@@ -343,6 +368,24 @@ class Settings(BaseSettings):
         if duplicates:
             raise ValueError(f"domains listed twice: {', '.join(duplicates)}")
         return self
+
+    @model_validator(mode="after")
+    def _postmaster_forward(self) -> Settings:
+        forward = self.smtp.postmaster_forward
+        if not forward:
+            return self
+        if not self.domains:
+            raise ValueError("smtp.postmaster_forward needs a [[domains]] entry to send from")
+        local, _, domain = forward.rpartition("@")
+        if local.lower() == "postmaster" and normalise_domain(domain) in self.postmaster_domains:
+            raise ValueError(f"smtp.postmaster_forward {forward!r} is postmaster here: it would loop")
+        return self
+
+    @property
+    def postmaster_domains(self) -> frozenset[str]:
+        """Where the MX takes mail to postmaster: the sending and bounce domains, the hostname."""
+        names = [self.smtp.hostname, *(name for d in self.domains for name in (d.name, d.bounce_domain))]
+        return frozenset(normalise_domain(name) for name in names if name)
 
     def domain(self, name: str) -> DomainSettings | None:
         wanted = normalise_domain(name)

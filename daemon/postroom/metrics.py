@@ -239,3 +239,17 @@ class Metrics:
             ["ingress"],
             registry=registry,
         )
+        # SMTP sessions whose TLS handshake (STARTTLS) failed; logged only up to a rate.
+        self.smtp_tls_failures = Counter(
+            "postroom_smtp_tls_failures",
+            "Failed TLS handshakes after STARTTLS, by listener",
+            ["listener"],
+            registry=registry,
+        )
+        # HTTP connections closed by the server's limits (http.server), by reason.
+        self.http_connections_closed = Counter(
+            "postroom_http_connections_closed",
+            "HTTP connections closed by a limit: too_many_connections (per client), header_timeout",
+            ["reason"],
+            registry=registry,
+        )

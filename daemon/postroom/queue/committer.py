@@ -94,6 +94,9 @@ class GroupCommitter:
                     self._pending[self._max_batch :],
                 )
                 await self._commit(batch)
+                # Let go of the messages now, not when the next batch arrives: a burst of large
+                # ones would otherwise stay in memory while the process is idle.
+                del batch
         finally:
             self._running = False
             stopping.cancel()

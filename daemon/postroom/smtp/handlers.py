@@ -2,15 +2,19 @@
 
 Submission: relay only for authenticated users or clients in `trusted_networks`; at most
 `max_recipients`; at DATA the message goes through the submission door, whose answer becomes the
-reply: `250` only once the message is committed, a refusal's 5xx/4xx otherwise. The MX
-refuses every recipient with `550 5.7.1` until the bounce processor gives it addresses to accept.
+reply: `250` only once the message is committed, a refusal's 5xx/4xx otherwise. The MX accepts
+mail to postmaster (`smtp.postmaster`) and refuses every other recipient with `550 5.7.1` until the
+bounce processor gives it addresses to accept.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
@@ -20,9 +24,11 @@ from postroom.core.errors import PostroomError
 from postroom.core.ids import new_message_id
 from postroom.core.types import Submission
 from postroom.metrics import Metrics
+from postroom.smtp.postmaster import PostmasterMail, PostmasterMessage, is_postmaster
 from postroom.smtp.protocol import FixedReflection
-from postroom.smtp.throttle import LoginThrottle
+from postroom.smtp.throttle import LoginLimits
 from postroom.store.credentials import SmtpUser, SqlSmtpUsers
+from postroom.store.login_throttle import Reservation, SqlLoginThrottle, Throttled, ThrottleKey
 from postroom.submission.outcome import Caller, Outcome, Refusal
 from postroom.submission.raw import Trace, raw_submission
 
@@ -53,6 +59,17 @@ def refusal_reply(refusal: Refusal) -> str:
 def _peer_ip(session: Session) -> str:
     peer = session.peer
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def take_content(envelope: Envelope) -> bytes | bytearray:
+    """The message out of the envelope, which lets go of it: while the message is being
+    committed, only what is made of it should hold memory. `PostroomSMTP` hands over the bytearray
+    it read DATA into (see `smtp.protocol`)."""
+    content: object = envelope.original_content or b""
+    envelope.content = envelope.original_content = None
+    if isinstance(content, bytes | bytearray):
+        return content
+    return str(content).encode("utf-8", "surrogateescape")  # decode_data is off; a guard
 
 
 class SubmissionHandler(FixedReflection):
@@ -109,9 +126,7 @@ class SubmissionHandler(FixedReflection):
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        content = envelope.original_content or b""
-        if not isinstance(content, bytes):  # decode_data is off; this guards a misconfiguration
-            content = str(content).encode("utf-8", "surrogateescape")
+        content = take_content(envelope)
         now = self._clock.now()
         user = session.auth_data if session.authenticated else None
         protocol = "ESMTP" + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
@@ -124,6 +139,8 @@ class SubmissionHandler(FixedReflection):
             )  # fmt: skip
         except Exception:  # a header block the parser chokes on: refuse, never crash
             return "554 5.6.0 Message header could not be parsed"
+        finally:
+            del content  # the submission's stamped copy is the one kept while it is committed
         caller = Caller(
             "smtp",
             identity=str(user) if session.authenticated else _peer_ip(session),
@@ -141,16 +158,59 @@ class SubmissionHandler(FixedReflection):
 
 
 class MxHandler(FixedReflection):
-    """The inbound MX (port 25). Accepts nothing yet: no bounce addresses are configured."""
+    """The inbound MX (port 25). Accepts mail to postmaster (RFC 5321 §4.5.1: bare, or at a
+    sending domain, bounce domain or the server's name) and hands it to `postmaster`; refuses every
+    other recipient with 550 5.7.1 until the bounce processor gives it addresses to accept."""
 
-    def __init__(self, metrics: Metrics):
+    def __init__(
+        self,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        postmaster: PostmasterMail | None = None,
+        postmaster_domains: frozenset[str] = frozenset(),
+        max_recipients: int = 50,
+    ):
         self._metrics = metrics
+        self._clock = clock
+        self._postmaster = postmaster
+        self._postmaster_domains = postmaster_domains
+        self._max_recipients = max_recipients
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # The MX has no AUTH; aiosmtpd would still list an empty "AUTH" after STARTTLS.
+        session.host_name = hostname
+        return [line for line in responses if not line[4:].upper().startswith("AUTH")]
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        if self._postmaster is not None and is_postmaster(address, self._postmaster_domains):
+            if len(envelope.rcpt_tos) >= self._max_recipients:
+                return "452 4.5.3 Too many recipients"
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(options)
+            return "250 2.1.5 Ok"
         self._metrics.rejected.labels("mx", "unknown_recipient").inc()
         return "550 5.7.1 Recipient address rejected: not a bounce or feedback address"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self._postmaster is None or not envelope.rcpt_tos:  # nothing else is accepted at RCPT
+            return "554 5.5.1 No valid recipients"
+        now = self._clock.now()
+        protocol = "ESMTP" + ("S" if session.ssl else "")
+        message = PostmasterMessage(
+            content=take_content(envelope), mail_from=envelope.mail_from or "",
+            recipients=tuple(envelope.rcpt_tos), trace=Trace(session.host_name, _peer_ip(session), protocol),
+            queue_id=new_message_id(now), now=now,
+        )  # fmt: skip
+        outcome = await self._postmaster.receive(message)
+        del message
+        if isinstance(outcome, Refusal):
+            return refusal_reply(outcome)
+        return f"250 2.0.0 Ok: queued as {outcome.message_id}"
 
     async def handle_exception(self, error: Exception) -> str:
         logger.error("MX session error", exc_info=error)
@@ -158,32 +218,124 @@ class MxHandler(FixedReflection):
 
 
 class Authenticator:
-    """Checks SMTP logins against `smtp-users`, with failed logins throttled per client address."""
+    """Checks SMTP logins against `smtp-users`, with failed logins throttled on counters every
+    process and every daemon on the database shares (rules: `smtp.throttle`; counters:
+    `store.login_throttle`).
 
-    def __init__(self, users: SqlSmtpUsers, throttle: LoginThrottle, metrics: Metrics):
+    An attempt reserves a slot on its keys before its password is checked, so parallel connections
+    get no more checks than the limit; while a key is over its limit the attempt is refused
+    (454 4.7.0) with no hashing at all. A key whose slots are all taken by attempts in flight is
+    not over its limit: the attempt waits for one of them to finish (a burst of an application's
+    connections logs in a few at a time), up to `wait` seconds. Checks run in the users'
+    repository's own small pool; when `max_checks` of this process are in progress, the next
+    attempt is refused too, so a flood from many sources is shed instead of queueing every login
+    behind it.
+    """
+
+    THROTTLED = "454 4.7.0 Too many failed logins, try again later"
+    BUSY = "454 4.7.0 Too many logins at once, try again later"
+    FIRST_POLL, LAST_POLL = 0.02, 0.5  # seconds between looks for a free slot (other processes')
+
+    def __init__(
+        self,
+        users: SqlSmtpUsers,
+        throttle: SqlLoginThrottle,
+        limits: LoginLimits,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        max_checks: int = 32,
+        wait: float = 10.0,
+        prune_interval: float = 60.0,
+    ):
         self._users = users
         self._throttle = throttle
+        self._limits = limits
+        self._clock = clock
         self._metrics = metrics
+        self._max_checks = max_checks
+        self._wait = wait
+        self._prune_interval = prune_interval
+        self._next_prune = 0.0
+        self._checks = 0  # passwords this process is checking, or has queued for its pool
+        self._changed = asyncio.Event()  # set, and replaced, when an attempt here ends (`_wake`)
+        self._running: set[asyncio.Task[AuthResult | None]] = set()
 
     async def __call__(self, peer_ip: str, username: str, password: str) -> AuthResult:
-        if self._throttle.blocked(peer_ip):
-            self._metrics.smtp_auth.labels("throttled").inc()
-            return AuthResult(
-                success=False,
-                handled=False,
-                message="454 4.7.0 Too many failed logins, try again later",
-            )
+        keys = self._limits.keys(peer_ip, username)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait
+        poll = self.FIRST_POLL
+        while True:
+            changed = self._changed
+            result = await self._detached(self._try(keys, username, password))
+            if result is not None:
+                return result
+            if loop.time() >= deadline:
+                self._metrics.smtp_auth.labels("busy").inc()
+                return AuthResult(success=False, handled=False, message=self.BUSY)
+            # Woken at once when an attempt of this process ends; polling sees other processes'.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(poll, max(0.0, deadline - loop.time()))):
+                    await changed.wait()
+            poll = min(poll * 2, self.LAST_POLL)
+
+    def _detached(self, attempt: Coroutine[Any, Any, AuthResult | None]) -> Awaitable[AuthResult | None]:
+        """Runs to its end even when the session is cancelled (its client left) meanwhile: a slot
+        reserved is always settled and a check begun is always counted."""
+        task = asyncio.ensure_future(attempt)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return asyncio.shield(task)
+
+    async def _try(self, keys: tuple[ThrottleKey, ...], username: str, password: str) -> AuthResult | None:
+        """The verdict, or None when every slot of a key is taken by attempts in flight."""
         try:
-            user = await self._users.login(username, password)
+            taken = await self._throttle.reserve(keys, self._clock.now())
         except PostroomError:
             self._metrics.smtp_auth.labels("error").inc()
             raise
+        if taken is Throttled.FULL:
+            return None
+        if taken is Throttled.OVER_LIMIT:
+            self._wake()  # the attempts waiting for a slot of this key are refused as well
+            self._metrics.smtp_auth.labels("throttled").inc()
+            return AuthResult(success=False, handled=False, message=self.THROTTLED)
+        if self._checks >= self._max_checks:
+            await self._settle(taken, None)
+            self._metrics.smtp_auth.labels("busy").inc()
+            return AuthResult(success=False, handled=False, message=self.BUSY)
+        self._checks += 1
+        verdict: bool | None = None  # None: the password could not be checked
+        try:
+            user = await self._users.login(username, password)
+            verdict = user is not None
+        except PostroomError:
+            self._metrics.smtp_auth.labels("error").inc()
+            raise
+        finally:
+            self._checks -= 1
+            await self._settle(taken, verdict)
         if user is None:
-            self._throttle.record_failure(peer_ip)
             self._metrics.smtp_auth.labels("failed").inc()
             return AuthResult(success=False, handled=False)
-        self._throttle.record_success(peer_ip)
         self._metrics.smtp_auth.labels("ok").inc()
         return AuthResult(success=True, auth_data=user)
 
+    async def _settle(self, reservation: Reservation, succeeded: bool | None) -> None:
+        now = self._clock.now()
+        try:
+            await self._throttle.settle(reservation, succeeded, now)
+            if now >= self._next_prune:
+                self._next_prune = now + self._prune_interval
+                await self._throttle.prune(now)
+        except PostroomError:
+            # Its slots expire by themselves (store.login_throttle); the verdict stands.
+            logger.warning("could not record an SMTP login attempt", exc_info=True)
+        finally:
+            self._wake()
 
+    def _wake(self) -> None:
+        """Let the attempts waiting for a slot look again."""
+        self._changed.set()
+        self._changed = asyncio.Event()

@@ -20,7 +20,9 @@ from postroom.config import SmtpSettings
 from postroom.listen import BACKLOG, Listener, ListenSockets, describe, sockets_for
 from postroom.metrics import Metrics
 from postroom.smtp.handlers import MxHandler, SubmissionHandler
+from postroom.smtp.handshakes import HandshakeFailures
 from postroom.smtp.protocol import PostroomSMTP, Verifier
+from postroom.submission.budget import ByteBudget
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class SmtpListeners:
         metrics: Metrics,
         tls_context: ssl.SSLContext | None,
         sockets: ListenSockets | None = None,
+        budget: ByteBudget | None = None,
     ):
         self._settings = settings
         self._submission = submission
@@ -61,6 +64,8 @@ class SmtpListeners:
         self._verifier = verifier
         self._metrics = metrics
         self._tls = tls_context
+        self._budget = budget  # the process's, shared with HTTP (submission.budget)
+        self._handshakes = HandshakeFailures(metrics)
         self._sockets = sockets  # None: bind here (without SO_REUSEPORT)
         self._servers: list[asyncio.Server] = []
         self._sessions = 0
@@ -98,12 +103,18 @@ class SmtpListeners:
             self._sessions -= 1
             gauge.dec()
 
+        busy = self._metrics.ingress_busy.labels("smtp")
+        tls_failure = self._handshakes.reporter(spec.name)
+
         def build() -> PostroomSMTP:
             return PostroomSMTP(
                 self._mx if is_mx else self._submission,
                 verifier=None if is_mx else self._verifier,
                 on_open=opened,
                 on_close=closed,
+                budget=self._budget,
+                on_busy=busy.inc,
+                on_tls_failure=tls_failure,
                 **options,
             )
 
@@ -143,6 +154,7 @@ class SmtpListeners:
     async def close(self) -> None:
         """Idempotent: close the listening sockets (a start-up failure path uses this too)."""
         servers, self._servers = self._servers, []
+        self._handshakes.close()
         for server in servers:
             server.close()
         for server in servers:

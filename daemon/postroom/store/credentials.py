@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -117,9 +118,16 @@ class SmtpUser:
 
 
 class SqlSmtpUsers:
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, hashing: Executor | None = None):
+        """`hashing`: the pool login checks run scrypt in (the daemon's own small one, so checks
+        neither starve nor wait behind other work in the loop's default pool); None: the default."""
         self._engine = engine
         self._reads = read_only(engine)
+        self._hashing = hashing
+
+    async def _matches(self, password: str, stored: str) -> bool:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._hashing, password_matches, password, stored)
 
     async def add(
         self, username: str, password: str, now: float, allowed_senders: tuple[str, ...] = ()
@@ -140,8 +148,8 @@ class SqlSmtpUsers:
         return SmtpUser(username, now, allowed)
 
     async def login(self, username: str, password: str) -> SmtpUser | None:
-        """The user if the password is right, else None. Scrypt runs in a thread so the event
-        loop keeps serving other sessions."""
+        """The user if the password is right, else None. Scrypt runs in a thread (of `hashing`)
+        so the event loop keeps serving other sessions."""
         with translate_errors("checking an SMTP login"):
             async with self._reads.connect() as conn:
                 row = (
@@ -149,9 +157,9 @@ class SqlSmtpUsers:
                 ).first()
         if row is None:
             # Spend the same time as a real check, so timing does not reveal which users exist.
-            await asyncio.to_thread(password_matches, password, _DUMMY_HASH)
+            await self._matches(password, _DUMMY_HASH)
             return None
-        if not await asyncio.to_thread(password_matches, password, row.password_hash):
+        if not await self._matches(password, row.password_hash):
             return None
         return SmtpUser(row.username, row.created_at, tuple(row.allowed_senders or ()))
 

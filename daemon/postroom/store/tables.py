@@ -165,6 +165,25 @@ smtp_users = sa.Table(
     sa.Column("allowed_senders", sa.JSON),
 )
 
+# Failed-login counters of the SMTP AUTH throttle (postroom.store.login_throttle), one row per key:
+# "login:<network>|<username>", "net:<network>", "user:<username>". `failures` counts since
+# `window_start`; `in_flight` and `in_flight_before` are reservations (attempts being checked) taken
+# in reservation period `epoch` and the one before; `strikes` are blocks in a row.
+login_throttle = sa.Table(
+    "login_throttle",
+    metadata,
+    sa.Column("key", sa.String(320), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("window_start", sa.Float, nullable=False),
+    sa.Column("in_flight", sa.Integer, nullable=False),
+    sa.Column("in_flight_before", sa.Integer, nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("blocked_until", sa.Float, nullable=False),
+    sa.Column("strikes", sa.Integer, nullable=False),
+    sa.Column("trusted_until", sa.Float, nullable=False),  # a login succeeded from here until then
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 # DKIM selectors and their life cycle: pending (record not yet seen in DNS) -> active (signing)
 # -> retiring (replaced; its record must stay published until retire_at) -> retired.
 dkim_keys = sa.Table(
@@ -179,7 +198,6 @@ dkim_keys = sa.Table(
     sa.Column("activated_at", sa.Float),
     sa.Column("retire_at", sa.Float),
 )
-
 
 # Templates (postroom.templates): a template's kind and published pointer, and its versions, each
 # an immutable JSON document of its content (a `TemplateSource`).

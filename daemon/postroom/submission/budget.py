@@ -21,7 +21,8 @@ from typing import Protocol
 logger = logging.getLogger(__name__)
 
 # glibc keeps freed arenas mapped; after a burst of large messages the process would stay at its
-# peak. malloc_trim(0) hands the free pages back (a no-op elsewhere).
+# peak. malloc_trim(0) hands the free pages back (a no-op elsewhere), once a burst of at least
+# this many bytes in flight is over.
 _TRIM_AFTER_BYTES = 8 * 1024 * 1024
 
 
@@ -33,16 +34,38 @@ def _malloc_trim() -> None:
         ctypes.CDLL(name).malloc_trim(0)
 
 
+# glibc serves a block above its mmap threshold with its own mapping, returned to the system the
+# moment it is freed; but each such free raises the threshold to the block's size (up to 32 MiB),
+# so after the first large message the next ones came from the heap, where they fragment it and
+# stay. Pinning the threshold keeps every message-sized buffer in its own mapping.
+_M_MMAP_THRESHOLD = -3  # mallopt(3)
+_MMAP_THRESHOLD = 1024 * 1024
+
+
+def _pin_mmap_threshold() -> None:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+
+
 class Settable(Protocol):
     def set(self, value: float) -> None: ...
 
 
 class ByteBudget:
     def __init__(self, limit: int, gauge: Settable | None = None):
+        _pin_mmap_threshold()  # one budget per process: the process's large buffers, see above
         self.limit = limit
         self.in_flight = 0
         self._gauge = gauge
-        self._released_since_trim = 0
+        self._peak_since_trim = 0
+
+    def _changed(self) -> None:
+        self._peak_since_trim = max(self._peak_since_trim, self.in_flight)
+        if self._gauge is not None:
+            self._gauge.set(self.in_flight)
 
     def try_reserve(self, size: int) -> bool:
         """Take `size` bytes if they fit (a single upload larger than the whole budget fits only
@@ -50,17 +73,25 @@ class ByteBudget:
         if self.in_flight and self.in_flight + size > self.limit:
             return False
         self.in_flight += size
-        if self._gauge is not None:
-            self._gauge.set(self.in_flight)
+        self._changed()
+        return True
+
+    def try_extend(self, held: int, extra: int) -> bool:
+        """Take `extra` more bytes for an upload already holding `held` (one whose size was not
+        said in advance grows as it arrives): they fit, or that upload is all that is in flight."""
+        if self.in_flight > held and self.in_flight + extra > self.limit:
+            return False
+        self.in_flight += extra
+        self._changed()
         return True
 
     def release(self, size: int) -> None:
         self.in_flight = max(0, self.in_flight - size)
-        if self._gauge is not None:
-            self._gauge.set(self.in_flight)
-        self._released_since_trim += size
-        if self.in_flight == 0 and self._released_since_trim >= _TRIM_AFTER_BYTES:
-            self._released_since_trim = 0
+        self._changed()
+        # Trim once a burst is over (at least _TRIM_AFTER_BYTES were in flight at once), not
+        # after every few thousand small messages of a steady stream, which never needs it.
+        if self.in_flight == 0 and self._peak_since_trim >= _TRIM_AFTER_BYTES:
+            self._peak_since_trim = 0
             _malloc_trim()
 
     @contextlib.contextmanager

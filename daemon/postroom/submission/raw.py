@@ -3,7 +3,8 @@
 What ingress adds goes on bytes, without re-serialising: a `Received:` trace field on top
 (RFC 5321 §4.4), and `Date:` and `Message-ID:` when the client left them out, as a submission
 server may (RFC 6409 §8.2, §8.3). Only the header block is read; the body is never touched, so what
-the client sent is what gets signed and delivered.
+the client sent is what gets signed and delivered. The content may be the SMTP DATA reader's
+bytearray: stamping it is the one copy of the message made on its way to the queue.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ _WANTED = {b"from": "from", b"subject": "subject", b"date": "date", b"message-id
            b"sender": "sender"}  # fmt: skip
 
 
-def summarise_headers(content: bytes) -> HeaderSummary:
+def summarise_headers(content: bytes | bytearray) -> HeaderSummary:
     """Read From, Subject, Date and Message-ID from the header block (RFC 5322 §2.2, with folding).
 
     A scan of the header lines, not the stdlib parser: it runs on every submitted message and the
@@ -51,7 +52,8 @@ def summarise_headers(content: bytes) -> HeaderSummary:
     From and Sender are also collected in full, since a second one is grounds for refusal.
     """
     match = _HEADER_END.search(content)
-    head = content[: match.start()] if match else content
+    # bytes() of the header block only: the DATA reader hands over a bytearray (not hashable).
+    head = bytes(content[: match.start()] if match else content)
     fields: list[tuple[str, list[str]]] = []  # (name, folded lines) of the fields we want
     current: list[str] | None = None
     for line in head.split(b"\n"):
@@ -81,7 +83,7 @@ def summarise_headers(content: bytes) -> HeaderSummary:
 
 
 def stamp(
-    content: bytes,
+    content: bytes | bytearray,
     summary: HeaderSummary,
     *,
     received: str,
@@ -129,7 +131,7 @@ class Trace:
 
 
 def raw_submission(
-    content: bytes,
+    content: bytes | bytearray,
     *,
     mail_from: str,
     recipients: tuple[str, ...],
