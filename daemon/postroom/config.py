@@ -291,7 +291,7 @@ class DeliverySettings(_Section):
 class LimitsSettings(_Section):
     # Bytes of messages being received (SMTP DATA, HTTP request bodies) one daemon process holds at
     # once; past it new uploads get a temporary refusal (SMTP 452, HTTP 503) until room frees up.
-    bytes_in_flight: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    bytes_in_flight: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024)
 
 
 class ProcessSettings(_Section):

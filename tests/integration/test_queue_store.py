@@ -10,6 +10,7 @@ Assertions read the tables directly where the store has no read method for the f
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,20 @@ async def test_content_round_trips_byte_for_byte(store: QueueStore, clock: FakeC
     loaded = await store.load_messages([message_id])
     assert loaded[message_id].content == content
     assert (await views.show(message_id)).summary.size == len(content)
+
+
+async def test_large_contents_round_trip_beside_small_ones_in_one_batch(
+    store: QueueStore, clock: FakeClock, views: SqlQueueViews
+) -> None:
+    """Large messages take the incremental blob path on SQLite's writer thread."""
+    large = [os.urandom(300 * 1024), b"x" * (1024 * 1024 + 7)]
+    contents = [large[0], CONTENT, large[1]]
+    ids = await store.insert_many([submission(content=c) for c in contents], clock.now())
+    for message_id, content in zip(ids, contents):
+        assert await views.content(message_id) == content
+        assert (await views.show(message_id)).summary.size == len(content)
+    loaded = await store.load_messages(ids)
+    assert [loaded[i].content for i in ids] == contents
 
 
 # -- claim ----------------------------------------------------------------------------------------
