@@ -1,17 +1,25 @@
-"""Shared test machinery: settings builders, a recording SMTP sink, databases, a daemon in-process."""
+"""Shared test machinery: settings builders, a recording SMTP sink, databases, a daemon in-process,
+and `postroom serve` as a process (ports that are not taken meanwhile, waits that fail at once when
+the daemon exits)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import random
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,8 +101,74 @@ async def smtp_sink(handler: SinkHandler | None = None) -> AsyncIterator[tuple[S
         server.close()
 
 
+# -- ports for daemons started as processes ------------------------------------------------------
+#
+# A port picked now and bound later by another process can be taken in between. bind(0) picks from
+# the kernel's ephemeral range, which is also where every outgoing connection (the tests' clients,
+# the daemons' deliveries, database connections) gets its local port: a port from `free_port` used
+# to be taken that way, and the daemon then exited with "address already in use" while the test
+# waited a minute for it. So `free_port` picks below that range, where only explicit binds go, and
+# reserves the port against other test processes with a lock file held for the life of this one.
+# Better still, a daemon can bind port 0 itself: `start_serving` reads the bound ports from the
+# status it reports when ready.
+
+PORT_LOCK_DIR = Path(tempfile.gettempdir()) / "postroom-test-ports"
+FIXED_PORTS = range(20000, 32768)  # used when the ephemeral range starts above it (Linux: 32768)
+_held_port_locks: dict[int, int] = {}  # port -> descriptor of its lock file (held until exit), or -1
+_port_choice = random.SystemRandom()  # not the seeded `random` (hypothesis seeds it per test)
+
+
+def _fixed_port_range() -> range | None:
+    """Ports no outgoing connection or bind(0) gets on this host, or None if unknown."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if low <= FIXED_PORTS.start + 1000:
+        return None
+    return range(FIXED_PORTS.start, min(FIXED_PORTS.stop, low))
+
+
+def _reserve(port: int) -> bool:
+    """Take the lock file of `port` (shared by every test process on this host) and check the
+    port is free on 127.0.0.1 now; keep the lock until this process exits."""
+    if port in _held_port_locks:
+        return False
+    try:
+        fd = os.open(_port_lock_dir() / str(port), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        fd = -1  # a lock directory we cannot write to (another user's): the bind check only
+    try:
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with socket.socket() as probe:  # no SO_REUSEADDR: a port in TIME_WAIT counts as busy
+            probe.bind(("127.0.0.1", port))
+    except OSError:
+        if fd >= 0:
+            os.close(fd)
+        return False
+    _held_port_locks[port] = fd
+    return True
+
+
+def _port_lock_dir() -> Path:
+    if not PORT_LOCK_DIR.is_dir():
+        with contextlib.suppress(FileExistsError):
+            PORT_LOCK_DIR.mkdir()
+            PORT_LOCK_DIR.chmod(0o1777)  # every user's test runs share the reservations
+    return PORT_LOCK_DIR
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A TCP port on 127.0.0.1 for a daemon process to bind (see above): free now, outside the
+    ephemeral range, never handed out twice by this process or to another test process."""
+    fixed = _fixed_port_range()
+    if fixed is not None:
+        for _ in range(200):
+            port = _port_choice.choice(fixed)
+            if _reserve(port):
+                return port
+    with socket.socket() as sock:  # no fixed range known: the kernel's choice, racy as it is
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
@@ -146,13 +220,18 @@ def postroom_cli(*args: str, env: dict[str, str] | None = None, input: str | Non
     return result
 
 
-def wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
+def wait_for_port(host: str, port: int, timeout: float = 20.0, *,
+                  process: subprocess.Popen[bytes] | None = None) -> None:  # fmt: skip
+    """Wait until something accepts on host:port; with `process` (the daemon that should bind
+    it), fail at once if it exits, with the end of its log when it is a `DaemonProcess`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None:
+            check_running(process, f"listening on {host}:{port}")
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port}")
+    raise TimeoutError(f"nothing listening on {host}:{port}{_log_tail_of(process)}")
 
 
 def write_config(path: Path, *, db_url: str, submission_port: int, http_port: int, mx_port: int,
@@ -191,27 +270,159 @@ dkim = "off"
     return path
 
 
-def start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
+# -- daemons as processes ------------------------------------------------------------------------
+
+
+class DaemonExited(AssertionError):
+    """A daemon process a test waits on exited; the message ends with the end of its log."""
+
+
+class DaemonProcess(subprocess.Popen[bytes]):
+    """`postroom serve` as a child process, writing stdout and stderr to `log`."""
+
+    log: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _log_tail_of(process: subprocess.Popen[bytes] | None) -> str:
+    if isinstance(process, DaemonProcess):
+        return f"; the end of {process.log}:\n{process.log_tail()}"
+    return ""
+
+
+def check_running(process: subprocess.Popen[bytes], waiting_for: str = "it") -> None:
+    """Raise DaemonExited (with the end of its log) if `process` has exited."""
+    code = process.poll()
+    if code is not None:
+        raise DaemonExited(f"pid {process.pid} exited with {code} while waiting for {waiting_for}"
+                           f"{_log_tail_of(process)}")  # fmt: skip
+
+
+def start_daemon(config: Path, log: Path, *, env: dict[str, str] | None = None) -> DaemonProcess:
+    """`postroom serve --config config`, output appended to `log`; returns at once (see
+    `start_serving` to wait until it is ready and learn its ports)."""
     with open(log, "ab") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
+        process = DaemonProcess(
             [sys.executable, "-m", "postroom.cli", "serve", "--config", str(config)],
             stdout=handle,
             stderr=handle,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
+    process.log = log
+    return process
 
 
-async def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> None:
-    """Poll `predicate()` (sync or async) until true or raise TimeoutError naming `what`."""
+@dataclass
+class Serving:
+    """A `postroom serve` process that said READY=1, with the addresses its status named. The
+    notify socket stays open until `stop` (or garbage collection), so the daemon's STOPPING=1
+    has somewhere to go."""
+
+    process: DaemonProcess
+    listeners: dict[str, tuple[str, int]]  # "submission", "mx", "http" -> (host, port) bound
+    _closing: weakref.finalize[[socket.socket, str], Serving] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def port(self, listener: str) -> int:
+        return self.listeners[listener][1]
+
+    def url(self, path: str = "") -> str:
+        host, port = self.listeners["http"]
+        return f"http://{host}:{port}{path}"
+
+    def close_notify_socket(self) -> None:
+        if self._closing is not None:
+            self._closing()
+
+    async def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, wait for the exit (killing it after `timeout`); return its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.process.wait, timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                await asyncio.to_thread(self.process.wait, 10)
+        self.close_notify_socket()
+        return int(self.process.returncode)
+
+
+def _close_notify_socket(listener: socket.socket, directory: str) -> None:
+    listener.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+STATUS_ADDRESS = re.compile(r"(\w+) (\S+):(\d+)\b")
+
+
+def listeners_in_status(status: str) -> dict[str, tuple[str, int]]:
+    """"submission 127.0.0.1:40001, http 127.0.0.1:40002; delivery ..." (the daemon's STATUS, or
+    the supervisor's "2 processes; ...") as {"submission": ("127.0.0.1", 40001), ...}."""
+    return {m[1]: (m[2].strip("[]"), int(m[3])) for m in STATUS_ADDRESS.finditer(status)}
+
+
+async def start_serving(config: Path, log: Path, *, env: dict[str, str] | None = None,
+                        timeout: float = 60.0) -> Serving:  # fmt: skip
+    """Start `postroom serve` and wait for its READY=1 on a notify socket of our own; fail at
+    once, with the end of its log, if it exits first. The ports come from its STATUS, so a config
+    with port 0 works (the daemon binds, then tells: no window for another process to take them).
+    """
+    directory = tempfile.mkdtemp(prefix="pr-notify-")  # short: AF_UNIX paths end at 108 bytes
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(os.path.join(directory, "n"))
+    listener.setblocking(False)
+    process = start_daemon(config, log, env={**(env or {}), "NOTIFY_SOCKET": listener.getsockname()})
+    serving = Serving(process, {})
+    serving._closing = weakref.finalize(serving, _close_notify_socket, listener, directory)
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    try:
+        while "READY=1" not in lines:
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    lines += listener.recv(65536).decode().splitlines()
+            if "READY=1" in lines:
+                break
+            check_running(process, "READY=1")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no READY=1 from pid {process.pid} after {timeout}s{_log_tail_of(process)}")
+            await asyncio.sleep(0.05)
+    except BaseException:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        serving.close_notify_socket()
+        raise
+    status = next((line for line in lines if line.startswith("STATUS=")), "STATUS=")
+    serving.listeners = listeners_in_status(status.removeprefix("STATUS="))
+    return serving
+
+
+async def wait_until(predicate: Any, timeout: float, interval: float = 0.05, what: str = "condition",
+                     *, alive: Sequence[subprocess.Popen[bytes]] = ()) -> None:  # fmt: skip
+    """Poll `predicate()` (sync or async) until true or raise TimeoutError naming `what`; fail at
+    once (DaemonExited, with the end of its log) if a process in `alive` exits meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        for process in alive:
+            check_running(process, what)
         result = predicate()
         if asyncio.iscoroutine(result):
             result = await result
         if result:
             return
         await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+    tails = "".join(_log_tail_of(p) for p in alive)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}{tails}")
 
 
 MESSAGE_ID = re.compile(rb"^Message-ID:\s*<([^>]+)>", re.IGNORECASE | re.MULTILINE)

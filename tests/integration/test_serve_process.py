@@ -4,12 +4,13 @@ a refusal on an unmigrated database, and several processes behind one port."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
-import subprocess
-import sys
+import sqlite3
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import aiosmtplib
@@ -17,10 +18,13 @@ import pytest
 
 from tests.conftest import Tls
 from tests.support import (
+    DaemonProcess,
     SinkHandler,
-    free_port,
+    listeners_in_status,
     postroom_cli,
     smtp_sink,
+    start_daemon,
+    start_serving,
     wait_until,
     write_config,
 )
@@ -28,12 +32,17 @@ from tests.support import (
 MESSAGE = b"From: app@postroom.test\r\nTo: x@example.com\r\nSubject: s\r\n\r\nbody\r\n"
 
 
-def serve(config: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as handle:
-        return subprocess.Popen(
-            [sys.executable, "-m", "postroom.cli", "serve", "--config", str(config)],
-            stdout=handle, stderr=handle, env={**os.environ, **env},
-        )  # fmt: skip
+MESSAGES = 20
+
+
+def serve(config: Path, log: Path, env: dict[str, str]) -> DaemonProcess:
+    return start_daemon(config, log, env=env)
+
+
+def status_of(seen: list[str]) -> dict[str, tuple[str, int]]:
+    """The listeners the READY status names (the configs bind port 0: the daemon picks, then says)."""
+    [status] = [line for line in seen if line.startswith("STATUS=")]
+    return listeners_in_status(status.removeprefix("STATUS="))
 
 
 def notifications(sock: socket.socket) -> list[str]:
@@ -59,12 +68,10 @@ async def test_serve_notifies_systemd_and_drains_on_sigterm(tmp_path: Path, proc
     listener.setblocking(False)
     handler = SinkHandler()
     async with smtp_sink(handler) as (_, sink_port):
-        submission, http = free_port(), free_port()
         config = write_config(
             tmp_path / "postroom.toml",
             db_url=f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
-            submission_port=submission, http_port=http, mx_port=free_port(), sink_port=sink_port,
-            processes=processes,
+            submission_port=0, http_port=0, mx_port=0, sink_port=sink_port, processes=processes,
         )  # fmt: skip
         postroom_cli("db", "upgrade", "--config", str(config))
         daemon = serve(config, tmp_path / "serve.log", {"NOTIFY_SOCKET": str(notify_path),
@@ -72,18 +79,21 @@ async def test_serve_notifies_systemd_and_drains_on_sigterm(tmp_path: Path, proc
         seen: list[str] = []
         try:
             await wait_until(lambda: seen.extend(notifications(listener)) or "READY=1" in seen, 60,
-                             what="READY=1")  # fmt: skip
-            for n in range(20):  # several connections, so with 2 processes both take some
+                             what="READY=1", alive=[daemon])  # fmt: skip
+            bound = status_of(seen)
+            submission, http = bound["submission"][1], bound["http"][1]
+            for n in range(MESSAGES):  # several connections, so with 2 processes both take some
                 smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=submission, start_tls=False)
                 await smtp.connect()
                 await smtp.sendmail("app@postroom.test", [f"r{n}@example.com"], MESSAGE)
                 await smtp.quit()
-            await wait_until(lambda: len(handler.messages) == 20, 30, what="20 deliveries")
-            assert metric_sum(http, "postroom_messages_accepted_total") == 20
-            await wait_until(lambda: metric_sum(http, "postroom_delivered_total") == 20, 10,
-                             what="delivered counter summed over processes")  # fmt: skip
+            await wait_until(lambda: len(handler.messages) >= MESSAGES, 30, what=f"{MESSAGES} deliveries",
+                             alive=[daemon])  # fmt: skip
+            assert metric_sum(http, "postroom_messages_accepted_total") == MESSAGES
+            await wait_until(lambda: metric_sum(http, "postroom_delivered_total") == MESSAGES, 10,
+                             what="delivered counter summed over processes", alive=[daemon])  # fmt: skip
             await wait_until(lambda: seen.extend(notifications(listener)) or "WATCHDOG=1" in seen, 5,
-                             what="WATCHDOG=1")  # fmt: skip
+                             what="WATCHDOG=1", alive=[daemon])  # fmt: skip
             daemon.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(daemon.wait, 30) == 0
             seen.extend(notifications(listener))
@@ -91,6 +101,17 @@ async def test_serve_notifies_systemd_and_drains_on_sigterm(tmp_path: Path, proc
             if daemon.poll() is None:
                 daemon.kill()
             listener.close()
+        # The daemon has exited: every arrival there will ever be is here. Count them all, not
+        # only until the 20th (a duplicate arriving after it would otherwise pass unseen).
+        arrivals = Counter(recipient for m in handler.messages for recipient in m.recipients)
+    assert arrivals == Counter({f"r{n}@example.com": 1 for n in range(MESSAGES)}), (
+        f"{len(handler.messages)} arrivals: {sorted(r for r, k in arrivals.items() if k != 1)[:5]}"
+    )
+    # And the queue agrees: each delivery recorded as delivered, in one attempt, with one event.
+    with contextlib.closing(sqlite3.connect(tmp_path / "q.db")) as db:
+        states = db.execute("SELECT state, attempts, count(*) FROM deliveries GROUP BY 1, 2").fetchall()
+        delivered_events = db.execute("SELECT count(*) FROM events WHERE type = 'delivered'").fetchone()
+    assert states == [("delivered", 1, MESSAGES)] and delivered_events == (MESSAGES,), (states, delivered_events)
     assert seen.count("READY=1") == 1
     assert "STOPPING=1" in seen
     log = (tmp_path / "serve.log").read_text()
@@ -100,7 +121,7 @@ async def test_serve_notifies_systemd_and_drains_on_sigterm(tmp_path: Path, proc
 async def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "postroom.toml", db_url=f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}",
-        submission_port=free_port(), http_port=free_port(), mx_port=free_port(), sink_port=free_port(),
+        submission_port=0, http_port=0, mx_port=0, sink_port=2525,  # nothing is sent
     )  # fmt: skip
     result = await asyncio.to_thread(postroom_cli, "serve", "--config", str(config), check=False)
     assert result.returncode == 1
@@ -108,16 +129,15 @@ async def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
 
 
 async def test_kill_9_of_the_supervisor_takes_its_processes_with_it(tmp_path: Path) -> None:
-    submission, http = free_port(), free_port()
     config = write_config(
         tmp_path / "postroom.toml", db_url=f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
-        submission_port=submission, http_port=http, mx_port=free_port(), sink_port=free_port(),
-        processes=2,
+        submission_port=0, http_port=0, mx_port=0, sink_port=2525, processes=2,  # nothing is sent
     )  # fmt: skip
     postroom_cli("db", "upgrade", "--config", str(config))
-    daemon = serve(config, tmp_path / "serve.log", {})
+    serving = await start_serving(config, tmp_path / "serve.log")
+    daemon, http = serving.process, serving.port("http")
     try:
-        await wait_until(lambda: _ready(http), 60, what="/readyz")
+        await wait_until(lambda: _ready(http), 60, what="/readyz", alive=[daemon])
         children = _children_of(daemon.pid)
         assert len(children) == 2
         os.kill(daemon.pid, signal.SIGKILL)
@@ -127,6 +147,7 @@ async def test_kill_9_of_the_supervisor_takes_its_processes_with_it(tmp_path: Pa
     finally:
         if daemon.poll() is None:
             daemon.kill()
+        serving.close_notify_socket()
 
 
 def _ready(http_port: int) -> bool:
@@ -158,11 +179,10 @@ async def test_serve_does_starttls_and_auth_on_either_event_loop(
     differ (aiosmtpd swaps the protocol under the transport), so check it on both."""
     handler = SinkHandler()
     async with smtp_sink(handler) as (_, sink_port):
-        submission, http = free_port(), free_port()
         config = write_config(
             tmp_path / "postroom.toml",
             db_url=f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
-            submission_port=submission, http_port=http, mx_port=free_port(), sink_port=sink_port,
+            submission_port=0, http_port=0, mx_port=0, sink_port=sink_port,
         )  # fmt: skip
         text = config.read_text().replace(
             'trusted_networks = ["127.0.0.1/32"]',
@@ -180,18 +200,20 @@ async def test_serve_does_starttls_and_auth_on_either_event_loop(
         seen: list[str] = []
         try:
             await wait_until(lambda: seen.extend(notifications(listener)) or "READY=1" in seen, 60,
-                             what="READY=1")  # fmt: skip
+                             what="READY=1", alive=[daemon])  # fmt: skip
             # The status names every listener, the HTTP one included (uvloop's server is not an
-            # asyncio.Server, and the bound address was once lost that way).
-            [status] = [line for line in seen if line.startswith("STATUS=")]
-            assert f"http 127.0.0.1:{http}" in status and f"submission 127.0.0.1:{submission}" in status
+            # asyncio.Server, and the bound address was once lost that way), with the port bound.
+            bound = status_of(seen)
+            assert set(bound) == {"submission", "mx", "http"} and all(port for _, port in bound.values())
+            submission, http = bound["submission"][1], bound["http"][1]
+            assert _ready(http)
             smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=submission, start_tls=True,
                                    tls_context=tls.client, local_hostname="client.test")  # fmt: skip
             await smtp.connect()
             await smtp.login("app", "secret-pass")
             await smtp.sendmail("app@postroom.test", ["r@example.com"], MESSAGE)
             await smtp.quit()
-            await wait_until(lambda: len(handler.messages) == 1, 30, what="the delivery")
+            await wait_until(lambda: len(handler.messages) == 1, 30, what="the delivery", alive=[daemon])
         finally:
             daemon.send_signal(signal.SIGTERM)
             await asyncio.to_thread(daemon.wait, 30)
