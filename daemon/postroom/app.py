@@ -31,6 +31,8 @@ from postroom.config import Settings
 from postroom.core.clock import Clock, SystemClock
 from postroom.core.errors import PostroomError
 from postroom.core.types import INHOUSE_ROUTE, Submission
+from postroom.contacts.service import ContactService
+from postroom.contacts.sql_store import SqlContactStore
 from postroom.delivery.mx import counted_mx_cache
 from postroom.delivery.transport import build_transport
 from postroom.delivery.worker import DeliveryWorker, WorkerOptions
@@ -43,12 +45,14 @@ from postroom.domains.resolver import lookup_for
 from postroom.domains.service import DomainChecker
 from postroom.events.models import EventConsumer
 from postroom.events.outbox import EventOutbox
-from postroom.http.app import RouteGroup, build_app
+from postroom.http.app import Mount, RouteGroup, build_app
 from postroom.http.domains import DomainRoutes
 from postroom.http.messages import MessageRoutes
 from postroom.http.operations import OperationsRoutes
 from postroom.http.server import HttpServer
 from postroom.http.templates import TemplateRoutes
+from postroom.loops.app import loops_api
+from postroom.loops.sql_store import SqlTransactionalNames
 from postroom.metrics import Metrics
 from postroom.queue.committer import GroupCommitter
 from postroom.queue.gauges import QueueGauges
@@ -284,7 +288,15 @@ class Daemon:
             TemplateRoutes(templates, submissions, self.clock, settings.smtp.hostname),
             DomainRoutes(checker),
         ]
-        app = build_app(settings.http, SqlApiKeys(storage.engine), self.metrics, groups,
+        api_keys = SqlApiKeys(storage.engine)
+        loops = loops_api(
+            api_keys=api_keys, templates=templates, names=SqlTransactionalNames(storage.engine),
+            contacts=ContactService(SqlContactStore(storage.engine),
+                                    [item.mailing_list() for item in settings.contacts.lists], self.clock),
+            submissions=submissions, settings=settings.loops, rules=settings.events, clock=self.clock,
+            metrics=self.metrics, hostname=settings.smtp.hostname, sending_ips=settings.delivery.sending_ips,
+        )  # fmt: skip
+        app = build_app(settings.http, api_keys, self.metrics, groups, [Mount("/api", loops)],
                         budget=self.budget)  # fmt: skip
         return HttpServer(settings.http, app, sockets=self.listen_sockets, metrics=self.metrics)
 

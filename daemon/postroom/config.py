@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from postroom.config_sources import EnvironSource, SecretFileSource, TomlFileSource
+from postroom.contacts.settings import ContactsSettings
+from postroom.loops.settings import EventRule, LoopsSettings
 from postroom.core.addresses import normalise_domain, valid_mailbox
 from postroom.core.errors import ConfigError
 
@@ -360,6 +362,9 @@ class Settings(BaseSettings):
     processes: ProcessSettings = Field(default_factory=ProcessSettings)
     domains: tuple[DomainSettings, ...] = ()
     dkim: DkimSettings = Field(default_factory=DkimSettings)
+    contacts: ContactsSettings = Field(default_factory=ContactsSettings)
+    loops: LoopsSettings = Field(default_factory=LoopsSettings)
+    events: dict[str, EventRule] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_domains(self) -> Settings:

@@ -253,3 +253,11 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        # Loops-compatible API (postroom.loops): events sent, by what they led to.
+        self.loops_events = Counter(
+            "postroom_loops_events",
+            "Events received by POST /api/v1/events/send: recorded, sent (a rule mailed its template), "
+            "unsubscribed (a rule's mail skipped for an unsubscribed contact)",
+            ["result"],
+            registry=registry,
+        )

@@ -222,3 +222,68 @@ template_versions = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+
+# Contacts (postroom.contacts): the people the Loops-compatible API knows, unique by address (the
+# normalised form in `email_key`) and by the application's user id; custom properties as one JSON
+# object, typed by `contact_properties`; memberships of the configured mailing lists; events sent.
+contacts = sa.Table(
+    "contacts",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("email_key", sa.String(320), nullable=False, unique=True),
+    sa.Column("user_id", sa.String(255), unique=True),
+    sa.Column("first_name", sa.Text),
+    sa.Column("last_name", sa.Text),
+    sa.Column("source", sa.String(255), nullable=False),
+    sa.Column("subscribed", sa.Boolean, nullable=False),
+    sa.Column("user_group", sa.String(255), nullable=False),
+    sa.Column("opt_in_status", sa.String(16)),
+    sa.Column("properties", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+contact_properties = sa.Table(
+    "contact_properties",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("label", sa.String(255), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+contact_lists = sa.Table(
+    "contact_lists",
+    metadata,
+    sa.Column("contact_id", sa.String(32), sa.ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("list_id", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+contact_events = sa.Table(
+    "contact_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("contact_id", sa.String(32), sa.ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False,
+              index=True),  # fmt: skip
+    sa.Column("event_name", sa.String(255), nullable=False),
+    sa.Column("properties", sa.JSON, nullable=False),
+    # "<api key id>:<Idempotency-Key>" while the key is live (24 hours), then cleared.
+    sa.Column("idempotency_key", sa.String(200), unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Loops-compatible transactional emails (postroom.loops): the name and id the Loops API shows for a
+# template, when they differ from the template's own id (created through the API, or imported).
+loops_transactionals = sa.Table(
+    "loops_transactionals",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("template_id", sa.String(64), sa.ForeignKey("templates.id", ondelete="CASCADE"), nullable=False,
+              unique=True),  # fmt: skip
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("group_id", sa.String(64)),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)

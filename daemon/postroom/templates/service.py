@@ -107,6 +107,18 @@ class TemplateService:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, compiled.render, dict(data))
 
+    async def variables(self, version: TemplateVersion) -> tuple[str, ...]:
+        """The data variables a version uses: its schema's properties, else what its text names."""
+        declared = version.source.schema.get("properties")
+        if isinstance(declared, dict) and declared:
+            return tuple(declared)
+        if version.source.kind is not TemplateKind.TEMPLATE:
+            return ()
+        try:
+            return (await self._compiled_for(version)).variables
+        except TemplateError:
+            return ()
+
     async def _compiled_for(self, version: TemplateVersion) -> CompiledTemplate:
         layouts, partials = await self._published_parts()
         layout = None

@@ -1,0 +1,54 @@
+"""Settings of the Loops-compatible API (`[loops]`) and of the event rules (`[events.<name>]`)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from postroom.core.addresses import valid_mailbox
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+class LoopsSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # What `GET /api/v1/api-key` answers as the team's name.
+    team_name: str = Field(default="postroom", min_length=1, max_length=255)
+    # postroom template id -> Loops transactionalId: an application keeps sending the id it knows.
+    templates: dict[str, str] = Field(default_factory=dict)
+    # From, for templates that set none (Loops keeps the From in the email itself).
+    default_from: str = ""
+    # Attachments of a transactional send, decoded: each file, and all of one message together.
+    max_attachment_size: int = Field(default=5 * 1024 * 1024, ge=1024)
+    max_attachments_size: int = Field(default=10 * 1024 * 1024, ge=1024)
+
+    @field_validator("templates")
+    @classmethod
+    def _unique_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        for template_id, transactional_id in value.items():
+            if not transactional_id.strip():
+                raise ValueError(f"{template_id}: the transactionalId is empty")
+            if transactional_id in seen:
+                raise ValueError(f"transactionalId {transactional_id!r} is mapped to both {seen[transactional_id]} "
+                                 f"and {template_id}")  # fmt: skip
+            seen[transactional_id] = template_id
+        return value
+
+    @field_validator("default_from")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        bare = value.rpartition("<")[2].rstrip(">").strip() if "<" in value else value.strip()
+        if value and not valid_mailbox(bare):
+            raise ValueError(f"{value!r} is not an email address")
+        return value
+
+
+class EventRule(BaseModel):
+    """`[events.<name>]`: an event of that name sends a template to its contact, with the event's
+    properties as the data."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    template: str = Field(min_length=1, max_length=64, pattern=_ID)
+    stream: str = Field(default="", max_length=64)  # "": the template's own stream
