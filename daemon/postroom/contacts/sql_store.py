@@ -31,8 +31,14 @@ def new_contact_id() -> str:
     return "c" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
 
 
+def email_key(address: str) -> str:
+    """How contacts are told apart: the whole address case-folded, as Loops does (two contacts
+    never differ only in the case of their address)."""
+    return normalise_address(address).lower()
+
+
 def address_hash(address: str) -> str:
-    return hashlib.sha256(normalise_address(address).encode()).hexdigest()
+    return hashlib.sha256(email_key(address).encode()).hexdigest()
 
 
 def _conflict(exc: IntegrityError) -> ConflictError:
@@ -86,7 +92,7 @@ class SqlContactStore:
         elif user_id is not None:
             query = query.where(contacts.c.user_id == user_id)
         elif email is not None:
-            query = query.where(contacts.c.email_key == normalise_address(email))
+            query = query.where(contacts.c.email_key == email_key(email))
         else:
             return None
         row = (await conn.execute(query)).first()
@@ -103,7 +109,7 @@ class SqlContactStore:
                 async with self._engine.begin() as conn:
                     await self._add_properties(conn, changes.new_properties, now)
                     await conn.execute(contacts.insert().values(
-                        id=contact_id, email=email, email_key=normalise_address(email), opt_in_status=None,
+                        id=contact_id, email=email, email_key=email_key(email), opt_in_status=None,
                         properties={k: v for k, v in changes.properties.items() if v is not None},
                         created_at=now, updated_at=now, **_not_null(values)))  # fmt: skip
                     await self._set_lists(conn, contact_id, changes.lists, now)
@@ -124,7 +130,7 @@ class SqlContactStore:
                 properties[key] = value
         values: dict[str, Any] = {**changes.fields, "properties": properties, "updated_at": now}
         if email is not None:
-            values.update(email=email, email_key=normalise_address(email))
+            values.update(email=email, email_key=email_key(email))
         try:
             with translate_errors("updating a contact"):
                 async with self._engine.begin() as conn:
@@ -204,7 +210,7 @@ class SqlContactStore:
         of the messages it was sent: their content, subject and headers' recipient are replaced
         and each delivery's recipient becomes the address's hash. (contact found, messages
         erased)."""
-        key = normalise_address(address)
+        key = email_key(address)
         hashed = "erased:" + address_hash(address)
         with translate_errors("erasing a contact"):
             async with self._engine.begin() as conn:
