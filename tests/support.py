@@ -37,7 +37,8 @@ def make_settings(tmp_path: Path, db_url: str | None = None, **sections: dict[st
     tree: dict[str, Any] = {
         "state_dir": str(tmp_path),
         "database": {"url": db_url or f"sqlite+aiosqlite:///{tmp_path / 'postroom.db'}"},
-        "http": {"listen": "127.0.0.1:0"},
+        # Tests about other things poll the API faster than a key's 10/s; rate limits have theirs.
+        "http": {"listen": "127.0.0.1:0", "rate_limit": {"enabled": False}},
         "smtp": {
             "hostname": "mail.postroom.test",
             "submission_listen": "127.0.0.1:0",

@@ -48,13 +48,17 @@ from postroom.events.outbox import EventOutbox
 from postroom.http.app import Mount, RouteGroup, build_app
 from postroom.http.domains import DomainRoutes
 from postroom.http.messages import MessageRoutes
+from postroom.http.ratelimit import rate_limit
 from postroom.http.operations import OperationsRoutes
 from postroom.http.server import HttpServer
 from postroom.http.templates import TemplateRoutes
 from postroom.loops.app import loops_api
+from postroom.loops.errors import over_quota as loops_over_quota
 from postroom.loops.sql_store import SqlTransactionalNames
 from postroom.metrics import Metrics
 from postroom.queue.committer import GroupCommitter
+from postroom.ratelimit.policy import RateLimiter, RatePolicy
+from postroom.ratelimit.table import RATE_LIMIT_FILE_ENV, RateTable
 from postroom.queue.gauges import QueueGauges
 from postroom.queue.protocols import QueueStore
 from postroom.queue.retry import RetryPolicy
@@ -107,7 +111,8 @@ class Daemon:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = Metrics(registry or CollectorRegistry())
-        self.notifier = ServiceNotifier(os.environ if environ is None else environ)
+        self.environ = os.environ if environ is None else environ
+        self.notifier = ServiceNotifier(self.environ)
         # Bound by `postroom serve` (postroom.listen); None: the listeners bind their own.
         self.listen_sockets = listen_sockets
         self.dns_lookup = dns_lookup
@@ -145,7 +150,7 @@ class Daemon:
             consumers: list[EventConsumer] = []
             outbox = EventOutbox(storage.engine, storage.gate, self.clock, self.metrics, consumers)
             listeners = self._smtp_listeners(stack, storage, submissions)
-            http = self._http_server(storage, submissions, lookup)
+            http = self._http_server(storage, submissions, lookup, stack)
 
             stack.push_async_callback(listeners.close)
             await listeners.start()
@@ -274,7 +279,8 @@ class Daemon:
                                      from_domain=settings.domains[0].name, hostname=settings.smtp.hostname)  # fmt: skip
         return PostmasterMaildir(Path(settings.state_dir) / "postmaster", settings.smtp.hostname)
 
-    def _http_server(self, storage: Storage, submissions: SubmissionService, lookup: DnsLookup) -> HttpServer:
+    def _http_server(self, storage: Storage, submissions: SubmissionService, lookup: DnsLookup,
+                     stack: contextlib.AsyncExitStack) -> HttpServer:  # fmt: skip
         settings = self.settings
         checker = DomainChecker(
             settings.domains, SqlDkimKeys(storage.engine), lookup, self.metrics,
@@ -289,16 +295,30 @@ class Daemon:
             DomainRoutes(checker),
         ]
         api_keys = SqlApiKeys(storage.engine)
+        limiter = self._rate_limiter(stack)
         loops = loops_api(
             api_keys=api_keys, templates=templates, names=SqlTransactionalNames(storage.engine),
             contacts=ContactService(SqlContactStore(storage.engine),
                                     [item.mailing_list() for item in settings.contacts.lists], self.clock),
             submissions=submissions, settings=settings.loops, rules=settings.events, clock=self.clock,
             metrics=self.metrics, hostname=settings.smtp.hostname, sending_ips=settings.delivery.sending_ips,
+            extra_middlewares=[rate_limit(limiter, loops_over_quota, self.metrics)] if limiter else [],
         )  # fmt: skip
         app = build_app(settings.http, api_keys, self.metrics, groups, [Mount("/api", loops)],
-                        budget=self.budget)  # fmt: skip
+                        budget=self.budget, limiter=limiter)  # fmt: skip
         return HttpServer(settings.http, app, sockets=self.listen_sockets, metrics=self.metrics)
+
+    def _rate_limiter(self, stack: contextlib.AsyncExitStack) -> RateLimiter | None:
+        """The HTTP API's per-key quotas, in the table the supervisor shares between this daemon's
+        processes (or this process's own when it runs alone)."""
+        settings = self.settings.http.rate_limit
+        if not settings.enabled:
+            return None
+        shared = self.environ.get(RATE_LIMIT_FILE_ENV)
+        table = (RateTable.shared(Path(shared), self.clock.now) if shared
+                 else RateTable.in_memory(self.clock.now))  # fmt: skip
+        stack.callback(table.close)
+        return RateLimiter(RatePolicy(settings), table)
 
     async def _readiness(self, engine: AsyncEngine) -> str | None:
         if not self.ready.is_set():

@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from postroom.config_sources import EnvironSource, SecretFileSource, TomlFileSource
 from postroom.contacts.settings import ContactsSettings
 from postroom.loops.settings import EventRule, LoopsSettings
+from postroom.ratelimit.settings import RateLimitSettings
 from postroom.core.addresses import normalise_domain, valid_mailbox
 from postroom.core.errors import ConfigError
 
@@ -88,6 +89,8 @@ class HttpSettings(_Section):
     header_timeout: float = Field(default=10.0, gt=0)
     keepalive_timeout: float = Field(default=15.0, gt=0)
     max_connections_per_client: int = Field(default=64, ge=1)
+    # Requests per API key (postroom.ratelimit): Loops' 10/s by default.
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
 
     @field_validator("listen")
     @classmethod

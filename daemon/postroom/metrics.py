@@ -154,6 +154,12 @@ class Metrics:
             ["route", "status"],
             registry=registry,
         )
+        self.http_rate_limited = Counter(
+            "postroom_http_rate_limited",
+            "HTTP API requests refused with 429 because their API key was over its quota, by route class",
+            ["route_class"],
+            registry=registry,
+        )
         self.commit_seconds = Histogram(
             "postroom_queue_commit_seconds",
             "Time to write and fsync one group commit",

@@ -8,7 +8,9 @@ host would. The supervisor owns the systemd conversation: READY=1 once every chi
 over a pipe, WATCHDOG=1 while it lives, STOPPING=1 and SIGTERM to the children on the way out. A
 child that dies is started again on the same sockets; its leased deliveries come back through the
 reaper. Nothing on that path may take the supervisor down, or every child dies with it (PDEATHSIG).
-Metrics use prometheus-client's multiprocess mode, so /metrics in any child shows the sum.
+Metrics use prometheus-client's multiprocess mode, so /metrics in any child shows the sum; the
+HTTP API's rate limits are one table all children map (postroom.ratelimit.table), so a key's
+quota is the daemon's, not each process's.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import multiprocess
 
 from postroom.listen import LISTEN_FDS_ENV, ListenError, describe_fds, encode_fds, inherited_fds
 from postroom.metrics import MULTIPROCESS_ENV
+from postroom.ratelimit.table import RATE_LIMIT_FILE_ENV, create_table_file
 from postroom.service_notify import ServiceNotifier
 
 logger = logging.getLogger("postroom.supervisor")  # also when run as __main__
@@ -67,11 +71,15 @@ class Supervisor:
         self._notifier = notifier
         self._children: dict[int, _Child] = {}
         self._metrics_dir = tempfile.mkdtemp(prefix="postroom-metrics-")
+        self._rate_dir = tempfile.mkdtemp(prefix="postroom-ratelimit-")
+        self._rate_table = Path(self._rate_dir) / "buckets"
+        create_table_file(self._rate_table)
 
     async def _spawn(self, index: int) -> _Child:
         read_end, write_end = os.pipe()
         env = {**os.environ, READY_FD_ENV: str(write_end), CHILD_ENV: str(index),
                PARENT_ENV: str(os.getpid()), MULTIPROCESS_ENV: self._metrics_dir,
+               RATE_LIMIT_FILE_ENV: str(self._rate_table),
                LISTEN_FDS_ENV: encode_fds(self._listen_fds)}  # fmt: skip
         env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
         listening = [fd for fds in self._listen_fds.values() for fd in fds]
@@ -125,6 +133,7 @@ class Supervisor:
             return 0
         finally:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            shutil.rmtree(self._rate_dir, ignore_errors=True)
 
     async def _all_ready(self, stop: asyncio.Event) -> bool:
         waits = {asyncio.ensure_future(c.ready) for c in self._children.values()}

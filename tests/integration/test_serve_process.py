@@ -9,12 +9,18 @@ import os
 import signal
 import socket
 import sqlite3
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import aiosmtplib
 import pytest
+
+from postroom.config import DatabaseSettings
+from postroom.store.credentials import Role, SqlApiKeys
+from postroom.store.engine import create_engine
 
 from tests.conftest import Tls
 from tests.support import (
@@ -221,3 +227,33 @@ async def test_serve_does_starttls_and_auth_on_either_event_loop(
     assert handler.messages[0].content.endswith(MESSAGE)
     log = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in log, log[-2000:]
+
+
+async def test_a_keys_quota_is_one_for_every_process_of_the_daemon(tmp_path: Path) -> None:
+    """Two processes serve the API from one socket, each connection to whichever accepts it; a
+    key's 20/min is spent from the table they share. Were each process to keep its own buckets,
+    60 requests on 60 connections split between them would pass more than 20."""
+    async with smtp_sink(SinkHandler()) as (_, sink_port):
+        config = write_config(
+            tmp_path / "postroom.toml", db_url=f"sqlite+aiosqlite:///{tmp_path / 'q.db'}",
+            submission_port=0, http_port=0, mx_port=0, sink_port=sink_port, processes=2,
+        )  # fmt: skip
+        postroom_cli("db", "upgrade", "--config", str(config))
+        engine = create_engine(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'q.db'}"))
+        _, token = await SqlApiKeys(engine).create("app", Role.VIEWER, time.time())
+        await engine.dispose()
+        serving = await start_serving(config, tmp_path / "serve.log",
+                                      env={"POSTROOM_HTTP__RATE_LIMIT__DEFAULT": "20/min"})  # fmt: skip
+        try:
+            statuses = Counter()
+            for _ in range(60):
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+                    async with session.get(serving.url("/api/v1/api-key"),
+                                           headers={"Authorization": f"Bearer {token}"}) as response:  # fmt: skip
+                        statuses[response.status] += 1
+                        assert response.headers["x-ratelimit-limit"] == "20"
+            assert statuses == Counter({200: 20, 429: 40})
+            assert metric_sum(serving.port("http"), "postroom_http_rate_limited_total") == 40
+        finally:
+            serving.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(serving.process.wait, 30)

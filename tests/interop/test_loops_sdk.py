@@ -81,11 +81,14 @@ async def test_the_official_sdk_works_unchanged(tmp_path: Path) -> None:
         contacts={"lists": [{"id": "news", "name": "Newsletter", "description": "Monthly", "public": True}]},
         loops={"templates": {"receipt": "cm-receipt-0001"}},
         events={"signup": {"template": "welcome"}},
+        # The SDK's calls run well under the default; the "burst" key has a quota a burst exceeds.
+        http={"rate_limit": {"enabled": True, "default": "1000/s", "keys": {"burst": "4/min"}}},
     )  # fmt: skip
     engine = create_engine(settings.database)
     await schema.upgrade(engine)
     admin = (await SqlApiKeys(engine).create("admin", Role.ADMIN, time.time()))[1]
     viewer = (await SqlApiKeys(engine).create("viewer", Role.VIEWER, time.time()))[1]
+    burst = (await SqlApiKeys(engine).create("burst", Role.ADMIN, time.time()))[1]
     templates = TemplateService(SqlTemplateStore(engine), SystemClock())
     for template_id, source in (("receipt", RECEIPT), ("welcome", WELCOME)):
         made = await templates.create(template_id, source, "test")
@@ -126,9 +129,11 @@ async def test_the_official_sdk_works_unchanged(tmp_path: Path) -> None:
         call("listCampaigns"),
         call("createContact", {"email": "carol@example.com"}, key="viewer"),  # 25
         call("findContact", {"email": "bob@example.com"}),
+        *[call("testApiKey", key="burst") for _ in range(6)],  # 27-32
     ]
     async with running(settings) as daemon:
-        results = await sdk_calls(tmp_path, f"{daemon.http}/api/", {"main": admin, "viewer": viewer, "bad": "nope"}, calls)
+        results = await sdk_calls(tmp_path, f"{daemon.http}/api/", {"main": admin, "viewer": viewer, "bad": "nope",
+                                                                       "burst": burst}, calls)
         outbox = Path(settings.delivery.capture_dir)
         await wait_until(lambda: len(list(outbox.glob("*.eml"))) >= 2, 20, what="two captured messages")
 
@@ -183,6 +188,10 @@ async def test_the_official_sdk_works_unchanged(tmp_path: Path) -> None:
     assert failed(25, 403)["json"]["success"] is False
     bob = ok(26)[0]
     assert bob["firstName"] == "Bob"
+    assert [results[i]["ok"] for i in range(27, 33)] == [True] * 4 + [False] * 2
+    for index in (31, 32):
+        assert results[index]["error"] == "RateLimitExceededError"
+        assert (results[index]["limit"], results[index]["remaining"]) == (4, 0)
 
     messages = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in outbox.glob("*.eml")]
     by_subject = {str(m["Subject"]): m for m in messages}

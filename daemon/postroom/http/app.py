@@ -3,7 +3,8 @@ them as sub-applications with their own error shapes and authentication.
 
 The root's middlewares count every request by route and status, turn errors into postroom's JSON
 errors (`{"error": {"code", "message"}}`) and check the bearer API key of routes marked with
-`requires`. A mounted API (the Loops-compatible one at `/api/v1`) brings its own middlewares, which
+`requires`, then spend the caller's rate-limit quota (`http.ratelimit`; mounted APIs put the same
+limiter after their own auth). A mounted API (the Loops-compatible one at `/api/v1`) brings its own middlewares, which
 run inside the root's: its handlers are not marked, so the root's auth leaves them to it, and its
 responses arrive already shaped. Route groups call services only; none holds a store.
 """
@@ -20,7 +21,10 @@ from aiohttp.typedefs import Middleware
 from postroom.config import HttpSettings
 from postroom.http.auth import API_KEY, ApiKeyAuthenticator, bearer_auth
 from postroom.http.errors import ApiError, Handler, json_errors
+from postroom.http.ratelimit import add_rate_headers, rate_limit, retry_after
 from postroom.metrics import Metrics
+from postroom.ratelimit.policy import RateLimiter
+from postroom.ratelimit.quota import Verdict
 from postroom.submission.budget import ByteBudget
 
 
@@ -59,6 +63,12 @@ def body_budget(settings: HttpSettings, budget: ByteBudget, metrics: Metrics) ->
     return reserve
 
 
+def over_quota(verdict: Verdict) -> ApiError:
+    """The native API's 429."""
+    return ApiError(429, "rate_limited", f"this API key is over its quota of {verdict.limit} requests; "
+                    f"retry after {retry_after(verdict)} s (http.rate_limit)", {"Retry-After": retry_after(verdict)})  # fmt: skip
+
+
 def build_app(
     settings: HttpSettings,
     api_keys: ApiKeyAuthenticator,
@@ -66,6 +76,7 @@ def build_app(
     groups: Sequence[RouteGroup],
     mounts: Sequence[Mount] = (),
     budget: ByteBudget | None = None,
+    limiter: RateLimiter | None = None,
 ) -> web.Application:
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -79,7 +90,10 @@ def build_app(
     if budget is not None:
         middlewares.append(body_budget(settings, budget, metrics))
     middlewares.append(bearer_auth)
+    if limiter is not None:
+        middlewares.append(rate_limit(limiter, over_quota, metrics))
     app = web.Application(client_max_size=settings.max_body_size, middlewares=middlewares)
+    app.on_response_prepare.append(add_rate_headers)
     app[API_KEY] = api_keys
     for group in groups:
         group.register(app)

@@ -20,6 +20,7 @@ from postroom.core.types import DeliveryState, IdempotencyKey
 from postroom.http.auth import caller, requires
 from postroom.http.bodies import json_payload, validated
 from postroom.http.errors import ApiError, refusal_error
+from postroom.http.ratelimit import limited_as
 from postroom.metrics import Metrics
 from postroom.queue.models import MessageDetail, MessageSummary
 from postroom.queue.protocols import QueueViews
@@ -103,6 +104,7 @@ class MessageRoutes:
         app.router.add_get("/v1/messages/{id}", self.inspect)
         app.router.add_get("/v1/queue/destinations", self.destinations)
 
+    @limited_as("send")
     @requires(Role.SENDER)
     async def send(self, request: web.Request) -> web.Response:
         try:

@@ -18,6 +18,7 @@ from postroom.core.clock import Clock
 from postroom.http.auth import caller, requires
 from postroom.http.bodies import json_payload, validated
 from postroom.http.errors import refusal_error
+from postroom.http.ratelimit import limited_as
 from postroom.store.credentials import Role
 from postroom.submission.fields import MessageIn, build_submission
 from postroom.submission.outcome import Caller, Refusal
@@ -150,6 +151,7 @@ class TemplateRoutes:
         )  # fmt: skip
         return web.json_response(rendered_json(rendered))
 
+    @limited_as("send")
     @requires(Role.TEMPLATES)
     async def test_send(self, request: web.Request) -> web.Response:
         """Send one rendering to an address, through the submission door like any message."""

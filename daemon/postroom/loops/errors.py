@@ -20,6 +20,8 @@ from postroom.core.errors import ConflictError, InvalidMessageError, NotFoundErr
 from postroom.http.auth import API_KEY, CALLER
 from postroom.http.errors import ApiError, Handler
 from postroom.store.credentials import Role
+from postroom.http.ratelimit import retry_after
+from postroom.ratelimit.quota import Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,13 @@ class LoopsError(Exception):
         if self.path is not None:
             body = {"success": False, "type": "error", "path": self.path, "message": self.message}
         return body
+
+
+def over_quota(verdict: Verdict) -> LoopsError:
+    """Loops' 429: the SDK raises RateLimitExceededError from its status and rate headers."""
+    wait = retry_after(verdict)
+    return LoopsError(429, f"Rate limit of {verdict.limit} requests exceeded; retry after {wait} s.",
+                      headers={"Retry-After": wait})  # fmt: skip
 
 
 def loops_response(error: LoopsError) -> web.Response:

@@ -19,6 +19,7 @@ from postroom.core.clock import Clock
 from postroom.core.errors import NotFoundError, TemplateError
 from postroom.http.auth import caller
 from postroom.http.bodies import json_payload
+from postroom.http.ratelimit import limited_as
 from postroom.loops.errors import LoopsError, requires_role
 from postroom.loops.settings import EventRule, LoopsSettings
 from postroom.metrics import Metrics
@@ -48,6 +49,7 @@ class EventRoutes:
     def register(self, app: web.Application) -> None:
         app.router.add_post("/v1/events/send", self.send)
 
+    @limited_as("send")
     @requires_role(Role.SENDER)
     async def send(self, request: web.Request) -> web.Response:
         payload = await json_payload(request)

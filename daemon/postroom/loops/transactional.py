@@ -24,6 +24,7 @@ from postroom.http.auth import caller
 from postroom.http.bodies import json_payload, validated
 from postroom.http.errors import ApiError
 from postroom.http.messages import request_hash
+from postroom.http.ratelimit import limited_as
 from postroom.loops.catalogue import TransactionalCatalogue
 from postroom.loops.errors import LoopsError, requires_role
 from postroom.loops.settings import LoopsSettings
@@ -74,6 +75,7 @@ class TransactionalRoutes:
     def register(self, app: web.Application) -> None:
         app.router.add_post("/v1/transactional", self.send)
 
+    @limited_as("send")
     @requires_role(Role.SENDER)
     async def send(self, request: web.Request) -> web.Response:
         payload = await json_payload(request)
