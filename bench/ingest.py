@@ -116,7 +116,8 @@ class PostroomDaemon(Lab):
     """A throw-away postroom: ``postroom init --dev`` plus ``postroom serve``.
 
     The daemon listens on free loopback ports chosen here (passed via the
-    POSTROOM_* environment) and holds all delivery.
+    POSTROOM_* environment) and holds all delivery. ``env`` is added to the
+    serve process's environment last, so it can override any of that.
     """
 
     executable: Path
@@ -128,6 +129,7 @@ class PostroomDaemon(Lab):
     http_port: int = 0
     mx_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def log_path(self) -> Path:
@@ -170,6 +172,7 @@ class PostroomDaemon(Lab):
             "POSTROOM_HTTP__LISTEN": f"127.0.0.1:{self.http_port}",
             "POSTROOM_SMTP__MX_LISTEN": f"127.0.0.1:{self.mx_port}",
         })
+        env.update(self.env)
         argv = [str(self.executable), "serve", "--config", str(self._config_path())]
         logger.info("starting %s (submission 127.0.0.1:%d, http 127.0.0.1:%d)",
                     " ".join(argv), self.submission_port, self.http_port)
