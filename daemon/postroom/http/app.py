@@ -18,8 +18,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from postroom.config import HttpSettings
-from postroom.http.auth import API_KEY, ApiKeyAuthenticator, bearer_auth
-from postroom.http.errors import ApiError, Handler, json_errors
+from postroom.http.auth import API_KEY, ApiKeyAuthenticator, bearer_auth, required_role
+from postroom.http.errors import ApiError, ErrorBody, Handler, json_errors
+from postroom.http.openapi import API_CONVENTIONS, ApiConventions
 from postroom.metrics import Metrics
 from postroom.submission.budget import ByteBudget
 
@@ -81,6 +82,7 @@ def build_app(
     middlewares.append(bearer_auth)
     app = web.Application(client_max_size=settings.max_body_size, middlewares=middlewares)
     app[API_KEY] = api_keys
+    app[API_CONVENTIONS] = ApiConventions("postroom", required_role, (ErrorBody,))
     for group in groups:
         group.register(app)
     for mount in mounts:
