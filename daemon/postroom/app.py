@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postroom import __version__
 from postroom.config import Settings
 from postroom.core.clock import Clock, SystemClock
 from postroom.core.errors import PostroomError
@@ -49,6 +51,7 @@ from postroom.http.app import Mount, RouteGroup, build_app
 from postroom.http.domains import DomainRoutes
 from postroom.http.messages import MessageRoutes
 from postroom.http.ratelimit import rate_limit
+from postroom.http.openapi_routes import OpenApiRoutes
 from postroom.http.operations import OperationsRoutes
 from postroom.http.server import HttpServer
 from postroom.http.templates import TemplateRoutes
@@ -124,6 +127,7 @@ class Daemon:
         self.budget = ByteBudget(settings.limits.bytes_in_flight, self.metrics.ingress_bytes)
         self.smtp_bound: dict[str, tuple[str, int]] = {}
         self.http_bound: tuple[str, int] | None = None
+        self.http_app: web.Application | None = None  # the HTTP API as served, once built
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -289,6 +293,7 @@ class Daemon:
         templates = TemplateService(SqlTemplateStore(storage.engine), self.clock, self._render_pool)
         groups: list[RouteGroup] = [
             OperationsRoutes(self.metrics, lambda: self._readiness(storage.engine)),
+            OpenApiRoutes(__version__),
             MessageRoutes(submissions, storage.views, self.clock, self.metrics, settings.smtp.hostname,
                           templates),  # fmt: skip
             TemplateRoutes(templates, submissions, self.clock, settings.smtp.hostname),
@@ -306,6 +311,7 @@ class Daemon:
         )  # fmt: skip
         app = build_app(settings.http, api_keys, self.metrics, groups, [Mount("/api", loops)],
                         budget=self.budget, limiter=limiter)  # fmt: skip
+        self.http_app = app
         return HttpServer(settings.http, app, sockets=self.listen_sockets, metrics=self.metrics)
 
     def _rate_limiter(self, stack: contextlib.AsyncExitStack) -> RateLimiter | None:

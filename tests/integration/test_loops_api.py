@@ -127,6 +127,18 @@ async def test_unsupported_and_unknown_calls_answer_in_loops_shape(api: Api) -> 
     assert status == 404 and body["success"] is False
 
 
+async def test_a_body_or_query_of_the_wrong_shape_is_400_naming_the_field(api: Api) -> None:
+    status, body = await api.call("POST", "events/send", {"email": "e@example.com"})
+    assert (status, body["path"]) == (400, "eventName") and body["success"] is False
+    status, body = await api.call("POST", "contacts/create", {"email": "e@example.com", "mailingLists": {"news": 1}})
+    assert (status, body["path"]) == (400, "mailingLists.news")
+    status, body = await api.call("GET", "transactional-emails?perPage=5")
+    assert (status, body["path"]) == (400, "perPage")
+    status, body = await api.call("GET", "contacts/properties?list=some")
+    assert (status, body["path"]) == (400, "list")
+    assert (await api.call("GET", "contacts/find?email=e@example.com"))[1] == []  # nothing was stored
+
+
 # -- the store on both databases --------------------------------------------------------------------
 
 

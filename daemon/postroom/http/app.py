@@ -19,8 +19,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from postroom.config import HttpSettings
-from postroom.http.auth import API_KEY, ApiKeyAuthenticator, bearer_auth
-from postroom.http.errors import ApiError, Handler, json_errors
+from postroom.http.auth import API_KEY, ApiKeyAuthenticator, bearer_auth, required_role
+from postroom.http.errors import ApiError, ErrorBody, Handler, json_errors
+from postroom.http.openapi import API_CONVENTIONS, ApiConventions
 from postroom.http.ratelimit import add_rate_headers, rate_limit, retry_after
 from postroom.metrics import Metrics
 from postroom.ratelimit.policy import RateLimiter
@@ -95,6 +96,7 @@ def build_app(
     app = web.Application(client_max_size=settings.max_body_size, middlewares=middlewares)
     app.on_response_prepare.append(add_rate_headers)
     app[API_KEY] = api_keys
+    app[API_CONVENTIONS] = ApiConventions("postroom", required_role, (ErrorBody,))
     for group in groups:
         group.register(app)
     for mount in mounts:

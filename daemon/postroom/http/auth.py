@@ -33,6 +33,12 @@ def requires(role: Role) -> Callable[[F], F]:
     return mark
 
 
+def required_role(handler: Callable[..., object]) -> Role | None:
+    """The role a native route's handler needs; None: public."""
+    needed: Role | None = getattr(handler, "required_role", None)
+    return needed
+
+
 def caller(request: web.Request) -> ApiKey:
     key: ApiKey = request[CALLER]
     return key
@@ -40,7 +46,7 @@ def caller(request: web.Request) -> ApiKey:
 
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    needed: Role | None = getattr(handler, "required_role", None)
+    needed = required_role(handler)
     if needed is None:
         return await handler(request)  # public: health, readiness, metrics
     header = request.headers.get("Authorization", "")

@@ -1,6 +1,7 @@
 """Reading a JSON request body into a validated model, the same way for every route: 415 without
 `Content-Type: application/json`, 400 `invalid_json` for bytes that are not JSON (or nest too
-deeply), 400 `invalid_request` naming the field for a lone surrogate or a pydantic error."""
+deeply), 400 `invalid_request` naming the field for a lone surrogate or a pydantic error; and a
+query string into its model, 400 `invalid_query` naming the parameter."""
 
 from __future__ import annotations
 
@@ -46,3 +47,11 @@ def validated(model: type[M], payload: Any) -> M:
         return model.model_validate(payload)
     except ValidationError as exc:
         raise ApiError(400, "invalid_request", validation_message(exc)) from None
+
+
+def validated_query(model: type[M], request: web.Request) -> M:
+    """The query string as `model` (the first value of a repeated parameter)."""
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_query", validation_message(exc)) from None

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from postroom.core.errors import (
     ConflictError,
@@ -47,14 +48,24 @@ def refusal_error(refusal: Refusal) -> ApiError:
     return ApiError(status, code, refusal.reason, headers)
 
 
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    problems: list[str] | None = None  # every problem, each naming its place (a path, a file:line)
+
+
+class ErrorBody(BaseModel):
+    """The body of every native API error: `{"error": {"code", "message", "problems"?}}`."""
+
+    error: ErrorDetail
+
+
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None,
     problems: list[str] | None = None,
 ) -> web.Response:
-    error: dict[str, object] = {"code": code, "message": message}
-    if problems:
-        error["problems"] = problems  # every problem, each naming its place (a path, a file:line)
-    return web.json_response({"error": error}, status=status, headers=headers)
+    body = ErrorBody(error=ErrorDetail(code=code, message=message, problems=problems or None))
+    return web.json_response(body.model_dump(exclude_none=True), status=status, headers=headers)
 
 
 _HTTP_CODES = {

@@ -1,7 +1,8 @@
 """`/v1/messages`: send, search and inspect messages.
 
-The request body is validated by a pydantic model (`submission.fields`); everything wrong with it
-is a 400 naming the field. A valid request goes through the submission door, whose refusal
+The request body is validated by a pydantic model (`submission.fields`), the search queries by the
+models here; everything wrong with either is a 400 naming the field (the OpenAPI document shows the
+same models). A valid request goes through the submission door, whose refusal
 becomes a JSON error; nothing is stored unless the whole request is valid and accepted.
 """
 
@@ -10,17 +11,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from postroom.core.clock import Clock
 from postroom.core.errors import InvalidMessageError
 from postroom.core.types import DeliveryState, IdempotencyKey
 from postroom.http.auth import caller, requires
-from postroom.http.bodies import json_payload, validated
+from postroom.http.bodies import json_payload, validated, validated_query
 from postroom.http.errors import ApiError, refusal_error
 from postroom.http.ratelimit import limited_as
+from postroom.http.openapi import operation
 from postroom.metrics import Metrics
 from postroom.queue.models import MessageDetail, MessageSummary
 from postroom.queue.protocols import QueueViews
@@ -29,6 +32,43 @@ from postroom.submission.fields import MessageIn, build_submission
 from postroom.submission.outcome import Caller, Refusal
 from postroom.submission.service import SubmissionService
 from postroom.templates.service import TemplateService
+
+
+class MessageSearch(BaseModel):
+    """The query of `GET /v1/messages`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    before: str | None = Field(default=None, description="a message id: the page after it")
+    state: DeliveryState | None = Field(default=None, description="messages with a recipient in this state")
+    recipient: str | None = None
+    mail_from: str | None = Field(default=None, alias="from", description="the envelope sender")
+    stream: str | None = None
+    since: float | None = Field(default=None, description="created at or after (Unix seconds)")
+    until: float | None = Field(default=None, description="created before (Unix seconds)")
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _empty_is_any(cls, value: Any) -> Any:
+        return value or None  # `state=` filters nothing
+
+
+class DestinationQuery(BaseModel):
+    """The query of `GET /v1/queue/destinations`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    all: bool = Field(default=False, description="also delivered, bounced and expired deliveries")
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+class MessageAccepted(BaseModel):
+    """A message committed to the queue (`created: false`: an idempotent replay)."""
+
+    id: str
+    recipients: int
+    created: bool
 
 
 def summary_json(summary: MessageSummary) -> dict[str, Any]:
@@ -105,6 +145,16 @@ class MessageRoutes:
         app.router.add_get("/v1/queue/destinations", self.destinations)
 
     @limited_as("send")
+    @operation(
+        summary="Send a message: its own content, or a template's rendering",
+        body=MessageIn,
+        responses={202: ("committed to the queue (Idempotent-Replayed: true for a replay)", MessageAccepted),
+                   409: ("the Idempotency-Key was used with another body within 24 hours", None),
+                   422: ("refused by the submission door (the code says why)", None)},
+        tags=("messages",),
+        headers={"Idempotency-Key": "1-255 printable characters: the same key and body within 24 hours "
+                                    "return the first answer and queue nothing"},
+    )  # fmt: skip
     @requires(Role.SENDER)
     async def send(self, request: web.Request) -> web.Response:
         try:
@@ -141,58 +191,51 @@ class MessageRoutes:
         if isinstance(outcome, Refusal):
             raise refusal_error(outcome)
         headers = {} if outcome.created else {"Idempotent-Replayed": "true"}
-        return web.json_response(
-            {"id": outcome.message_id, "recipients": outcome.recipients, "created": outcome.created},
-            status=202,
-            headers=headers,
-        )
+        accepted = MessageAccepted(id=outcome.message_id, recipients=outcome.recipients, created=outcome.created)
+        return web.json_response(accepted.model_dump(), status=202, headers=headers)
 
+    @operation(
+        summary="Search messages, newest first",
+        query=MessageSearch,
+        responses={200: ("a page: `data` (message summaries) and `next` (the id for `before`, or null)", None)},
+        tags=("messages",),
+    )  # fmt: skip
     @requires(Role.VIEWER)
     async def search(self, request: web.Request) -> web.Response:
-        query = request.query
-        try:
-            limit = int(query.get("limit", "50"))
-            since = float(query["since"]) if "since" in query else None
-            until = float(query["until"]) if "until" in query else None
-        except ValueError:
-            raise ApiError(400, "invalid_query", "limit, since and until must be numbers") from None
-        if not 1 <= limit <= 500:
-            raise ApiError(400, "invalid_query", "limit must be between 1 and 500")
-        state = query.get("state")
-        if state and state not in {s.value for s in DeliveryState}:
-            raise ApiError(400, "invalid_query", f"unknown state {state!r}")
+        query = validated_query(MessageSearch, request)
         found = await self._views.list_messages(
-            limit=limit,
-            before=query.get("before"),
-            state=state,
-            recipient=query.get("recipient"),
-            mail_from=query.get("from"),
-            stream=query.get("stream"),
-            since=since,
-            until=until,
+            limit=query.limit,
+            before=query.before,
+            state=query.state,
+            recipient=query.recipient,
+            mail_from=query.mail_from,
+            stream=query.stream,
+            since=query.since,
+            until=query.until,
         )
         page = [summary_json(s) for s in found]
         return web.json_response(
-            {"data": page, "next": found[-1].id if len(found) == limit else None}
+            {"data": page, "next": found[-1].id if len(found) == query.limit else None}
         )
 
+    @operation(
+        summary="The queue grouped by recipient domain and state, the largest groups first",
+        query=DestinationQuery,
+        responses={200: ("`data`: one group per domain and state", None)},
+        tags=("messages",),
+    )  # fmt: skip
     @requires(Role.VIEWER)
     async def destinations(self, request: web.Request) -> web.Response:
         """The queue grouped by recipient domain and state (`postroom queue ls --by-destination`)."""
-        include_final = request.query.get("all", "false").lower()
-        if include_final not in ("true", "false", "1", "0"):
-            raise ApiError(400, "invalid_query", "all must be true or false")
-        try:
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
-            raise ApiError(400, "invalid_query", "limit must be a number") from None
-        if not 1 <= limit <= 1000:
-            raise ApiError(400, "invalid_query", "limit must be between 1 and 1000")
-        groups = await self._views.destinations(
-            include_final=include_final in ("true", "1"), limit=limit
-        )
+        query = validated_query(DestinationQuery, request)
+        groups = await self._views.destinations(include_final=query.all, limit=query.limit)
         return web.json_response({"data": [dataclasses.asdict(g) for g in groups]})
 
+    @operation(
+        summary="A message with its recipients' deliveries and events",
+        responses={200: ("the message", None), 404: ("no message has this id", None)},
+        tags=("messages",),
+    )  # fmt: skip
     @requires(Role.VIEWER)
     async def inspect(self, request: web.Request) -> web.Response:
         detail = await self._views.show(request.match_info["id"])

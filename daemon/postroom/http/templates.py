@@ -19,6 +19,7 @@ from postroom.http.auth import caller, requires
 from postroom.http.bodies import json_payload, validated
 from postroom.http.errors import refusal_error
 from postroom.http.ratelimit import limited_as
+from postroom.http.openapi import operation
 from postroom.store.credentials import Role
 from postroom.submission.fields import MessageIn, build_submission
 from postroom.submission.outcome import Caller, Refusal
@@ -104,6 +105,10 @@ class TemplateRoutes:
         app.router.add_post("/v1/templates/{id}/preview", self.preview)
         app.router.add_post("/v1/templates/{id}/test", self.test_send)
 
+    @operation(summary="Create a template, or a new version of one", body=TemplateIn,
+               responses={201: ("the new version (not published)", None),
+                          422: ("the template does not compile; every problem is listed", None)},
+               tags=("templates",))  # fmt: skip
     @requires(Role.TEMPLATES)
     async def create(self, request: web.Request) -> web.Response:
         body = validated(TemplateIn, await json_payload(request))
@@ -111,10 +116,15 @@ class TemplateRoutes:
         return web.json_response({"id": made.template_id, **version_json(made, content=False),
                                   "published": False}, status=201)  # fmt: skip
 
+    @operation(summary="Every template: kind, published and latest version",
+               responses={200: ("`data`: one summary per template", None)}, tags=("templates",))  # fmt: skip
     @requires(Role.VIEWER)
     async def list_templates(self, request: web.Request) -> web.Response:
         return web.json_response({"data": [summary_json(s) for s in await self._templates.summaries()]})
 
+    @operation(summary="A template: its versions and its current (published, else newest) version",
+               responses={200: ("the template", None), 404: ("no template has this id", None)},
+               tags=("templates",))  # fmt: skip
     @requires(Role.VIEWER)
     async def show(self, request: web.Request) -> web.Response:
         template_id = request.match_info["id"]
@@ -127,6 +137,9 @@ class TemplateRoutes:
             "current": version_json(current),
         })  # fmt: skip
 
+    @operation(summary="One version of a template, with its content",
+               responses={200: ("the version", None), 404: ("no such template or version", None)},
+               tags=("templates",))  # fmt: skip
     @requires(Role.VIEWER)
     async def show_version(self, request: web.Request) -> web.Response:
         try:
@@ -136,12 +149,22 @@ class TemplateRoutes:
         found = await self._templates.get(request.match_info["id"], number)
         return web.json_response({"id": found.template_id, **version_json(found)})
 
+    @operation(summary="Publish a version: sends render it from now on", body=PublishIn,
+               responses={200: ("`id` and the `published` version", None),
+                          404: ("no such template or version", None)},
+               tags=("templates",))  # fmt: skip
     @requires(Role.TEMPLATES)
     async def publish(self, request: web.Request) -> web.Response:
         body = validated(PublishIn, await json_payload(request))
         await self._templates.publish(request.match_info["id"], body.version)
         return web.json_response({"id": request.match_info["id"], "published": body.version})
 
+    @operation(summary="Render a version with data, without sending (only the published one without "
+                       "the templates role)", body=PreviewIn,
+               responses={200: ("the rendering: subject, html, text, from, reply_to, stream, variables", None),
+                          404: ("no such template or version", None),
+                          422: ("the data does not fit the template's schema, or the render failed", None)},
+               tags=("templates",))  # fmt: skip
     @requires(Role.VIEWER)
     async def preview(self, request: web.Request) -> web.Response:
         body = validated(PreviewIn, await json_payload(request))
@@ -152,6 +175,11 @@ class TemplateRoutes:
         return web.json_response(rendered_json(rendered))
 
     @limited_as("send")
+    @operation(summary="Send one rendering to an address, through the submission door", body=TestSendIn,
+               responses={202: ("queued: `id`, `template`, `version`", None),
+                          404: ("no such template or version", None),
+                          422: ("the render failed, or the submission door refused the message", None)},
+               tags=("templates",))  # fmt: skip
     @requires(Role.TEMPLATES)
     async def test_send(self, request: web.Request) -> web.Response:
         """Send one rendering to an address, through the submission door like any message."""

@@ -5,18 +5,30 @@ campaigns, themes, components, segments, email messages, workflows), never a bar
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from pydantic import BaseModel
 
 from postroom.contacts.service import ContactService
 from postroom.core.clock import Clock
 from postroom.http.app import RouteGroup
 from postroom.http.auth import API_KEY, ApiKeyAuthenticator
+from postroom.http.openapi import API_CONVENTIONS, ApiConventions, operation
 from postroom.loops.catalogue import TransactionalCatalogue, TransactionalNames
 from postroom.loops.catalogue_routes import CatalogueRoutes
 from postroom.loops.contact_routes import ContactRoutes, SuppressionList
-from postroom.loops.errors import LoopsError, loops_auth, loops_errors, requires_role
+from postroom.loops.errors import (
+    InvalidApiKey,
+    LoopsError,
+    LoopsFailure,
+    LoopsFieldFailure,
+    loops_auth,
+    loops_errors,
+    requires_role,
+    role_needed,
+)
 from postroom.loops.event_routes import EventRoutes
 from postroom.loops.settings import EventRule, LoopsSettings
 from postroom.loops.transactional import TransactionalRoutes
@@ -37,6 +49,12 @@ MARKETING = {
     "uploads": "uploads",
     "transactional-groups": "transactional groups",
 }
+TAGS = ("loops: account",)
+
+
+class ApiKeyInfo(BaseModel):
+    success: Literal[True]
+    teamName: str
 
 
 class AccountRoutes:
@@ -53,14 +71,21 @@ class AccountRoutes:
     def register_fallback(self, app: web.Application) -> None:
         app.router.add_route("*", "/{tail:.*}", self.unsupported)
 
+    @operation(summary="Test the API key", responses={200: ("the key is valid", ApiKeyInfo)}, tags=TAGS)
     @requires_role(Role.VIEWER)
     async def api_key(self, request: web.Request) -> web.Response:
-        return web.json_response({"success": True, "teamName": self._team_name})
+        return web.json_response(ApiKeyInfo(success=True, teamName=self._team_name).model_dump())
 
+    @operation(summary="The dedicated sending IP addresses (delivery.sending_ips)",
+               responses={200: ("a list of IP addresses", None)}, tags=TAGS)  # fmt: skip
     @requires_role(Role.VIEWER)
     async def sending_ips(self, request: web.Request) -> web.Response:
         return web.json_response(self._sending_ips)
 
+    @operation(summary="Any other path: Loops' marketing calls (campaigns, themes, workflows, ...) are 501, "
+                       "the rest 404 (`tail` may span several path segments)",
+               responses={501: ("a part of Loops that postroom does not do", None), 404: ("no such endpoint", None)},
+               tags=TAGS)  # fmt: skip
     @requires_role(Role.VIEWER)
     async def unsupported(self, request: web.Request) -> web.Response:
         parts = request.match_info["tail"].strip("/").split("/")
@@ -77,6 +102,7 @@ def build_loops_app(api_keys: ApiKeyAuthenticator, account: AccountRoutes, group
     rate limiter, which needs to know the key)."""
     app = web.Application(middlewares=[loops_errors, loops_auth, *extra_middlewares])
     app[API_KEY] = api_keys
+    app[API_CONVENTIONS] = ApiConventions("loops", role_needed, (LoopsFailure, LoopsFieldFailure), InvalidApiKey)
     account.register(app)
     for group in groups:
         group.register(app)

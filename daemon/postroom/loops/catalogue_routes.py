@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from postroom.http.auth import caller
-from postroom.http.bodies import json_payload
+from postroom.http.openapi import operation
+from postroom.loops.bodies import CataloguePage, TransactionalEmailChange, TransactionalEmailIn, loops_body, loops_query
 from postroom.loops.catalogue import TransactionalCatalogue
-from postroom.loops.errors import LoopsError, requires_role
+from postroom.loops.errors import requires_role
 from postroom.store.credentials import Role
 
-
-async def _object(request: web.Request) -> dict[str, Any]:
-    if not request.body_exists:
-        return {}
-    payload = await json_payload(request)
-    if not isinstance(payload, dict):
-        raise LoopsError(400, "The body must be a JSON object.")
-    return payload
+TAGS = ("loops: transactional emails",)
+RESOURCE = "the transactional email: id, name, draft and published message ids, dataVariables, dates"
+NOT_FOUND = "Transactional email not found."
 
 
 class CatalogueRoutes:
@@ -34,13 +28,12 @@ class CatalogueRoutes:
         app.router.add_post("/v1/transactional-emails/{id}/draft", self.draft)
         app.router.add_post("/v1/transactional-emails/{id}/publish", self.publish)
 
+    @operation(summary="Transactional emails (templates), a page at a time", query=CataloguePage,
+               responses={200: ("`pagination` and `data`", None)}, tags=TAGS)  # fmt: skip
     @requires_role(Role.VIEWER)
     async def list(self, request: web.Request) -> web.Response:
-        try:
-            per_page = int(request.query.get("perPage", "20"))
-        except ValueError:
-            raise LoopsError(400, "perPage must be a number.", "perPage") from None
-        page = await self._catalogue.page(per_page, request.query.get("cursor") or None)
+        query = loops_query(request, CataloguePage)
+        page = await self._catalogue.page(query.perPage, query.cursor or None)
         pages = max(1, -(-page.total // page.per_page))
         return web.json_response({
             "pagination": {
@@ -52,27 +45,37 @@ class CatalogueRoutes:
             "data": page.items,
         })  # fmt: skip
 
+    @operation(summary="A transactional email", responses={200: (RESOURCE, None), 404: (NOT_FOUND, None)},
+               tags=TAGS)  # fmt: skip
     @requires_role(Role.VIEWER)
     async def get(self, request: web.Request) -> web.Response:
         return web.json_response(await self._catalogue.get(request.match_info["id"]))
 
+    @operation(summary="Create a transactional email (a new template) and its draft", body=TransactionalEmailIn,
+               responses={200: (RESOURCE, None)}, tags=TAGS)  # fmt: skip
     @requires_role(Role.TEMPLATES)
     async def create(self, request: web.Request) -> web.Response:
-        payload = await _object(request)
-        made = await self._catalogue.create(payload.get("name"), payload.get("transactionalGroupId"),
-                                            f"apikey:{caller(request).id}")  # fmt: skip
+        body = await loops_body(request, TransactionalEmailIn, optional=True)
+        made = await self._catalogue.create(body.name, body.transactionalGroupId, f"apikey:{caller(request).id}")
         return web.json_response(made)
 
+    @operation(summary="Rename a transactional email or change its group", body=TransactionalEmailChange,
+               responses={200: (RESOURCE, None), 404: (NOT_FOUND, None)}, tags=TAGS)  # fmt: skip
     @requires_role(Role.TEMPLATES)
     async def update(self, request: web.Request) -> web.Response:
-        payload = await _object(request)
+        body = await loops_body(request, TransactionalEmailChange, optional=True)
         return web.json_response(await self._catalogue.update(
-            request.match_info["id"], payload.get("name"), payload.get("transactionalGroupId")))  # fmt: skip
+            request.match_info["id"], body.name, body.transactionalGroupId))  # fmt: skip
 
+    @operation(summary="Make sure there is a draft (a version newer than the published one)",
+               responses={200: (RESOURCE + ", draftEmailMessageContentRevisionId", None), 404: (NOT_FOUND, None)},
+               tags=TAGS)  # fmt: skip
     @requires_role(Role.TEMPLATES)
     async def draft(self, request: web.Request) -> web.Response:
         return web.json_response(await self._catalogue.draft(request.match_info["id"], f"apikey:{caller(request).id}"))
 
+    @operation(summary="Publish the draft", responses={200: (RESOURCE, None), 400: ("there is no draft", None),
+                                                       404: (NOT_FOUND, None)}, tags=TAGS)  # fmt: skip
     @requires_role(Role.TEMPLATES)
     async def publish(self, request: web.Request) -> web.Response:
         return web.json_response(await self._catalogue.publish(request.match_info["id"]))

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from postroom.contacts.model import ContactError
 from postroom.core.errors import ConflictError, InvalidMessageError, NotFoundError, StoreError, TemplateError
@@ -27,6 +28,28 @@ logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 _STATUS = {"invalid": 400, "not_found": 404, "conflict": 409}
+
+
+class LoopsFailure(BaseModel):
+    """A refused request, as Loops answers one."""
+
+    success: Literal[False]
+    message: str
+
+
+class LoopsFieldFailure(BaseModel):
+    """A refused request naming the field at fault (`path`: `email`, `attachments.0.data`, ...)."""
+
+    success: Literal[False]
+    type: Literal["error"]
+    path: str
+    message: str
+
+
+class InvalidApiKey(BaseModel):
+    """401, as Loops answers a missing or unknown key: `{"error": "Invalid API key"}`."""
+
+    error: str
 
 
 class LoopsError(Exception):
@@ -48,10 +71,9 @@ class LoopsError(Exception):
             if self.transactional_id is not None:
                 nested["transactionalId"] = self.transactional_id
             return nested
-        body: dict[str, Any] = {"success": False, "message": self.message}
         if self.path is not None:
-            body = {"success": False, "type": "error", "path": self.path, "message": self.message}
-        return body
+            return LoopsFieldFailure(success=False, type="error", path=self.path, message=self.message).model_dump()
+        return LoopsFailure(success=False, message=self.message).model_dump()
 
 
 def over_quota(verdict: Verdict) -> LoopsError:
@@ -63,6 +85,12 @@ def over_quota(verdict: Verdict) -> LoopsError:
 
 def loops_response(error: LoopsError) -> web.Response:
     return web.json_response(error.body(), status=error.status, headers=error.headers)
+
+
+def role_needed(handler: Callable[..., Any]) -> Role:
+    """The role a Loops route's handler needs: its mark, else viewer (every Loops call needs a key)."""
+    needed: Role = getattr(handler, "loops_role", Role.VIEWER)
+    return needed
 
 
 def requires_role(role: Role) -> Callable[[F], F]:
@@ -110,13 +138,14 @@ async def loops_errors(request: web.Request, handler: Handler) -> web.StreamResp
 async def loops_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every Loops call needs a key: a missing or unknown one is 401 `{"error": "Invalid API key"}`
     as Loops answers it; a key whose role does not allow the call is 403."""
-    needed: Role = getattr(handler, "loops_role", Role.VIEWER)
+    needed = role_needed(handler)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     key = None
     if scheme.lower() == "bearer" and token.strip():
         key = await request.app[API_KEY].authenticate(token.strip())
     if key is None:
-        return web.json_response({"error": "Invalid API key"}, status=401, headers={"WWW-Authenticate": "Bearer"})
+        return web.json_response(InvalidApiKey(error="Invalid API key").model_dump(), status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
     if not key.role.allows(needed):
         raise LoopsError(403, f"This API key has the role {key.role}; this call needs {needed}.")
     request[CALLER] = key

@@ -18,8 +18,9 @@ from postroom.contacts.service import ContactService
 from postroom.core.clock import Clock
 from postroom.core.errors import NotFoundError, TemplateError
 from postroom.http.auth import caller
-from postroom.http.bodies import json_payload
 from postroom.http.ratelimit import limited_as
+from postroom.http.openapi import operation
+from postroom.loops.bodies import EventIn, LoopsSuccess, fields_of, loops_body
 from postroom.loops.errors import LoopsError, requires_role
 from postroom.loops.settings import EventRule, LoopsSettings
 from postroom.metrics import Metrics
@@ -50,26 +51,31 @@ class EventRoutes:
         app.router.add_post("/v1/events/send", self.send)
 
     @limited_as("send")
+    @operation(
+        summary="Record an event of a contact; send the template its [events.<name>] rule names",
+        body=EventIn,
+        responses={200: ("recorded (and sent, when a rule maps the event)", LoopsSuccess),
+                   409: ("the Idempotency-Key was used for an event before", None)},
+        tags=("loops: events",),
+        headers={"Idempotency-Key": f"1-{MAX_IDEMPOTENCY_KEY} printable characters: the event is recorded once"},
+    )  # fmt: skip
     @requires_role(Role.SENDER)
     async def send(self, request: web.Request) -> web.Response:
-        payload = await json_payload(request)
-        if not isinstance(payload, dict):
-            raise LoopsError(400, "The body must be a JSON object.")
+        body = await loops_body(request, EventIn)
         header = request.headers.get("Idempotency-Key")
         key = caller(request)
         if header is not None and (not 1 <= len(header) <= MAX_IDEMPOTENCY_KEY or not header.isprintable()):
             raise LoopsError(400, f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters.")
-        name = payload.get("eventName")
-        rule = self._rules.get(name) if isinstance(name, str) else None
-        data = payload.get("eventProperties") or {}
-        rendered = await self._render(rule, data) if rule is not None and isinstance(data, dict) else None
-        recorded = await self._contacts.record_event(payload, f"{key.id}:{header}" if header else None)
+        rule = self._rules.get(body.eventName)
+        data: dict[str, Any] = dict(body.eventProperties or {})
+        rendered = await self._render(rule, data) if rule is not None else None
+        recorded = await self._contacts.record_event(fields_of(body), f"{key.id}:{header}" if header else None)
         result = "recorded"
         if rule is not None and rendered is not None:
             result = await self._send(rule, rendered, recorded.contact.email, recorded.contact.subscribed, data,
                                       f"apikey:{key.id}")  # fmt: skip
         self._metrics.loops_events.labels(result).inc()
-        return web.json_response({"success": True})
+        return web.json_response(LoopsSuccess(success=True).model_dump())
 
     async def _render(self, rule: EventRule, data: dict[str, Any]) -> Rendered:
         try:

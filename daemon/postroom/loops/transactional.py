@@ -25,6 +25,8 @@ from postroom.http.bodies import json_payload, validated
 from postroom.http.errors import ApiError
 from postroom.http.messages import request_hash
 from postroom.http.ratelimit import limited_as
+from postroom.http.openapi import operation
+from postroom.loops.bodies import LoopsSuccess
 from postroom.loops.catalogue import TransactionalCatalogue
 from postroom.loops.errors import LoopsError, requires_role
 from postroom.loops.settings import LoopsSettings
@@ -76,6 +78,16 @@ class TransactionalRoutes:
         app.router.add_post("/v1/transactional", self.send)
 
     @limited_as("send")
+    @operation(
+        summary="Send a transactional email: a published template rendered with dataVariables",
+        body=TransactionalIn,
+        responses={200: ("queued", LoopsSuccess),
+                   404: ("Transactional email not found.", None),
+                   409: ("the Idempotency-Key was used in the last 24 hours", None),
+                   413: ("an attachment, or all of them, over loops.max_attachment(s)_size", None)},
+        tags=("loops: transactional",),
+        headers={"Idempotency-Key": f"1-{MAX_IDEMPOTENCY_KEY} printable characters: any reuse within 24 hours is 409"},
+    )  # fmt: skip
     @requires_role(Role.SENDER)
     async def send(self, request: web.Request) -> web.Response:
         payload = await json_payload(request)
@@ -119,7 +131,7 @@ class TransactionalRoutes:
             raise LoopsError(409, "This Idempotency-Key has already been used in the last 24 hours.", "Idempotency-Key")
         if body.addToAudience:
             await self._contacts.ensure(email, source="transactional")
-        return web.json_response({"success": True})
+        return web.json_response(LoopsSuccess(success=True).model_dump())
 
     async def _render(self, template_id: str, body: TransactionalIn) -> Rendered:
         try:
