@@ -236,6 +236,8 @@ def write_config(directory: Path, delivery: str) -> Postroom:
 url = "sqlite+aiosqlite:///{directory / 'q.db'}"
 [http]
 listen = "127.0.0.1:{daemon.http}"
+[http.rate_limit]
+default = "1000/s"  # the test polls a message's deliveries every 0.1 s
 [smtp]
 hostname = "{EHLO_NAME}"
 submission_listen = "127.0.0.1:{daemon.submission}"
