@@ -201,4 +201,7 @@ Send a message:
     -d '{{"from": "hello@{result.domain}", "to": "you@example.com", "subject": "Hi", "text": "It works."}}'
   swaks --server {result.submission} --tls --auth-user {result.smtp_user} \\
     --auth-password '{result.smtp_password}' --from hello@{result.domain} --to you@example.com
+
+Moving from Loops: the same calls answer under http://{result.http}/api/v1 (the loops SDK takes
+  client.apiRoot = "http://{result.http}/api/"); the API is described at http://{result.http}/v1/openapi.json
 """
