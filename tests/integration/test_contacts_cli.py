@@ -210,10 +210,14 @@ async def test_user_ids_that_would_overwrite_another_contact_are_refused_before_
     clash = write(tmp_path, "clash.csv", "email,userId\n"
                                          "b@example.com,u1\n"  # u1 is a@'s, and b@ is another contact
                                          "c@example.com,u7\n"
-                                         "d@example.com,u7\n")  # fmt: skip
+                                         "d@example.com,u7\n"
+                                         "e@example.com,\n"
+                                         "e@example.com,u1\n")  # u1 would move a@ onto the e@ line 5 creates
     stderr = cli.fails("contacts", "import", str(clash))
     assert "line 2, column userId: userId 'u1' belongs to the contact a@example.com, and b@example.com is another contact" in stderr
     assert "line 4, column userId: userId 'u7' is also on line 3, with another address" in stderr
+    assert "line 6, column userId: userId 'u1' would move the contact a@example.com to e@example.com, which line 5 creates" in stderr
+    assert "import refused: 3 of 5 rows are invalid" in stderr
     assert await stored(cli.db_url) == before
     # A userId on a new address moves its contact there (Loops' rule), which is no clash.
     cli("contacts", "import", "-", input="email,userId,firstName\nnew-a@example.com,u1,A\n")

@@ -172,8 +172,8 @@ def report_import(summary: ImportSummary, label: str, as_json: bool) -> None:
         fail(f"{label}: import refused: {summary.skipped} of {summary.rows} rows are invalid; nothing was "
              "written (--skip-invalid imports the others)")  # fmt: skip
     if summary.write_failures:
-        fail(f"{label}: {summary.write_failures} rows could not be written (changed meanwhile by another "
-             f"request); {summary.created} created, {summary.updated} updated")  # fmt: skip
+        fail(f"{label}: {summary.write_failures} rows could not be written (another contact took their address "
+             f"or userId meanwhile); {summary.created} created, {summary.updated} updated")  # fmt: skip
     if as_json:
         return
     if summary.dry_run:

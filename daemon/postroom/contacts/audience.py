@@ -73,6 +73,8 @@ class _Check:
     bad_lines: set[int] = field(default_factory=set)
     user_ids: dict[str, tuple[str, int]] = field(default_factory=dict)  # userId -> (email key, first line)
     emails: set[str] = field(default_factory=set)  # dry run only: the addresses of earlier rows
+    # Rows whose userId moves its contact to a new address: address key -> (line, userId, old address).
+    moves: dict[str, tuple[int, str, str]] = field(default_factory=dict)
 
     def reject(self, problem: RowProblem, summary: ImportSummary) -> None:
         self.bad_lines.add(problem.line)
@@ -129,6 +131,8 @@ async def _check_rows(service: ContactService, open_file: Callable[[], BinaryIO]
             if summary.rows % batch_size == 0:
                 progress("checking", summary.rows, None)
         await _check_identities(service, check, pending, summary)
+    if check.moves:
+        _check_moves(open_file, check, summary)
     summary.problems.sort(key=lambda p: p.line)
     progress("checking", summary.rows, None)
     return check
@@ -156,7 +160,13 @@ async def _check_identities(service: ContactService, check: _Check, pending: lis
         elif owner is not None and other is not None and owner.id != other.id:
             check.reject(RowProblem(line, "userId", f"userId {user_id!r} belongs to the contact {owner.email}, "
                                                     f"and {email} is another contact"), summary)  # fmt: skip
+        elif earlier is None and owner is not None and other is None and key in check.moves:
+            first = check.moves[key][0]
+            check.reject(RowProblem(line, "userId", f"userId {user_id!r} would move the contact {owner.email} to "
+                                                    f"{email}, where line {first} moves another one"), summary)  # fmt: skip
         else:
+            if earlier is None and owner is not None and other is None and user_id is not None:
+                check.moves[key] = (line, user_id, owner.email)
             if summary.dry_run:
                 exists = earlier is not None or key in check.emails or owner is not None or other is not None
                 summary.created += not exists
@@ -165,6 +175,30 @@ async def _check_identities(service: ContactService, check: _Check, pending: lis
             if user_id is not None and earlier is None:
                 check.user_ids[user_id] = (key, line)
     pending.clear()
+
+
+def _check_moves(open_file: Callable[[], BinaryIO], check: _Check, summary: ImportSummary) -> None:
+    """A row that moves a contact (by its userId) to an address an earlier row of the file creates
+    would meet that contact at write time; the database alone cannot tell, so read the rows before
+    the moves again (moves are rare: this pass usually never runs)."""
+    last = max(line for line, _, _ in check.moves.values())
+    with open_file() as raw:
+        records = read_records(utf8_lines(raw))
+        next(records)
+        for line, values in records:
+            if line >= last:
+                break
+            parsed = parse_row(check.columns, values, line)
+            if line in check.bad_lines or isinstance(parsed, RowProblem):
+                continue
+            move = check.moves.get(email_key(parsed[0]))
+            if move is not None and line < move[0]:
+                first, user_id, old = check.moves.pop(email_key(parsed[0]))
+                check.reject(RowProblem(first, "userId", f"userId {user_id!r} would move the contact {old} to "
+                                                         f"{parsed[0]}, which line {line} creates"), summary)  # fmt: skip
+                summary.updated -= summary.dry_run  # it was counted as an update
+                if not check.moves:
+                    return
 
 
 async def _define_properties(service: ContactService, columns: AudienceColumns, known: Mapping[str, PropertyType]) -> None:
