@@ -3,6 +3,7 @@ and the events they triggered; what the Loops-compatible API's `contacts/*`, `li
 `events/send` calls read and write, and what `postroom contacts import|export|erase` move.
 
 `model` holds the values and the pure rules (property types, coercion, which fields a request
-changes); `sql_store` the tables; `service` what the API and the command line ask; `csv_io` the
-audience files.
+changes); `sql_store` the tables (and `sql_batch` an import's batches of rows); `service` what the
+API and the command line ask; `csv_io` the audience files' format, and `audience` reading and
+writing them.
 """

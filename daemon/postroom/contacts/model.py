@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from postroom.core.addresses import normalise_address
 from postroom.core.errors import PostroomError
 
 PropertyValue = str | int | float | bool | None
@@ -104,6 +105,12 @@ class ContactChanges:
 
 _COLUMNS = {"email": "email", "firstName": "first_name", "lastName": "last_name", "source": "source",
             "subscribed": "subscribed", "userGroup": "user_group", "userId": "user_id"}  # fmt: skip
+
+
+def email_key(address: str) -> str:
+    """How contacts are told apart: the whole address case-folded, as Loops does (two contacts
+    never differ only in the case of their address)."""
+    return normalise_address(address).lower()
 
 
 def label_of(key: str) -> str:

@@ -8,7 +8,7 @@ the contact properties that came with it and is recorded; what it triggers is th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,13 +47,21 @@ class ContactStore(Protocol):
     async def create_property(self, key: str, kind: PropertyType, now: float) -> ContactProperty: ...
     async def find(self, *, email: str | None = None, user_id: str | None = None,
                    contact_id: str | None = None) -> Contact | None: ...  # fmt: skip
+    async def find_many(self, *, emails: Collection[str] = (), user_ids: Collection[str] = ()) -> list[Contact]: ...
     async def create(self, email: str, changes: ContactChanges, now: float, *, source: str = "API") -> Contact: ...
     async def update(self, contact: Contact, changes: ContactChanges, now: float, *, email: str | None = None) -> Contact: ...
     async def delete(self, contact_id: str) -> bool: ...
     def all(self, batch: int = 500) -> AsyncIterator[Contact]: ...
+    async def count(self) -> int: ...
+    async def upsert_many(self, rows: Sequence[tuple[str, str | None, ContactChanges]], now: float, *,
+                          partial: bool = False) -> list[bool | ConflictError]: ...  # fmt: skip
     async def record_event(self, contact_id: str, name: str, properties: Mapping[str, Any], now: float,
                            idempotency_key: str | None = None) -> int: ...  # fmt: skip
     async def erase(self, address: str) -> tuple[bool, int]: ...
+
+
+def _conflict_error(exc: ConflictError) -> ContactError:
+    return ContactError("conflict", str(exc), "userId" if "userId" in str(exc) else "email")
 
 
 def checked_email(value: Any, path: str = "email") -> str:
@@ -62,7 +70,7 @@ def checked_email(value: Any, path: str = "email") -> str:
     return value.strip()
 
 
-def _user_id(value: Any) -> str | None:
+def checked_user_id(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > 255:
@@ -105,9 +113,13 @@ class ContactService:
     async def find(self, *, email: str | None = None, user_id: str | None = None) -> Contact | None:
         return await self._store.find(email=email, user_id=user_id)
 
+    async def find_many(self, *, emails: Collection[str] = (), user_ids: Collection[str] = ()) -> list[Contact]:
+        """The contacts of any of `emails` or `user_ids`, in one query."""
+        return await self._store.find_many(emails=emails, user_ids=user_ids)
+
     async def create(self, payload: Mapping[str, Any], *, source: str = "API") -> Contact:
         email = checked_email(payload.get("email"))
-        _user_id(payload.get("userId"))
+        checked_user_id(payload.get("userId"))
         changes = await self._changes(payload)
         if "source" not in changes.fields:
             changes = ContactChanges({**changes.fields, "source": source}, changes.properties,
@@ -120,7 +132,7 @@ class ContactService:
     async def update(self, payload: Mapping[str, Any]) -> tuple[Contact, bool]:
         """The contact updated, or created when there was none: (contact, created)."""
         email_value = payload.get("email")
-        user_id = _user_id(payload.get("userId"))
+        user_id = checked_user_id(payload.get("userId"))
         if email_value is None and user_id is None:
             raise ContactError("invalid", "You must provide an email or userId value.", "email")
         email = checked_email(email_value) if email_value is not None else None
@@ -180,17 +192,51 @@ class ContactService:
                 raise
             return again
 
-    async def import_rows(self, rows: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[int, int]:
-        """Create or update each (email, fields) row; (created, updated)."""
+    async def import_rows(
+        self,
+        rows: Sequence[tuple[str, Mapping[str, Any]]],
+        on_error: Callable[[int, ContactError], None] | None = None,
+    ) -> tuple[int, int]:
+        """Create or update each (email, fields) row as `update` does, all in one transaction:
+        (created, updated). A row that is invalid or conflicts with another contact is raised and
+        nothing is written; with `on_error`, it goes there with the row's index instead, and the
+        other rows are written."""
+        known = {k: p.type for k, p in (await self._store.properties()).items()}
+        prepared: list[tuple[str, str | None, ContactChanges]] = []
+        indexes: list[int] = []
+        for index, (email, fields) in enumerate(rows):
+            try:
+                address = checked_email(email)
+                user_id = checked_user_id(fields.get("userId"))
+                changes = changes_from(fields, known, self._lists)
+            except ContactError as exc:
+                if on_error is None:
+                    raise
+                on_error(index, exc)
+                continue
+            known.update(changes.new_properties)  # a later row's value must fit the type this one set
+            prepared.append((address, user_id, changes))
+            indexes.append(index)
+        try:
+            results = await self._store.upsert_many(prepared, self._clock.now(), partial=on_error is not None)
+        except ConflictError as exc:
+            raise _conflict_error(exc) from None
         created = updated = 0
-        for email, fields in rows:
-            _, was_created = await self.update({**fields, "email": email})
-            created += was_created
-            updated += not was_created
+        for index, result in zip(indexes, results, strict=True):
+            if isinstance(result, ConflictError):
+                assert on_error is not None  # without it, upsert_many raised
+                on_error(index, _conflict_error(result))
+            elif result:
+                created += 1
+            else:
+                updated += 1
         return created, updated
 
     def all(self) -> AsyncIterator[Contact]:
         return self._store.all()
+
+    async def count(self) -> int:
+        return await self._store.count()
 
     async def erase(self, address: str) -> tuple[bool, int]:
         return await self._store.erase(checked_email(address, "address"))

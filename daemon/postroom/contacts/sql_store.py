@@ -8,33 +8,37 @@ field, so two requests racing to create the same contact cannot both succeed.
 from __future__ import annotations
 
 import hashlib
-import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from postroom.contacts.model import Contact, ContactChanges, ContactProperty, PropertyType, PropertyValue, label_of
-from postroom.core.addresses import normalise_address
+from postroom.contacts.model import (
+    Contact,
+    ContactChanges,
+    ContactProperty,
+    PropertyType,
+    PropertyValue,
+    email_key,
+    label_of,
+)
+from postroom.contacts.sql_batch import (
+    Identities,
+    Identity,
+    MergedBatch,
+    add_properties,
+    merged_properties,
+    new_contact_id,
+    not_null,
+    user_id_after,
+)
 from postroom.core.errors import ConflictError
 from postroom.store.engine import read_only, translate_errors
 from postroom.store.tables import contact_events, contact_lists, contact_properties, contacts, deliveries, messages
 
 IDEMPOTENCY_WINDOW = 24 * 3600.0
-_ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def new_contact_id() -> str:
-    """A contact id in the form Loops uses (`c` and 24 lower-case letters and digits)."""
-    return "c" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
-
-
-def email_key(address: str) -> str:
-    """How contacts are told apart: the whole address case-folded, as Loops does (two contacts
-    never differ only in the case of their address)."""
-    return normalise_address(address).lower()
 
 
 def address_hash(address: str) -> str:
@@ -101,18 +105,25 @@ class SqlContactStore:
         lists = (await conn.execute(sa.select(contact_lists.c.list_id).where(contact_lists.c.contact_id == row.id))).scalars()
         return _contact(row, frozenset(lists))
 
+    async def find_many(self, *, emails: Collection[str] = (), user_ids: Collection[str] = ()) -> list[Contact]:
+        """The contacts with one of `emails` (compared as `email_key` does) or one of `user_ids`,
+        in one query: how an import checks a batch of rows."""
+        keys = list({email_key(e) for e in emails})
+        ids = list(set(user_ids))
+        if not keys and not ids:
+            return []
+        with translate_errors("reading contacts"):
+            async with self._reads.connect() as conn:
+                rows = (await conn.execute(sa.select(contacts).where(
+                    sa.or_(contacts.c.email_key.in_(keys), contacts.c.user_id.in_(ids))))).all()  # fmt: skip
+                memberships = await self._memberships(conn, [r.id for r in rows])
+        return [_contact(row, frozenset(memberships.get(row.id, ()))) for row in rows]
+
     async def create(self, email: str, changes: ContactChanges, now: float, *, source: str = "API") -> Contact:
-        contact_id = new_contact_id()
-        values = {"source": source, "subscribed": True, "user_group": "", **changes.fields}
         try:
             with translate_errors("creating a contact"):
                 async with self._engine.begin() as conn:
-                    await self._add_properties(conn, changes.new_properties, now)
-                    await conn.execute(contacts.insert().values(
-                        id=contact_id, email=email, email_key=email_key(email), opt_in_status=None,
-                        properties={k: v for k, v in changes.properties.items() if v is not None},
-                        created_at=now, updated_at=now, **_not_null(values)))  # fmt: skip
-                    await self._set_lists(conn, contact_id, changes.lists, now)
+                    contact_id = await self._insert(conn, email, changes, now, source)
                     found = await self._find(conn, contact_id=contact_id)
         except IntegrityError as exc:
             raise _conflict(exc) from exc
@@ -122,27 +133,86 @@ class SqlContactStore:
     async def update(self, contact: Contact, changes: ContactChanges, now: float, *, email: str | None = None) -> Contact:
         """Apply `changes` (and a new address) to a contact found before; properties merge, a
         null removes one."""
-        properties = dict(contact.properties)
-        for key, value in changes.properties.items():
-            if value is None:
-                properties.pop(key, None)
-            else:
-                properties[key] = value
-        values: dict[str, Any] = {**changes.fields, "properties": properties, "updated_at": now}
-        if email is not None:
-            values.update(email=email, email_key=email_key(email))
         try:
             with translate_errors("updating a contact"):
                 async with self._engine.begin() as conn:
-                    await self._add_properties(conn, changes.new_properties, now)
-                    await conn.execute(contacts.update().where(contacts.c.id == contact.id).values(**_not_null(values)))
-                    await self._set_lists(conn, contact.id, changes.lists, now)
+                    await self._apply(conn, contact.id, contact.properties, changes, now, email)
                     found = await self._find(conn, contact_id=contact.id)
         except IntegrityError as exc:
             raise _conflict(exc) from exc
         if found is None:
             raise ConflictError("the contact was deleted meanwhile")
         return found
+
+    async def upsert_many(self, rows: Sequence[tuple[str, str | None, ContactChanges]], now: float, *,
+                          partial: bool = False) -> list[bool | ConflictError]:  # fmt: skip
+        """Create or update the contact of each (email, userId, changes) row in one transaction,
+        finding it as `ContactService.update` does (by userId, then by address; a userId's contact
+        takes the row's address): per row, True when created, False when updated. A row that breaks
+        uniqueness rolls the whole batch back and raises ConflictError, or with `partial` is rolled
+        back alone and answered with its ConflictError while the other rows are written."""
+        try:
+            with translate_errors("importing contacts"):
+                async with self._engine.begin() as conn:
+                    batch = MergedBatch(await Identities.read(conn, (e for e, _, _ in rows), (u for _, u, _ in rows)))
+                    created: list[bool | ConflictError] = [batch.add(*row) for row in rows]
+                    await batch.write(conn, now)
+            return created
+        except IntegrityError as exc:
+            if not partial:
+                raise _conflict(exc) from exc
+        return await self._upsert_each(rows, now)
+
+    async def _upsert_each(self, rows: Sequence[tuple[str, str | None, ContactChanges]],
+                           now: float) -> list[bool | ConflictError]:  # fmt: skip
+        """The batch again, row by row, each in a savepoint: the rows at fault are rolled back
+        alone and answered with their conflict."""
+        results: list[bool | ConflictError] = []
+        with translate_errors("importing contacts"):
+            async with self._engine.begin() as conn:
+                known = await Identities.read(conn, (e for e, _, _ in rows), (u for _, u, _ in rows))
+                for email, user_id, changes in rows:
+                    before = known.find(email, user_id)
+                    try:
+                        async with conn.begin_nested():
+                            after = await self._upsert(conn, email, before, changes, now)
+                    except IntegrityError as exc:
+                        results.append(_conflict(exc))
+                        continue
+                    known.replace(before, after)
+                    results.append(before is None)
+        return results
+
+    async def _upsert(self, conn: AsyncConnection, email: str, found: Identity | None, changes: ContactChanges,
+                      now: float) -> Identity:  # fmt: skip
+        if found is None:
+            contact_id = await self._insert(conn, email, changes, now, "API")
+            return Identity(contact_id, email, user_id_after(changes, None), merged_properties({}, changes))
+        new_email = email if email_key(email) != email_key(found.email) else None
+        properties = await self._apply(conn, found.id, found.properties, changes, now, new_email)
+        return Identity(found.id, new_email or found.email, user_id_after(changes, found.user_id), properties)
+
+    async def _insert(self, conn: AsyncConnection, email: str, changes: ContactChanges, now: float, source: str) -> str:
+        contact_id = new_contact_id()
+        values = {"source": source, "subscribed": True, "user_group": "", **changes.fields}
+        await add_properties(conn, changes.new_properties, now)
+        await conn.execute(contacts.insert().values(
+            id=contact_id, email=email, email_key=email_key(email), opt_in_status=None,
+            properties=merged_properties({}, changes), created_at=now, updated_at=now, **not_null(values)))  # fmt: skip
+        await self._set_lists(conn, contact_id, changes.lists, now, fresh=True)
+        return contact_id
+
+    async def _apply(self, conn: AsyncConnection, contact_id: str, current: Mapping[str, PropertyValue],
+                     changes: ContactChanges, now: float, email: str | None) -> dict[str, PropertyValue]:  # fmt: skip
+        """Write `changes` over a contact whose properties are `current`; the merged properties."""
+        properties = merged_properties(current, changes)
+        values: dict[str, Any] = {**changes.fields, "properties": properties, "updated_at": now}
+        if email is not None:
+            values.update(email=email, email_key=email_key(email))
+        await add_properties(conn, changes.new_properties, now)
+        await conn.execute(contacts.update().where(contacts.c.id == contact_id).values(**not_null(values)))
+        await self._set_lists(conn, contact_id, changes.lists, now)
+        return properties
 
     async def delete(self, contact_id: str) -> bool:
         with translate_errors("deleting a contact"):
@@ -158,18 +228,22 @@ class SqlContactStore:
                 async with self._reads.connect() as conn:
                     rows = (await conn.execute(sa.select(contacts).where(contacts.c.id > after)
                                                .order_by(contacts.c.id).limit(batch))).all()  # fmt: skip
-                    memberships: dict[str, set[str]] = {}
-                    if rows:
-                        for contact_id, list_id in await conn.execute(
-                            sa.select(contact_lists.c.contact_id, contact_lists.c.list_id)
-                            .where(contact_lists.c.contact_id.in_([r.id for r in rows]))
-                        ):
-                            memberships.setdefault(contact_id, set()).add(list_id)
+                    memberships = await self._memberships(conn, [r.id for r in rows])
             for row in rows:
                 yield _contact(row, frozenset(memberships.get(row.id, ())))
             if len(rows) < batch:
                 return
             after = rows[-1].id
+
+    async def _memberships(self, conn: AsyncConnection, contact_ids: list[str]) -> dict[str, set[str]]:
+        memberships: dict[str, set[str]] = {}
+        if contact_ids:
+            for contact_id, list_id in await conn.execute(
+                sa.select(contact_lists.c.contact_id, contact_lists.c.list_id)
+                .where(contact_lists.c.contact_id.in_(contact_ids))
+            ):
+                memberships.setdefault(contact_id, set()).add(list_id)
+        return memberships
 
     async def count(self) -> int:
         with translate_errors("counting contacts"):
@@ -225,29 +299,15 @@ class SqlContactStore:
                                        .values(recipient=hashed[:512]))  # fmt: skip
         return bool(deleted.rowcount), len(message_ids)
 
-    async def _add_properties(self, conn: AsyncConnection, new: Mapping[str, PropertyType], now: float) -> None:
-        if not new:
-            return
-        existing = set((await conn.execute(
-            sa.select(contact_properties.c.key).where(contact_properties.c.key.in_(list(new)))
-        )).scalars())  # fmt: skip
-        for key, kind in new.items():
-            if key not in existing:
-                await conn.execute(contact_properties.insert().values(key=key, label=label_of(key), type=kind.value,
-                                                                      created_at=now))  # fmt: skip
-
-    async def _set_lists(self, conn: AsyncConnection, contact_id: str, lists: Mapping[str, bool], now: float) -> None:
+    async def _set_lists(self, conn: AsyncConnection, contact_id: str, lists: Mapping[str, bool], now: float, *,
+                         fresh: bool = False) -> None:  # fmt: skip
+        """Set list memberships; a `fresh` contact (just inserted) has none to remove first."""
         for list_id, subscribed in lists.items():
-            await conn.execute(contact_lists.delete().where(contact_lists.c.contact_id == contact_id,
-                                                            contact_lists.c.list_id == list_id))  # fmt: skip
+            if not fresh:
+                await conn.execute(contact_lists.delete().where(contact_lists.c.contact_id == contact_id,
+                                                                contact_lists.c.list_id == list_id))  # fmt: skip
             if subscribed:
                 await conn.execute(contact_lists.insert().values(contact_id=contact_id, list_id=list_id, created_at=now))
-
-
-def _not_null(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Columns that may not be NULL keep their value when a request resets them."""
-    required = {"source": "API", "user_group": "", "subscribed": True}
-    return {k: (required[k] if v is None and k in required else v) for k, v in values.items()}
 
 
 def _contact(row: Any, lists: frozenset[str]) -> Contact:
