@@ -53,7 +53,7 @@ def test_broken_quoting_is_refused_with_its_line() -> None:
     (["mail", "firstName"], "no 'email' column"),
     (["email", "seats", "seats"], "'seats' appears twice"),
     (["email", ""], "column 2 of the header has no name"),
-    (["email", "createdAt"], "'createdAt': a reserved name"),
+    (["email", "mailingLists"], "'mailingLists': a reserved name"),
     (["email", "plan name"], "'plan name': not a mailing list in [contacts] lists nor a valid property name"),
 ])  # fmt: skip
 def test_a_header_that_cannot_be_imported_is_refused(header: list[str], reason: str) -> None:
@@ -137,3 +137,16 @@ def _csv(rows: list[list[str]]) -> str:
     out = io.StringIO(newline="")
     csv.writer(out).writerows(rows)
     return out.getvalue()
+
+
+def test_loops_dashboard_headers_import_as_the_fields_they_name() -> None:
+    header = ["Email", "First Name", "Last Name", "User Group", "Source", "Subscribed", "User ID", "Created At",
+              "Opt In Status", "news", "seats"]  # fmt: skip
+    columns = read_header(header, KNOWN, LISTS)
+    assert columns.names[:7] == ("email", "firstName", "lastName", "userGroup", "source", "subscribed", "userId")
+    assert columns.ignored == {"Created At", "Opt In Status"} and not columns.new
+    row = ["ada@example.com", "Ada", "Lovelace", "founders", "Loops import", "true", "u-1", "2024-01-02T03:04:05Z",
+           "accepted", "true", "3"]  # fmt: skip
+    assert parse_row(columns, row, 2) == ("ada@example.com", {
+        "firstName": "Ada", "lastName": "Lovelace", "userGroup": "founders", "source": "Loops import",
+        "subscribed": True, "userId": "u-1", "seats": 3, "mailingLists": {"news": True}})  # fmt: skip

@@ -33,6 +33,24 @@ from postroom.core.errors import PostroomError
 
 # The built-in columns, in the order an export writes them.
 BUILTIN_COLUMNS = ("email", "firstName", "lastName", "userId", "userGroup", "source", "subscribed")
+# Loops' dashboard names the same columns as people read them ("First Name"); a file exported from
+# Loops' audience page, or its sample upload file, imports as it is.
+_TITLED = {"email": "email", "email address": "email", "first name": "firstName", "last name": "lastName",
+           "user id": "userId", "userid": "userId", "user group": "userGroup", "source": "source",
+           "subscribed": "subscribed"}  # fmt: skip
+# Columns an export from Loops carries that Loops itself sets: read past, never imported.
+_SET_BY_LOOPS = frozenset({"id", "contact id", "created at", "createdat", "updated at", "updatedat",
+                           "opt in status", "optinstatus", "last activity", "lastactivity"})  # fmt: skip
+
+
+def canonical_column(name: str) -> str:
+    """A header cell as the field it names: "First Name" and "firstName" are both `firstName`."""
+    folded = " ".join(name.strip().split()).lower()
+    return _TITLED.get(folded, name.strip())
+
+
+def set_by_loops(name: str) -> bool:
+    return " ".join(name.strip().split()).lower() in _SET_BY_LOOPS
 
 
 class AudienceFileError(PostroomError):
@@ -62,6 +80,7 @@ class AudienceColumns:
     lists: Mapping[str, MailingList]
     types: Mapping[str, PropertyType]
     new: Mapping[str, PropertyType]  # property columns with no definition yet
+    ignored: frozenset[str] = frozenset()  # columns Loops sets itself (createdAt, ...): not imported
 
     @property
     def list_columns(self) -> tuple[str, ...]:
@@ -104,7 +123,7 @@ def read_header(
     """The columns of a header row. `known` are the existing custom properties and their types;
     `declared` gives the types of columns that are no property yet (default string)."""
     declared = declared or {}
-    names = tuple(name.strip() for name in header)
+    names = tuple(canonical_column(name) for name in header)
     by_id = {item.id: item for item in lists}
     seen: set[str] = set()
     for position, name in enumerate(names, start=1):
@@ -117,8 +136,9 @@ def read_header(
         raise AudienceFileError("the header has no 'email' column (the first row must name the columns)")
     types: dict[str, PropertyType] = {}
     new: dict[str, PropertyType] = {}
+    ignored = frozenset(name for name in names if set_by_loops(name) and name not in known)
     for name in names:
-        if name in BUILTIN_FIELDS or name in by_id:
+        if name in BUILTIN_FIELDS or name in by_id or name in ignored:
             continue
         if name in known:
             types[name] = known[name]
@@ -136,7 +156,7 @@ def read_header(
             raise AudienceFileError(f"--type {name}: a built-in field or mailing list, not a custom property")
         if types[name] is not kind:
             raise AudienceFileError(f"--type {name}: the property exists as {types[name]}, not {kind}")
-    return AudienceColumns(names, by_id, types, new)
+    return AudienceColumns(names, by_id, types, new, ignored)
 
 
 def parse_row(columns: AudienceColumns, values: Sequence[str], line: int) -> tuple[str, dict[str, Any]] | RowProblem:
@@ -149,7 +169,7 @@ def parse_row(columns: AudienceColumns, values: Sequence[str], line: int) -> tup
         payload: dict[str, Any] = {}
         memberships: dict[str, bool] = {}
         for name, text in zip(columns.names, values, strict=True):
-            if name == "email" or text == "":
+            if name == "email" or text == "" or name in columns.ignored:
                 continue
             if name in BUILTIN_FIELDS:
                 payload[name] = coerce_import_value(BUILTIN_FIELDS[name], text, name)
