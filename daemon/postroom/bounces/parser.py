@@ -1,0 +1,235 @@
+"""`parse_bounce`: whatever arrived at the return path, read into a `ParsedBounce`.
+
+The layers, each a pure module: `mime` reads the message into decoded parts under size and shape
+limits; `arf` recognises feedback reports (RFC 5965); `dsn` reads RFC 3464 delivery-status fields;
+`autoreply` recognises RFC 3834 auto-replies; `text_scan` finds failed recipients in the text of
+non-standard bounces; `providers` adds what a provider's systematic wording says; `classify` turns
+codes and words into a reason. This module only decides which layer speaks for a message and
+assembles the result. It never raises: anything unexpected is logged and the message is reported
+as not a bounce, so one hostile message cannot stop the mailbox that receives bounces.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from postroom.bounces.arf import looks_like_feedback_text, read_feedback_report
+from postroom.bounces.autoreply import is_auto_reply
+from postroom.bounces.classify import classify_reply, find_reply_code, find_status
+from postroom.bounces.dsn import RecipientFields, read_status_fields, strip_address
+from postroom.bounces.mime import ReadMessage, html_to_text, original_headers, read_message
+from postroom.bounces.model import BounceClass, BounceKind, BounceRecipient, ParsedBounce
+from postroom.bounces.providers import adjust_for_provider
+from postroom.bounces.text_scan import (
+    ADDRESS,
+    RecipientText,
+    cut_at_original,
+    is_daemon_address,
+    scan_recipients,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_REPORT_CHARS = 128 * 1024  # the human-readable report; what is beyond is quoted mail
+DSN_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
+
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|undelivered|delivery (?:status|fail|failure|problem|report|notification)|"
+    r"failure notice|failed delivery|returned mail|return(?:ed)? to sender|mail delivery|"
+    r"could not be delivered|non[- ]?deliver|not delivered|delivery has failed|"
+    r"rejected|bounce|warning: (?:could not|message)|mail system error|error sending|"
+    r"nicht zustellbar|unzustellbar|message blocked|mail failure|permanent failure|"
+    r"not (?:be )?sent|returned|problem delivering|deliverability",
+    re.IGNORECASE,
+)
+_COMMAND = re.compile(
+    r"\b(?:after|in reply to|while sending|during|at|on|with|response to)\s+(?:the\s+)?"
+    r"(RCPT TO|MAIL FROM|RCPT|MAIL|DATA|end of data|final DATA|HELO|EHLO|STARTTLS|initial connection|connect)",
+    re.IGNORECASE,
+)
+_COMMAND_NAMES = {"rcpt to": "RCPT", "mail from": "MAIL", "end of data": "DATA", "final data": "DATA",
+                  "initial connection": "CONN", "connect": "CONN"}  # fmt: skip
+
+
+def parse_bounce(raw: bytes) -> ParsedBounce:
+    """Read a message from the return path. Never raises."""
+    try:
+        return _parse(raw)
+    except Exception:  # a hostile or broken message must not stop the bounce mailbox
+        logger.exception("bounce: could not parse a message of %d bytes; treated as not a bounce", len(raw))
+        return ParsedBounce(BounceKind.NOT_BOUNCE)
+
+
+def _parse(raw: bytes) -> ParsedBounce:
+    message = read_message(raw)
+    original = original_headers(message.parts)
+    common = {
+        "original_message_id": _message_id(original.get("message-id", "")),
+        "original_envelope_sender": strip_address(original.get("return-path", "")) or None,
+    }
+    feedback = read_feedback_report(message)
+    if feedback is not None:
+        recipients = tuple(
+            BounceRecipient(address, "feedback", BounceClass.NONE, diagnostic=feedback.summary,
+                            remote_host=feedback.source_ip, feedback_type=feedback.feedback_type)
+            for address in feedback.recipients
+        )  # fmt: skip
+        return ParsedBounce(BounceKind.FEEDBACK, recipients, **common)
+    report = _report_text(message)
+    not_recipients = _not_recipients(message, original)
+    status_groups = [
+        group
+        for part in message.parts
+        if part.content_type in DSN_TYPES and not part.in_original
+        for group in read_status_fields(part.text).recipients
+    ]
+    if not status_groups and not _is_bounce_shaped(message, report):
+        if is_auto_reply(message):
+            return _auto_reply(message, **common)
+        return ParsedBounce(BounceKind.NOT_BOUNCE, **common)
+    if not status_groups:
+        # Some MTAs print the RFC 3464 fields in the text itself.
+        status_groups = list(read_status_fields(report).recipients)
+    scanned = scan_recipients(report, not_recipients)
+    if status_groups:
+        recipients = _from_status_groups(status_groups, scanned, message)
+    else:
+        failed_header = message.header("x-failed-recipients")
+        if failed_header:
+            named = {m.group(1).lower() for m in ADDRESS.finditer(failed_header)}
+            scanned = [r for r in scanned if r.address in named] or [
+                RecipientText(address, "") for address in sorted(named)
+            ]
+        recipients = [_from_text(found, message) for found in scanned]
+    recipients = [r for r in recipients if r is not None]
+    if not recipients:
+        if is_auto_reply(message):
+            return _auto_reply(message, **common)
+        return ParsedBounce(BounceKind.NOT_BOUNCE, **common)
+    reporting = read_status_fields(report).per_message.get("reporting-mta")
+    return ParsedBounce(BounceKind.DSN, tuple(_unique(recipients)), reporting_mta=reporting, **common)
+
+
+def _report_text(message: ReadMessage) -> str:
+    """The human-readable text of the report: its text parts outside the returned original (HTML
+    only when there is no plain text), cut where a copy of the original starts."""
+    own = [p for p in message.parts if not p.in_original]
+    plain = [p.text for p in own if p.content_type == "text/plain"]
+    if not "".join(plain).strip():
+        plain += [html_to_text(p.text) for p in own if p.content_type == "text/html"]
+    text = "\n".join(plain)[:MAX_REPORT_CHARS]
+    return cut_at_original(text)
+
+
+def _not_recipients(message: ReadMessage, original: dict[str, str]) -> set[str]:
+    """Addresses that are certainly not the failed recipient: who sent the original, and the
+    bounce's own sender."""
+    values = [message.header("to"), message.header("from"), message.header("return-path"),
+              message.header("reply-to"), original.get("from", ""), original.get("return-path", ""),
+              original.get("sender", ""), original.get("reply-to", "")]  # fmt: skip
+    return {m.group(1).lower() for value in values for m in ADDRESS.finditer(value)}
+
+
+def _is_bounce_shaped(message: ReadMessage, report: str) -> bool:
+    if message.header("x-failed-recipients"):
+        return True
+    if looks_like_feedback_text(report):
+        return False
+    sender = message.header("from")
+    sender_addresses = [m.group(1) for m in ADDRESS.finditer(sender)]
+    from_daemon = any(is_daemon_address(a) for a in sender_addresses) or bool(
+        re.search(r"mailer.?daemon|postmaster|mail delivery|delivery subsystem|mail administrator",
+                  sender, re.I))  # fmt: skip
+    subject_says = bool(_BOUNCE_SUBJECT.search(message.header("subject")))
+    null_sender = message.header("return-path").strip() in ("<>", "")
+    return from_daemon or subject_says or (null_sender and bool(re.search(
+        r"could not be delivered|undeliverable|delivery (?:has )?failed|permanent error", report, re.I)))
+
+
+def _from_status_groups(
+    groups: list[RecipientFields], scanned: list[RecipientText], message: ReadMessage
+) -> list[BounceRecipient | None]:
+    text_about = {found.address: found.text for found in scanned}
+    records: list[BounceRecipient | None] = []
+    for group in groups:
+        address = strip_address(group.address)
+        if not ADDRESS.fullmatch(address):
+            continue
+        diagnostic = " ".join(group.get("diagnostic-code").split())
+        said = text_about.get(address, "")
+        if not diagnostic:
+            diagnostic = said
+        status = group.get("status").split()[0] if group.get("status") else None
+        if status is not None and not re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", status):
+            status = None
+        in_text = find_status(diagnostic)
+        if in_text and (status is None or (status.endswith(".0.0") and in_text[0] == status[0])):
+            status = in_text
+        action = group.get("action").lower() or None
+        command = _command(diagnostic) or _command(said)
+        records.append(_record(address, status, diagnostic, action, command,
+                               group.get("remote-mta") or None, message))  # fmt: skip
+    return records
+
+
+def _from_text(found: RecipientText, message: ReadMessage) -> BounceRecipient | None:
+    return _record(found.address, find_status(found.text), found.text, None, _command(found.text), None,
+                   message)  # fmt: skip
+
+
+def _record(
+    address: str,
+    status: str | None,
+    diagnostic: str,
+    action: str | None,
+    command: str | None,
+    remote_host: str | None,
+    message: ReadMessage,
+) -> BounceRecipient:
+    reply_code = find_reply_code(diagnostic)
+    reason, _ = classify_reply(reply_code, status, diagnostic, command)
+    if action == "delayed" and reason in ("onhold", "undefined", "networkerror", "systemerror"):
+        reason = "expired"  # RFC 3464 §2.3.3: still queued after the reporting MTA's warning time
+    if action == "delivered" or (action in ("relayed", "expanded") and not (status or "").startswith(("4", "5"))):
+        reason = "delivered"
+    reason = adjust_for_provider(reason, message.header("from"), remote_host, diagnostic, status)
+    from postroom.bounces.model import class_of
+
+    return BounceRecipient(
+        address=address,
+        reason=reason,
+        bounce_class=class_of(reason, reply_code, status),
+        status=status,
+        reply_code=reply_code,
+        diagnostic=diagnostic[:2000],
+        remote_host=remote_host,
+        action=action,
+        smtp_command=command,
+    )
+
+
+def _command(text: str) -> str | None:
+    match = _COMMAND.search(text)
+    if not match:
+        return None
+    verb = match.group(1).lower()
+    return _COMMAND_NAMES.get(verb, verb.split()[0].upper())
+
+
+def _auto_reply(message: ReadMessage, **common: str | None) -> ParsedBounce:
+    sender = [m.group(1).lower() for m in ADDRESS.finditer(message.header("from"))]
+    recipients = tuple(BounceRecipient(a, "vacation", BounceClass.NONE) for a in sender[:1])
+    return ParsedBounce(BounceKind.AUTOREPLY, recipients, **common)  # type: ignore[arg-type]
+
+
+def _unique(records: list[BounceRecipient]) -> list[BounceRecipient]:
+    seen: dict[str, BounceRecipient] = {}
+    for record in records:
+        seen.setdefault(record.address, record)
+    return list(seen.values())
+
+
+def _message_id(value: str) -> str | None:
+    match = re.search(r"<([^<>\s]+)>", value)
+    return match.group(1) if match else (value.strip() or None)

@@ -1,0 +1,237 @@
+"""The phrase families of failure reasons: how servers say, in words, why a recipient failed.
+
+Each family is a reason name (Sisimai's) and one pattern of the wordings MTAs and providers use for
+it. Families are tried in `REASON_PHRASES` order, most specific first: "mailbox full" must win over
+a generic "rejected", and "listed at spamhaus" over "user". The patterns are deliberately about
+phrase *families* (verbs and nouns that travel together) rather than one server's exact sentence,
+so a bounce from a server never seen still lands in the right family.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+def _family(*alternatives: str) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{a})" for a in alternatives), re.IGNORECASE)
+
+
+_ACCOUNT = r"(?:account|mailbox|mail ?box|e-?mail address|address|user|recipient|addressee|inbox)"
+
+HAS_MOVED = _family(r"address (?:has )?(?:changed|moved)", r"has moved", r"no longer (?:at|with) this address")
+
+MESSAGE_TOO_BIG = _family(
+    r"message (?:size|length) (?:exceeds|too (?:big|large|long)|limit)",
+    r"message (?:is |was )?too (?:big|large|long)", r"too (?:big|large) (?:message|for)",
+    r"exceeds? (?:the )?(?:maximum|max|fixed|allowed) (?:message )?size",
+    r"mail size (?:limit|exceed)", r"size (?:limit )?exceed", r"message file too big",
+    r"larger than (?:the )?(?:maximum|allowed|fixed)",
+)  # fmt: skip
+
+EXCEED_LIMIT = _family(r"exceeds? (?:the )?(?:recipient's |recipients )?(?:size )?limit", r"limit exceeded")
+
+MAILBOX_FULL = _family(
+    rf"{_ACCOUNT} (?:is |was )?(?:full|over ?quota|overfull)", r"over ?quota", r"quota (?:exceeded|full|violation)",
+    r"exceed(?:ed|s)? (?:the |its |their |his |her |your |storage |disk |mailbox )*(?:storage |disk )?quota",
+    r"insufficient (?:disk |storage )?space", r"not enough (?:storage|space|disk)", r"full mailbox",
+    r"mailbox (?:size )?limit", r"storage (?:allocation|quota|limit)", r"out of storage",
+    r"(?:mailbox|inbox) (?:has )?exceeded", r"would exceed (?:the )?(?:mailbox|quota)",
+    r"is full", r"too many messages in (?:the |this )?mailbox", r"mailfolder is full", r"user is over",
+    r"disk quota", r"\bquota\b",
+)  # fmt: skip
+
+SUSPEND = _family(
+    rf"{_ACCOUNT} (?:has been |is |was )?(?:temporarily |currently )?(?:disabled|suspended|deactivated|inactive|"
+    r"locked|frozen|closed|terminated|expired|unavailable due|not active|blocked for)",
+    r"(?:disabled|suspended|deactivated|inactive|expired|closed|frozen|locked) (?:e-?mail )?(?:account|mailbox|user)",
+    r"no longer (?:active|in use|available|valid)", r"not (?:currently )?active",
+    r"temporarily (?:disabled|inactive|suspended)", r"mailbox (?:is )?inactive",
+)  # fmt: skip
+
+USER_UNKNOWN = _family(
+    r"user(?:name)? (?:is )?unknown", r"unknown (?:user|recipient|local[ -]?part|mailbox|account|e-?mail address|addressee|alias|address)",
+    r"no such (?:user|recipient|mailbox|account|address|local user|person|e-?mail)",
+    r"(?:recipient|user|mailbox|address|account|addressee|e-?mail)(?: address)? (?:does not|doesn'?t|did not|dose not|not) exist",
+    r"(?:recipient|user|mailbox|addressee|account)(?: address)? (?:not found|not known|unavailable|invalid|rejected)",
+    r"not (?:a )?(?:valid|known|existing) (?:user|recipient|mailbox|address|account)",
+    r"invalid (?:recipient|mailbox|e-?mail address|address|user|account)", r"user not (?:found|known)",
+    r"(?:no|not a) (?:valid )?(?:mailbox|recipient|user) (?:here|by that name|at|for)",
+    r"is not a valid mailbox", r"no account by that name", r"addressee unknown", r"unknown or illegal alias",
+    r"not our customer", r"bad (?:destination )?(?:recipient|mailbox|address)", r"recipient (?:no longer|not) (?:on|valid)",
+    r"doesn'?t have an? .{0,40}account", r"does not have an? .{0,40}account",
+    r"(?:mailbox|user|address) (?:is )?not (?:available|listed|here|registered)",
+    r"(?:not|no) (?:listed|found) in (?:the )?(?:address|recipient|directory)",
+    r"address rejected", r"undeliverable address", r"unknown address", r"unrouteable address",
+    r"no mailbox", r"user doesn'?t exist", r"mailbox unavailable", r"requested action not taken: mailbox",
+    r"non-?existent (?:user|recipient|mailbox|address)", r"recipient unknown", r"destination address unknown",
+    r"email account that you tried to reach does not exist", r"does not exist",
+    r"not exist",
+)  # fmt: skip
+
+HOST_UNKNOWN = _family(
+    r"host (?:or domain name )?not found", r"unknown (?:host|domain)", r"domain (?:name )?(?:not found|does not exist|doesn'?t exist|is invalid|unknown)",
+    r"no such (?:domain|host)", r"unrouteable (?:mail )?domain", r"name or service not known", r"host unknown",
+    r"no (?:mx|a|mx or a) records?", r"nxdomain", r"could not be resolved", r"illegal host/domain",
+    r"unable to resolve", r"invalid domain", r"domain (?:lookup|resolution) fail", r"hostname (?:lookup )?fail",
+    r"domain is not (?:found|known)",
+)  # fmt: skip
+
+NOT_ACCEPT = _family(r"does not accept (?:e-?)?mail", r"null mx", r"not accept(?:ing)? (?:any )?(?:e-?)?mail", r"accepts no mail")
+
+NO_RELAYING = _family(
+    r"relay(?:ing)? (?:access )?(?:denied|not (?:permitted|allowed))", r"(?:not permitted|unable|not allowed) to relay",
+    r"we do not relay", r"no relay", r"relay(?:ing)? (?:is )?prohibited", r"not a gateway", r"cannot relay",
+    r"isn'?t allowed to relay",
+)  # fmt: skip
+
+TOO_MANY_CONN = _family(
+    r"too many (?:connections|concurrent|simultaneous|sessions|smtp sessions)", r"connection (?:limit|rate limit) (?:exceeded|reached)",
+    r"exceeded (?:the )?(?:maximum )?number of (?:concurrent )?connections", r"too many (?:open )?connections",
+)  # fmt: skip
+
+SPEEDING = _family(
+    r"unusual rate", r"rate.?limit", r"too many (?:messages|e-?mails|mails|recipients) (?:in|per|from|for|too quickly|sent)",
+    r"sending rate", r"throttl", r"slow down", r"too fast", r"message rate",
+)  # fmt: skip
+
+REQUIRE_PTR = _family(
+    r"reverse (?:dns|lookup|dns entry|hostname)", r"\bptr\b", r"\brdns\b", r"cannot find your (?:reverse )?hostname",
+    r"does not have (?:a )?(?:valid )?(?:reverse|ptr)", r"(?:client|ip) (?:host|address) .{0,60}(?:unknown|not resolved|no ptr)",
+    r"unresolvable (?:ip|address|hostname)", r"not resolve (?:your|the) (?:ip|address)", r"hostname (?:of|for) (?:your|the) (?:ip|client)",
+)  # fmt: skip
+
+AUTH_FAILURE = _family(
+    r"\bspf\b", r"\bdkim\b", r"\bdmarc\b", r"sender policy framework", r"unauthenticated (?:e-?mail|message|sender)",
+    r"authentication (?:failed|failure|check)", r"(?:sender|domain) (?:is )?not authenticated", r"\b5\.7\.2[3-7]\b",
+)  # fmt: skip
+
+BAD_REPUTATION = _family(r"(?:bad|low|poor) (?:ip |domain |sender )?reputation", r"reputation")
+
+VIRUS = _family(r"virus", r"malware", r"infected", r"trojan", r"\bworm\b", r"dangerous (?:content|attachment)")
+
+SPAM = _family(
+    r"spam", r"junk (?:e-?)?mail", r"unsolicited", r"bulk (?:e-?)?mail", r"\buce\b", r"message content rejected",
+    r"content (?:was |has been )?(?:rejected|flagged|blocked)", r"classified as (?:spam|junk)", r"phishing",
+    r"suspicious", r"message (?:was |has been )?(?:identified|flagged) as",
+)  # fmt: skip
+
+BLOCKED = _family(
+    r"blacklist", r"black list", r"block ?list", r"listed (?:at|on|in|by)", r"\brbl\b", r"dnsbl", r"spamhaus", r"spamcop",
+    r"sorbs", r"barracuda", r"blocked (?:using|by|due|because|for)", r"(?:ip|host|address|network|client|server|sender ip|domain)"
+    r"(?: address)? (?:is |has been |was )?(?:blocked|blacklisted|banned|denied|not allowed)",
+    r"refused to talk", r"connection (?:refused|rejected|denied)", r"access denied", r"has been blocked",
+    r"\bblocked\b", r"service (?:unavailable|not available); client", r"client host .{0,80}rejected",
+    r"\bbanned\b", r"your (?:ip|host|server|network|address)",
+)  # fmt: skip
+
+FILTERED = _family(
+    r"filter(?:ed|ing)?\b", r"rejected by (?:the )?(?:recipient|user)", r"(?:recipient|user) (?:has )?(?:rejected|refused|blocked)",
+    r"refused by (?:the )?recipient", r"denied by (?:the )?recipient", r"not (?:accepting|authorized to receive|allowed to receive)",
+    r"(?:mail|messages?) (?:from you )?(?:is |are )?not accepted", r"does not (?:accept|receive) (?:messages|mail) from",
+    r"recipient .{0,40}(?:refuses|rejects)", r"not authorized to (?:send|post)", r"permission to post",
+)  # fmt: skip
+
+POLICY = _family(r"polic(?:y|ies)", r"prohibited", r"violat", r"not allowed by", r"not permitted by")
+
+SECURITY = _family(
+    r"tls (?:is )?required", r"must issue a starttls", r"encryption (?:is )?required", r"certificate", r"insecure",
+    r"authentication (?:is )?required", r"smtp auth", r"must (?:be )?authenticat", r"security (?:policy|reason)",
+    r"not (?:authorized|permitted) to send", r"sender (?:is )?not authorized", r"login (?:failed|required)",
+)  # fmt: skip
+
+FAILED_STARTTLS = _family(r"starttls (?:failed|failure|negotiation)", r"tls (?:handshake|negotiation) fail", r"could not start tls")
+
+REJECTED = _family(
+    r"sender .{0,60}(?:rejected|denied|refused|not allowed|blocked|unknown|invalid|not exist|verify fail)",
+    r"(?:domain of sender|sender address|sender domain|envelope sender|envelope from|from address|mail from|return path|return-path)"
+    r".{0,60}(?:rejected|denied|invalid|not exist|must exist|unverif|bad|not resolv|unknown)",
+    r"rejected sender", r"sender verif", r"bad sender", r"sender address rejected", r"mail from .{0,40}rejected",
+    r"unknown sender", r"invalid sender", r"sender (?:is )?(?:not|un)known",
+)  # fmt: skip
+
+SYNTAX = _family(r"syntax error", r"command unrecognized", r"unrecognized command", r"bad sequence", r"command not (?:implemented|recognized)")
+
+SYSTEM_FULL = _family(r"(?:disk|file ?system|spool|queue) (?:is )?full", r"insufficient system storage", r"out of disk", r"no space left")
+
+NOT_COMPLIANT = _family(
+    r"\brfc ?(?:5322|2822|822|5321|2821)\b", r"not (?:rfc|standard)[- ]compliant", r"duplicate (?:header|message-id)",
+    r"multiple (?:from|sender|date|subject|to)", r"header (?:is )?missing", r"missing (?:a )?(?:required )?(?:header|message-id|date|from)",
+    r"malformed", r"improper(?:ly)? (?:formatted|header)", r"does not conform",
+)  # fmt: skip
+
+CONTENT = _family(r"content (?:error|not acceptable|type)", r"invalid (?:header|mime|content|character)", r"8-?bit", r"\bmime\b", r"attachment")
+
+MAILER = _family(
+    r"mailer error", r"program (?:failed|error)", r"procmail", r"command (?:died|failed|output)", r"exit(?:ed)? (?:with|code|status)",
+    r"x-unix", r"pipe to", r"unknown mailer", r"local delivery failed", r"deliver to (?:the )?program", r"child process",
+)  # fmt: skip
+
+EXPIRED = _family(
+    r"(?:retry|queue|delivery|lifetime) (?:time|timeout|period|interval)? ?(?:exceeded|expired|reached)",
+    r"giving up", r"gave up", r"could not be delivered (?:for|within|after)", r"(?:message|mail) (?:has )?expired",
+    r"\bexpired\b", r"too long in (?:the )?queue", r"not (?:been )?delivered (?:for|within|after) \d+",
+    r"timeout exceeded", r"retry (?:timeout|limit)", r"max(?:imum)? (?:retries|retry count|delivery attempts)",
+    r"unable to deliver .{0,40}(?:for|within|after) \d+ (?:days|hours)", r"delivery (?:has )?failed after", r"queue ?time",
+)  # fmt: skip
+
+NETWORK = _family(
+    r"connection (?:timed out|refused|reset|closed|lost|dropped|failed)", r"network (?:error|unreachable|is unreachable)",
+    r"no route to host", r"timed? ?out", r"could not connect", r"unable to connect", r"connect(?:ion)? to .{0,80}(?:failed|lost)",
+    r"lost connection", r"host (?:is )?(?:down|unreachable)", r"dns (?:error|failure|timeout|problem)",
+    r"temporary (?:dns|name) (?:failure|resolution|error)", r"read error", r"broken pipe", r"conversation with .{0,80}(?:timed|failed)",
+    r"malformed or unexpected name server reply", r"name server (?:timeout|error)", r"servfail",
+)  # fmt: skip
+
+SYSTEM = _family(
+    r"system (?:error|failure|not available|problem)", r"internal (?:server )?error", r"server error", r"local error",
+    r"temporary (?:local )?(?:problem|failure|error)", r"mail (?:system|server) (?:error|problem)", r"loops? (?:back|detected)",
+    r"too many hops", r"mail loop", r"routing loop", r"configuration error", r"insufficient (?:system )?resources",
+    r"try again later", r"service (?:is )?(?:temporarily )?unavailable", r"i/o error", r"database error",
+)  # fmt: skip
+
+SUPPRESSED = _family(r"suppression list", r"suppressed")
+
+# Order: what identifies a reason unambiguously first; generic "rejected" / "blocked" words last.
+REASON_PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("suppressed", SUPPRESSED),
+    ("hasmoved", HAS_MOVED),
+    ("virusdetected", VIRUS),
+    ("authfailure", AUTH_FAILURE),
+    ("requireptr", REQUIRE_PTR),
+    ("notaccept", NOT_ACCEPT),
+    ("norelaying", NO_RELAYING),
+    ("toomanyconn", TOO_MANY_CONN),
+    ("mesgtoobig", MESSAGE_TOO_BIG),
+    ("mailboxfull", MAILBOX_FULL),
+    ("exceedlimit", EXCEED_LIMIT),
+    ("suspend", SUSPEND),
+    ("rejected", REJECTED),
+    ("userunknown", USER_UNKNOWN),
+    ("hostunknown", HOST_UNKNOWN),
+    ("badreputation", BAD_REPUTATION),
+    ("spamdetected", SPAM),
+    ("failedstarttls", FAILED_STARTTLS),
+    ("securityerror", SECURITY),
+    ("speeding", SPEEDING),
+    ("blocked", BLOCKED),
+    ("notcompliantrfc", NOT_COMPLIANT),
+    ("policyviolation", POLICY),
+    ("filtered", FILTERED),
+    ("syntaxerror", SYNTAX),
+    ("systemfull", SYSTEM_FULL),
+    ("mailererror", MAILER),
+    ("expired", EXPIRED),
+    ("networkerror", NETWORK),
+    ("systemerror", SYSTEM),
+    ("contenterror", CONTENT),
+)
+
+
+def reason_from_text(text: str) -> str | None:
+    """The first family whose wording appears in `text`, or None."""
+    if not text.strip():
+        return None
+    for reason, pattern in REASON_PHRASES:
+        if pattern.search(text):
+            return reason
+    return None
