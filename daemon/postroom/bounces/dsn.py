@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 _FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]{1,40})\s*:\s*(.*)$")
 _TYPED_VALUE = re.compile(r"^\s*(?:rfc822|smtp|dns|x-[a-z0-9-]+|utf-8|x400|unknown)\s*;\s*", re.I)
 RECIPIENT_FIELDS = ("final-recipient", "original-recipient", "x-actual-recipient")
+_PLAIN_ADDRESS = re.compile(r"[^@\s<>()\[\]:;,\"]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,9 @@ class RecipientFields:
 
     @property
     def address(self) -> str:
-        for name in ("final-recipient", "original-recipient", "x-actual-recipient"):
+        for name in RECIPIENT_FIELDS:
             value = self.fields.get(name, "")
-            if "@" in value:
+            if _PLAIN_ADDRESS.fullmatch(strip_address(value)):
                 return value
         return self.fields.get("final-recipient", "")
 
@@ -79,8 +80,9 @@ def _groups(text: str) -> list[dict[str, str]]:
         name = match.group(1).lower()
         value = _TYPED_VALUE.sub("", match.group(2)).strip()
         if name in current:
-            name = ""  # a repeated field inside one group: keep the first
-            continue
+            # A field repeated without a blank line between: a new group starts (seen from AOL).
+            groups.append(current)
+            current = {}
         current[name] = value
     if current:
         groups.append(current)

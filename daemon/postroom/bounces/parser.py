@@ -91,20 +91,25 @@ def _parse(raw: bytes) -> ParsedBounce:
     if not status_groups:
         # Some MTAs print the RFC 3464 fields in the text itself.
         status_groups = list(read_status_fields(report).recipients)
-    scanned = scan_recipients(report, not_recipients)
+    # The bounce's To is nearly always the original sender; only when nothing else is named is it
+    # the failed recipient too (a message to oneself).
+    own_to = {m.group(1).lower() for m in ADDRESS.finditer(message.header("to"))}
+    scanned = scan_recipients(report, not_recipients | own_to) or scan_recipients(report, not_recipients)
+    recipients: list[BounceRecipient | None] = []
     if status_groups:
         recipients = _from_status_groups(status_groups, scanned, message)
-    else:
+    if not any(recipients):
         failed_header = message.header("x-failed-recipients")
         if failed_header:
             named = {m.group(1).lower() for m in ADDRESS.finditer(failed_header)}
-            scanned = [r for r in scanned if r.address in named] or [
-                RecipientText(address, "") for address in sorted(named)
-            ]
+            # The MTA's own list of failed recipients (Exim, Google) is authoritative; the text
+            # only says why each failed.
+            said = {r.address: r.text for r in scanned}
+            scanned = [RecipientText(a, said.get(a, _report_body(report))) for a in sorted(named)]
         recipients = [_from_text(found, message) for found in scanned]
     recipients = [r for r in recipients if r is not None]
     if not recipients:
-        if is_auto_reply(message):
+        if is_auto_reply(message) and not _from_daemon(message):
             return _auto_reply(message, **common)
         return ParsedBounce(BounceKind.NOT_BOUNCE, **common)
     reporting = read_status_fields(report).per_message.get("reporting-mta")
@@ -115,19 +120,25 @@ def _report_text(message: ReadMessage) -> str:
     """The human-readable text of the report: its text parts outside the returned original (HTML
     only when there is no plain text), cut where a copy of the original starts."""
     own = [p for p in message.parts if not p.in_original]
-    plain = [p.text for p in own if p.content_type == "text/plain"]
+    # A multipart whose boundary is missing arrives as one leaf of type multipart/*: its text is
+    # the report as it stands.
+    plain = [p.text for p in own if p.content_type == "text/plain" or p.content_type.startswith("multipart/")]
     if not "".join(plain).strip():
         plain += [html_to_text(p.text) for p in own if p.content_type == "text/html"]
     text = "\n".join(plain)[:MAX_REPORT_CHARS]
     return cut_at_original(text)
 
 
+def _report_body(report: str) -> str:
+    return " ".join(report.split())[:2000]
+
+
 def _not_recipients(message: ReadMessage, original: dict[str, str]) -> set[str]:
     """Addresses that are certainly not the failed recipient: who sent the original, and the
     bounce's own sender."""
-    values = [message.header("to"), message.header("from"), message.header("return-path"),
-              message.header("reply-to"), original.get("from", ""), original.get("return-path", ""),
-              original.get("sender", ""), original.get("reply-to", "")]  # fmt: skip
+    values = [message.header("from"), message.header("return-path"), message.header("reply-to"),
+              original.get("from", ""), original.get("return-path", ""), original.get("sender", ""),
+              original.get("reply-to", "")]  # fmt: skip
     return {m.group(1).lower() for value in values for m in ADDRESS.finditer(value)}
 
 
@@ -136,15 +147,19 @@ def _is_bounce_shaped(message: ReadMessage, report: str) -> bool:
         return True
     if looks_like_feedback_text(report):
         return False
-    sender = message.header("from")
-    sender_addresses = [m.group(1) for m in ADDRESS.finditer(sender)]
-    from_daemon = any(is_daemon_address(a) for a in sender_addresses) or bool(
-        re.search(r"mailer.?daemon|postmaster|mail delivery|delivery subsystem|mail administrator",
-                  sender, re.I))  # fmt: skip
+    from_daemon = _from_daemon(message)
     subject_says = bool(_BOUNCE_SUBJECT.search(message.header("subject")))
     null_sender = message.header("return-path").strip() in ("<>", "")
     return from_daemon or subject_says or (null_sender and bool(re.search(
         r"could not be delivered|undeliverable|delivery (?:has )?failed|permanent error", report, re.I)))
+
+
+def _from_daemon(message: ReadMessage) -> bool:
+    sender = message.header("from")
+    if any(is_daemon_address(m.group(1)) for m in ADDRESS.finditer(sender)):
+        return True
+    return bool(re.search(r"mailer.?daemon|postmaster|mail delivery|delivery subsystem|"
+                          r"mail administrator", sender, re.I))  # fmt: skip
 
 
 def _from_status_groups(
