@@ -21,6 +21,7 @@ from postroom.bounces.dsn import RecipientFields, read_status_fields, strip_addr
 from postroom.bounces.mime import ReadMessage, html_to_text, original_headers, read_message
 from postroom.bounces.model import BounceClass, BounceKind, BounceRecipient, ParsedBounce
 from postroom.bounces.providers import adjust_for_provider
+from postroom.bounces.ses import read_ses_notification
 from postroom.bounces.text_scan import (
     ADDRESS,
     RecipientText,
@@ -77,6 +78,9 @@ def _parse(raw: bytes) -> ParsedBounce:
         )  # fmt: skip
         return ParsedBounce(BounceKind.FEEDBACK, recipients, **common)
     report = _report_text(message)
+    notification = read_ses_notification(report)
+    if notification is not None and notification.recipients:
+        return ParsedBounce(notification.kind, notification.recipients, **common)
     not_recipients = _not_recipients(message, original)
     status_groups = [
         group
