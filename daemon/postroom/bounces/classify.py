@@ -26,7 +26,9 @@ _REPLY_CODE = re.compile(r"(?<![\d.\-:/])([245][0-7]\d)(?:[ -]|$)(?![\d.]*\s*(?:
 
 # Codes that decide the reason by themselves (RFC 3463, RFC 7372, RFC 7505).
 _DECISIVE_STATUS = {
+    "1.2": "hostunknown",
     "1.6": "hasmoved",
+    "7.13": "suspend",
     "7.23": "authfailure",
     "7.24": "authfailure",
     "7.25": "requireptr",
@@ -105,16 +107,22 @@ _STATUS_MEANING = {
 _GENERIC_STATUS = frozenset({"0.0", "7.1", "7.0", "5.0", "1.0"})
 
 
+_CONNECTION_STAGE = frozenset({"HELO", "EHLO", "CONN", "CONNECT"})
+_ABOUT_A_MAILBOX = frozenset({"userunknown", "hostunknown", "mailboxfull", "suspend", "filtered", "exceedlimit", None})
+
+
 def find_status(text: str) -> str | None:
-    """The first RFC 3463 status code in `text` ("5.1.1"), if any."""
-    match = _STATUS.search(text)
-    return ".".join(match.groups()) if match else None
+    """The first failure (4.x.x, 5.x.x) RFC 3463 status code in `text`, else the first success
+    one: a transcript shows the 2.x.x replies that came before the refusal."""
+    found = [".".join(m.groups()) for m in _STATUS.finditer(text[:20000])]
+    return next((code for code in found if code[0] in "45"), found[0] if found else None)
 
 
 def find_reply_code(text: str) -> int | None:
-    """The first SMTP reply code in `text` (a 2yz/4yz/5yz number standing as a word)."""
-    match = _REPLY_CODE.search(text)
-    return int(match.group(1)) if match else None
+    """The first failure SMTP reply code in `text` (a 4yz/5yz number standing as a word), else the
+    first 2yz one."""
+    found = [int(m.group(1)) for m in _REPLY_CODE.finditer(text[:20000])]
+    return next((code for code in found if code >= 400), found[0] if found else None)
 
 
 def _subject_detail(status: str | None) -> str | None:
@@ -134,20 +142,25 @@ def reason_of(
     if key in _DECISIVE_STATUS:
         return _DECISIVE_STATUS[key]
     from_text = reason_from_text(diagnostic)
+    verb = (command or "").strip().upper()
+    if from_text == "userunknown" and verb == "DATA":
+        # Every recipient was accepted at RCPT; a refusal after the content is a filter's decision.
+        return "filtered"
+    if verb in ("MAIL", "MAIL FROM") and from_text in (None, "userunknown", "hostunknown", "onhold"):
+        return "rejected"  # a refusal of MAIL FROM is about the sender, not the recipient
+    if verb in _CONNECTION_STAGE and from_text in _ABOUT_A_MAILBOX:
+        return "blocked"  # before any address was sent, only the sending host can be refused
     if from_text is not None:
         return from_text
     if key is not None and key in _STATUS_MEANING and key not in _GENERIC_STATUS:
         return _STATUS_MEANING[key]
-    verb = (command or "").strip().upper()
-    if verb in ("MAIL", "MAIL FROM"):
-        return "rejected"
-    if verb in ("HELO", "EHLO", "CONN", "CONNECT"):
+    if verb in _CONNECTION_STAGE:
         return "blocked"
     if key is not None and key in _STATUS_MEANING:
         return _STATUS_MEANING[key]
     if verb in ("RCPT", "RCPT TO") and (reply_code or 0) >= 500:
         return "userunknown"
-    if reply_code is not None or status is not None or diagnostic.strip():
+    if reply_code is not None or status is not None:
         return "onhold"
     return "undefined"
 

@@ -20,6 +20,7 @@ from postroom.bounces.classify import classify_reply, find_reply_code, find_stat
 from postroom.bounces.dsn import RecipientFields, read_status_fields, strip_address
 from postroom.bounces.mime import ReadMessage, html_to_text, original_headers, read_message
 from postroom.bounces.model import BounceClass, BounceKind, BounceRecipient, ParsedBounce
+from postroom.bounces.phrases import reason_from_text
 from postroom.bounces.providers import adjust_for_provider
 from postroom.bounces.ses import read_ses_notification
 from postroom.bounces.text_scan import (
@@ -49,6 +50,7 @@ _COMMAND = re.compile(
     r"(RCPT TO|MAIL FROM|RCPT|MAIL|DATA|end of data|final DATA|HELO|EHLO|STARTTLS|initial connection|connect)",
     re.IGNORECASE,
 )
+_HELO_REFUSED = re.compile(r"my name was rejected|(?:helo|ehlo)\b.{0,40}(?:rejected|refused|denied)", re.I)
 _COMMAND_NAMES = {"rcpt to": "RCPT", "mail from": "MAIL", "end of data": "DATA", "final data": "DATA",
                   "initial connection": "CONN", "connect": "CONN"}  # fmt: skip
 
@@ -110,7 +112,7 @@ def _parse(raw: bytes) -> ParsedBounce:
             # only says why each failed.
             said = {r.address: r.text for r in scanned}
             scanned = [RecipientText(a, said.get(a, _report_body(report))) for a in sorted(named)]
-        recipients = [_from_text(found, message) for found in scanned]
+        recipients = [_from_text(found, message, report) for found in scanned]
     recipients = [r for r in recipients if r is not None]
     if not recipients:
         if is_auto_reply(message) and not _from_daemon(message):
@@ -186,15 +188,18 @@ def _from_status_groups(
         if in_text and (status is None or (status.endswith(".0.0") and in_text[0] == status[0])):
             status = in_text
         action = group.get("action").lower() or None
-        command = _command(diagnostic) or _command(said)
+        command = _command(diagnostic + "\n" + said)
         records.append(_record(address, status, diagnostic, action, command,
                                group.get("remote-mta") or None, message))  # fmt: skip
     return records
 
 
-def _from_text(found: RecipientText, message: ReadMessage) -> BounceRecipient | None:
-    return _record(found.address, find_status(found.text), found.text, None, _command(found.text), None,
-                   message)  # fmt: skip
+def _from_text(found: RecipientText, message: ReadMessage, report: str) -> BounceRecipient | None:
+    text = found.text
+    if find_status(text) is None and find_reply_code(text) is None and reason_from_text(text) is None:
+        # Some reports give the reason before the list of addresses (MailMarshal, Lotus Notes).
+        text = f"{text} {_report_body(report)}"
+    return _record(found.address, find_status(text), text, None, _command(text), None, message)
 
 
 def _record(
@@ -208,8 +213,10 @@ def _record(
 ) -> BounceRecipient:
     reply_code = find_reply_code(diagnostic)
     reason, _ = classify_reply(reply_code, status, diagnostic, command)
-    if action == "delayed" and reason in ("onhold", "undefined", "networkerror", "systemerror"):
-        reason = "expired"  # RFC 3464 §2.3.3: still queued after the reporting MTA's warning time
+    temporary = (status or "").startswith("4") or 400 <= (reply_code or 0) < 500
+    if action != "delayed" and temporary and reason in ("onhold", "undefined", "networkerror"):
+        # A temporary error in a final report: the MTA retried until the message's lifetime ran out.
+        reason = "expired"
     if action == "delivered" or (action in ("relayed", "expanded") and not (status or "").startswith(("4", "5"))):
         reason = "delivered"
     reason = adjust_for_provider(reason, message.header("from"), remote_host, diagnostic, status)
@@ -229,6 +236,12 @@ def _record(
 
 
 def _command(text: str) -> str | None:
+    # A session transcript (Sendmail, Courier): the last command sent before the refusal.
+    sent = re.findall(r">>> ([A-Za-z]{4})\b", text)
+    if sent:
+        return sent[-1].upper()
+    if _HELO_REFUSED.search(text):
+        return "HELO"
     match = _COMMAND.search(text)
     if not match:
         return None

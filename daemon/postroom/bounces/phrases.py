@@ -45,7 +45,7 @@ SUSPEND = _family(
     r"locked|frozen|closed|terminated|expired|unavailable due|not active|blocked for)",
     r"(?:disabled|suspended|deactivated|inactive|expired|closed|frozen|locked) (?:e-?mail )?(?:account|mailbox|user)",
     r"no longer (?:active|in use|available|valid)", r"not (?:currently )?active",
-    r"temporarily (?:disabled|inactive|suspended)", r"mailbox (?:is )?inactive",
+    r"temporar(?:y|ily) (?:disabled|inactive|suspended|locked)", r"mailbox (?:is )?inactive", r"disabled recipient",
 )  # fmt: skip
 
 USER_UNKNOWN = _family(
@@ -61,7 +61,9 @@ USER_UNKNOWN = _family(
     r"doesn'?t have an? .{0,40}account", r"does not have an? .{0,40}account",
     r"(?:mailbox|user|address) (?:is )?not (?:available|listed|here|registered)",
     r"(?:not|no) (?:listed|found) in (?:the )?(?:address|recipient|directory)",
-    r"address rejected", r"undeliverable address", r"unknown address", r"unrouteable address",
+    r"undeliverable address", r"unknown address", r"invalid (?:final delivery )?userid",
+    r"address (?:couldn'?t|could not|cannot|can'?t) be found", r"not listed in (?:the )?(?:public )?(?:name|address|directory)",
+    r"check (?:if|that|whether) (?:the )?(?:e-?mail )?address is correct",
     r"no mailbox", r"user doesn'?t exist", r"mailbox unavailable", r"requested action not taken: mailbox",
     r"non-?existent (?:user|recipient|mailbox|address)", r"recipient unknown", r"destination address unknown",
     r"email account that you tried to reach does not exist", r"does not exist",
@@ -70,38 +72,44 @@ USER_UNKNOWN = _family(
 
 HOST_UNKNOWN = _family(
     r"host (?:or domain name )?not found", r"unknown (?:host|domain)", r"domain (?:name )?(?:not found|does not exist|doesn'?t exist|is invalid|unknown)",
-    r"no such (?:domain|host)", r"unrouteable (?:mail )?domain", r"name or service not known", r"host unknown",
-    r"no (?:mx|a|mx or a) records?", r"nxdomain", r"could not be resolved", r"illegal host/domain",
+    r"no such (?:domain|host)", r"unrouteable (?:mail )?(?:domain|address)", r"domain (?:is )?(?:not reachable|unreachable)", r"name or service not known", r"host unknown",
+    r"nxdomain", r"could not be resolved", r"illegal host/domain",
     r"unable to resolve", r"invalid domain", r"domain (?:lookup|resolution) fail", r"hostname (?:lookup )?fail",
     r"domain is not (?:found|known)",
 )  # fmt: skip
 
-NOT_ACCEPT = _family(r"does not accept (?:e-?)?mail", r"null mx", r"not accept(?:ing)? (?:any )?(?:e-?)?mail", r"accepts no mail")
+NOT_ACCEPT = _family(
+    r"does not accept (?:e-?)?mail", r"null mx", r"not accept(?:ing)? (?:any )?(?:e-?)?mail", r"accepts no mail",
+    r"no smtp service", r"no mx (?:record )?(?:found )?for", r"no mx records?",
+)  # fmt: skip
 
 NO_RELAYING = _family(
     r"relay(?:ing)? (?:access )?(?:denied|not (?:permitted|allowed))", r"(?:not permitted|unable|not allowed) to relay",
     r"we do not relay", r"no relay", r"relay(?:ing)? (?:is )?prohibited", r"not a gateway", r"cannot relay",
-    r"isn'?t allowed to relay",
+    r"isn'?t allowed to relay", r"(?:not|isn'?t) (?:configured|allowed|permitted|authorized) to relay",
 )  # fmt: skip
 
 TOO_MANY_CONN = _family(
     r"too many (?:connections|concurrent|simultaneous|sessions|smtp sessions)", r"connection (?:limit|rate limit) (?:exceeded|reached)",
     r"exceeded (?:the )?(?:maximum )?number of (?:concurrent )?connections", r"too many (?:open )?connections",
+    r"connection frequency", r"too many recipients",
 )  # fmt: skip
 
 SPEEDING = _family(
-    r"unusual rate", r"rate.?limit", r"too many (?:messages|e-?mails|mails|recipients) (?:in|per|from|for|too quickly|sent)",
+    r"unusual rate", r"rate.?limit", r"too many (?:messages|e-?mails|mails|recipients) (?:in|per|from|for|too quickly|sent|this)",
+    r"sent (?:to )?too many",
     r"sending rate", r"throttl", r"slow down", r"too fast", r"message rate",
 )  # fmt: skip
 
 REQUIRE_PTR = _family(
     r"reverse (?:dns|lookup|dns entry|hostname)", r"\bptr\b", r"\brdns\b", r"cannot find your (?:reverse )?hostname",
     r"does not have (?:a )?(?:valid )?(?:reverse|ptr)", r"(?:client|ip) (?:host|address) .{0,60}(?:unknown|not resolved|no ptr)",
-    r"unresolvable (?:ip|address|hostname)", r"not resolve (?:your|the) (?:ip|address)", r"hostname (?:of|for) (?:your|the) (?:ip|client)",
+    r"unresolvable (?:ip|address|hostname)", r"mismatch(?:es)? (?:the )?client ip", r"not resolve (?:your|the) (?:ip|address)", r"hostname (?:of|for) (?:your|the) (?:ip|client)",
 )  # fmt: skip
 
 AUTH_FAILURE = _family(
-    r"\bspf\b", r"\bdkim\b", r"\bdmarc\b", r"sender policy framework", r"unauthenticated (?:e-?mail|message|sender)",
+    r"\bspf\b", r"\bdkim\b", r"\bdmarc\b", r"sender policy framework", r"unauthenticated (?:e-?mail|message)",
+    r"authentication information", r"fails? to pass authentication",
     r"authentication (?:failed|failure|check)", r"(?:sender|domain) (?:is )?not authenticated", r"\b5\.7\.2[3-7]\b",
 )  # fmt: skip
 
@@ -119,7 +127,7 @@ BLOCKED = _family(
     r"blacklist", r"black list", r"block ?list", r"listed (?:at|on|in|by)", r"\brbl\b", r"dnsbl", r"spamhaus", r"spamcop",
     r"sorbs", r"barracuda", r"blocked (?:using|by|due|because|for)", r"(?:ip|host|address|network|client|server|sender ip|domain)"
     r"(?: address)? (?:is |has been |was )?(?:blocked|blacklisted|banned|denied|not allowed)",
-    r"refused to talk", r"connection (?:refused|rejected|denied)", r"access denied", r"has been blocked",
+    r"refused to talk", r"connection (?:refused|rejected|denied)", r"has been blocked", r"not accepting connections",
     r"\bblocked\b", r"service (?:unavailable|not available); client", r"client host .{0,80}rejected",
     r"\bbanned\b", r"your (?:ip|host|server|network|address)",
 )  # fmt: skip
@@ -133,10 +141,21 @@ FILTERED = _family(
 
 POLICY = _family(r"polic(?:y|ies)", r"prohibited", r"violat", r"not allowed by", r"not permitted by")
 
+# Refusals of the sending host by address: a block, whatever else the text says.
+BLOCKED_HOST = _family(
+    r"\b(?:client|source|sending)?\s?(?:ip|host)(?: address)?\b.{0,30}\b(?:blocked|bloquee|blacklisted|banned|denylisted)",
+    r"messages from \[?\d{1,3}(?:\.\d{1,3}){3}\]? (?:weren'?t|were not|are not|have not been) (?:sent|accepted)",
+    r"invalid ip for sending",
+)  # fmt: skip
+
+# Content refusals that providers word systematically as a policy matter.
+POLICY_STRONG = _family(r"potential security issue", r"header error")
+
 SECURITY = _family(
     r"tls (?:is )?required", r"must issue a starttls", r"encryption (?:is )?required", r"certificate", r"insecure",
     r"authentication (?:is )?required", r"smtp auth", r"must (?:be )?authenticat", r"security (?:policy|reason)",
     r"not (?:authorized|permitted) to send", r"sender (?:is )?not authorized", r"login (?:failed|required)",
+    r"unauthenticated senders?",
 )  # fmt: skip
 
 FAILED_STARTTLS = _family(r"starttls (?:failed|failure|negotiation)", r"tls (?:handshake|negotiation) fail", r"could not start tls")
@@ -146,17 +165,19 @@ REJECTED = _family(
     r"(?:domain of sender|sender address|sender domain|envelope sender|envelope from|from address|mail from|return path|return-path)"
     r".{0,60}(?:rejected|denied|invalid|not exist|must exist|unverif|bad|not resolv|unknown)",
     r"rejected sender", r"sender verif", r"bad sender", r"sender address rejected", r"mail from .{0,40}rejected",
-    r"unknown sender", r"invalid sender", r"sender (?:is )?(?:not|un)known",
+    r"unknown sender", r"invalid sender", r"sender (?:is )?(?:not|un)known", r"access denied",
+    r"purported responsible address",
 )  # fmt: skip
 
-SYNTAX = _family(r"syntax error", r"command unrecognized", r"unrecognized command", r"bad sequence", r"command not (?:implemented|recognized)")
+SYNTAX = _family(r"syntax error", r"malformed (?:recipient |sender )?address", r"command unrecognized", r"unrecognized command", r"bad sequence", r"command not (?:implemented|recognized)")
 
 SYSTEM_FULL = _family(r"(?:disk|file ?system|spool|queue) (?:is )?full", r"insufficient system storage", r"out of disk", r"no space left")
 
 NOT_COMPLIANT = _family(
-    r"\brfc ?(?:5322|2822|822|5321|2821)\b", r"not (?:rfc|standard)[- ]compliant", r"duplicate (?:header|message-id)",
+    r"\brfc ?(?:5322|2822|5321|2821)\b", r"not (?:rfc|standard)[- ]compliant", r"duplicate (?:header|message-id)",
+    r"multiple addresses in (?:the )?(?:from|sender|to)",
     r"multiple (?:from|sender|date|subject|to)", r"header (?:is )?missing", r"missing (?:a )?(?:required )?(?:header|message-id|date|from)",
-    r"malformed", r"improper(?:ly)? (?:formatted|header)", r"does not conform",
+    r"improper(?:ly)? (?:formatted|header)", r"does not conform",
 )  # fmt: skip
 
 CONTENT = _family(r"content (?:error|not acceptable|type)", r"invalid (?:header|mime|content|character)", r"8-?bit", r"\bmime\b", r"attachment")
@@ -166,9 +187,17 @@ MAILER = _family(
     r"x-unix", r"pipe to", r"unknown mailer", r"local delivery failed", r"deliver to (?:the )?program", r"child process",
 )  # fmt: skip
 
+# Wordings that say the message waited in a queue until its lifetime ran out, whatever the last
+# attempt's error was.
+EXPIRED_STRONG = _family(
+    r"(?:message|mail) (?:has )?expired", r"(?:in|on) the queue too long", r"too long in (?:the )?queue",
+    r"still undelivered after", r"will be retried for \d+ more", r"(?:all )?hosts? (?:have|has) been failing for a long time",
+    r"retry time (?:not reached|exceeded) for (?:any|all) host", r"delivery time expired",
+)  # fmt: skip
+
 EXPIRED = _family(
     r"(?:retry|queue|delivery|lifetime) (?:time|timeout|period|interval)? ?(?:exceeded|expired|reached)",
-    r"giving up", r"gave up", r"could not be delivered (?:for|within|after)", r"(?:message|mail) (?:has )?expired",
+    r"could not be delivered (?:for|within|after)",
     r"\bexpired\b", r"too long in (?:the )?queue", r"not (?:been )?delivered (?:for|within|after) \d+",
     r"timeout exceeded", r"retry (?:timeout|limit)", r"max(?:imum)? (?:retries|retry count|delivery attempts)",
     r"unable to deliver .{0,40}(?:for|within|after) \d+ (?:days|hours)", r"delivery (?:has )?failed after", r"queue ?time",
@@ -180,50 +209,59 @@ NETWORK = _family(
     r"lost connection", r"host (?:is )?(?:down|unreachable)", r"dns (?:error|failure|timeout|problem)",
     r"temporary (?:dns|name) (?:failure|resolution|error)", r"read error", r"broken pipe", r"conversation with .{0,80}(?:timed|failed)",
     r"malformed or unexpected name server reply", r"name server (?:timeout|error)", r"servfail",
+    r"too many hops", r"hop count exceeded", r"mail loop", r"routing loop", r"loops? (?:back|detected)",
+    r"host name lookup failure",
 )  # fmt: skip
 
 SYSTEM = _family(
     r"system (?:error|failure|not available|problem)", r"internal (?:server )?error", r"server error", r"local error",
-    r"temporary (?:local )?(?:problem|failure|error)", r"mail (?:system|server) (?:error|problem)", r"loops? (?:back|detected)",
-    r"too many hops", r"mail loop", r"routing loop", r"configuration error", r"insufficient (?:system )?resources",
-    r"try again later", r"service (?:is )?(?:temporarily )?unavailable", r"i/o error", r"database error",
+    r"temporary (?:local )?(?:problem|failure|error)", r"mail (?:system|server) (?:error|problem)",
+    r"configuration error", r"insufficient (?:system )?resources",
+    r"try again later", r"service (?:is )?(?:currently |temporarily )?unavailable", r"i/o error", r"database error",
+    r"transaction failed", r"operating system error", r"queue file write error",
 )  # fmt: skip
 
 SUPPRESSED = _family(r"suppression list", r"suppressed")
 
+ON_HOLD = _family(r"\bon hold\b")
+
 # Order: what identifies a reason unambiguously first; generic "rejected" / "blocked" words last.
 REASON_PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("suppressed", SUPPRESSED),
+    ("expired", EXPIRED_STRONG),
     ("hasmoved", HAS_MOVED),
     ("virusdetected", VIRUS),
+    ("policyviolation", POLICY_STRONG),
+    ("notcompliantrfc", NOT_COMPLIANT),
     ("authfailure", AUTH_FAILURE),
     ("requireptr", REQUIRE_PTR),
     ("notaccept", NOT_ACCEPT),
     ("norelaying", NO_RELAYING),
+    ("speeding", SPEEDING),
     ("toomanyconn", TOO_MANY_CONN),
-    ("mesgtoobig", MESSAGE_TOO_BIG),
+    ("blocked", BLOCKED_HOST),
     ("mailboxfull", MAILBOX_FULL),
+    ("mesgtoobig", MESSAGE_TOO_BIG),
     ("exceedlimit", EXCEED_LIMIT),
     ("suspend", SUSPEND),
     ("rejected", REJECTED),
-    ("userunknown", USER_UNKNOWN),
     ("hostunknown", HOST_UNKNOWN),
+    ("userunknown", USER_UNKNOWN),
+    ("syntaxerror", SYNTAX),
     ("badreputation", BAD_REPUTATION),
     ("spamdetected", SPAM),
     ("failedstarttls", FAILED_STARTTLS),
     ("securityerror", SECURITY),
-    ("speeding", SPEEDING),
     ("blocked", BLOCKED),
-    ("notcompliantrfc", NOT_COMPLIANT),
     ("policyviolation", POLICY),
     ("filtered", FILTERED),
-    ("syntaxerror", SYNTAX),
     ("systemfull", SYSTEM_FULL),
     ("mailererror", MAILER),
     ("expired", EXPIRED),
     ("networkerror", NETWORK),
     ("systemerror", SYSTEM),
     ("contenterror", CONTENT),
+    ("onhold", ON_HOLD),
 )
 
 
