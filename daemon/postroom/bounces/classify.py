@@ -108,7 +108,9 @@ _GENERIC_STATUS = frozenset({"0.0", "7.1", "7.0", "5.0", "1.0"})
 
 
 _CONNECTION_STAGE = frozenset({"HELO", "EHLO", "CONN", "CONNECT"})
-_ABOUT_A_MAILBOX = frozenset({"userunknown", "hostunknown", "mailboxfull", "suspend", "filtered", "exceedlimit", None})
+_ABOUT_A_MAILBOX = frozenset(
+    {"userunknown", "hostunknown", "mailboxfull", "suspend", "filtered", "exceedlimit", "rejected", None}
+)
 
 
 def find_status(text: str) -> str | None:

@@ -214,12 +214,13 @@ def _record(
     reply_code = find_reply_code(diagnostic)
     reason, _ = classify_reply(reply_code, status, diagnostic, command)
     temporary = (status or "").startswith("4") or 400 <= (reply_code or 0) < 500
-    if action != "delayed" and temporary and reason in ("onhold", "undefined", "networkerror"):
+    worded_as_network = reason == "networkerror" and reason_from_text(diagnostic) == "networkerror"
+    if action != "delayed" and temporary and (reason in ("onhold", "undefined") or worded_as_network):
         # A temporary error in a final report: the MTA retried until the message's lifetime ran out.
         reason = "expired"
     if action == "delivered" or (action in ("relayed", "expanded") and not (status or "").startswith(("4", "5"))):
         reason = "delivered"
-    reason = adjust_for_provider(reason, message.header("from"), remote_host, diagnostic, status)
+    reason = adjust_for_provider(reason, address, message.header("from"), remote_host, diagnostic, status)
     from postroom.bounces.model import class_of
 
     return BounceRecipient(
@@ -235,11 +236,28 @@ def _record(
     )
 
 
+def _transcript_command(text: str) -> str | None:
+    """The command a session transcript (Sendmail, Courier: ">>> CMD" / "<<< reply") shows
+    refused: the last one sent before the first failure reply. With pipelining (RFC 2920) the
+    replies to RCPT arrive after DATA was sent, which shows as more than one reply to DATA."""
+    sent: str | None = None
+    lines = text.splitlines() if "\n" in text else re.split(r"(?=>>> |<<< )", text)
+    for index, line in enumerate(lines):
+        line = line.strip()
+        if line.startswith(">>> "):
+            sent = (line[4:].split() or [""])[0].upper()
+        elif line.startswith("<<< ") and re.match(r"<<< [45]\d\d", line) and sent:
+            replies = [l for l in lines[index + 1 :] if l.strip().startswith("<<< ")]
+            if sent == "DATA" and replies:
+                return "RCPT"
+            return sent
+    return None
+
+
 def _command(text: str) -> str | None:
-    # A session transcript (Sendmail, Courier): the last command sent before the refusal.
-    sent = re.findall(r">>> ([A-Za-z]{4})\b", text)
-    if sent:
-        return sent[-1].upper()
+    transcript = _transcript_command(text)
+    if transcript is not None:
+        return transcript
     if _HELO_REFUSED.search(text):
         return "HELO"
     match = _COMMAND.search(text)

@@ -37,7 +37,7 @@ MAILBOX_FULL = _family(
     r"mailbox (?:size )?limit", r"storage (?:allocation|quota|limit)", r"out of storage",
     r"(?:mailbox|inbox) (?:has )?exceeded", r"would exceed (?:the )?(?:mailbox|quota)",
     r"is full", r"too many messages in (?:the |this )?mailbox", r"mailfolder is full", r"user is over",
-    r"disk quota", r"\bquota\b",
+    r"disk quota", r"\bquota\b", r"mailbox exceeds",
 )  # fmt: skip
 
 SUSPEND = _family(
@@ -52,7 +52,8 @@ USER_UNKNOWN = _family(
     r"user(?:name)? (?:is )?unknown", r"unknown (?:user|recipient|local[ -]?part|mailbox|account|e-?mail address|addressee|alias|address)",
     r"no such (?:user|recipient|mailbox|account|address|local user|person|e-?mail)",
     r"(?:recipient|user|mailbox|address|account|addressee|e-?mail)(?: address)? (?:does not|doesn'?t|did not|dose not|not) exist",
-    r"(?:recipient|user|mailbox|addressee|account)(?: address)? (?:not found|not known|unavailable|invalid|rejected)",
+    r"(?:recipient|user|mailbox|addressee|account)(?: address)? (?:not found|not known|unavailable|invalid)",
+    r"and other recipients in the same domain",
     r"not (?:a )?(?:valid|known|existing) (?:user|recipient|mailbox|address|account)",
     r"invalid (?:recipient|mailbox|e-?mail address|address|user|account)", r"user not (?:found|known)",
     r"(?:no|not a) (?:valid )?(?:mailbox|recipient|user) (?:here|by that name|at|for)",
@@ -86,13 +87,13 @@ NOT_ACCEPT = _family(
 NO_RELAYING = _family(
     r"relay(?:ing)? (?:access )?(?:denied|not (?:permitted|allowed))", r"(?:not permitted|unable|not allowed) to relay",
     r"we do not relay", r"no relay", r"relay(?:ing)? (?:is )?prohibited", r"not a gateway", r"cannot relay",
-    r"isn'?t allowed to relay", r"(?:not|isn'?t) (?:configured|allowed|permitted|authorized) to relay",
+    r"isn'?t allowed to relay", r"e-?mail address is not verified", r"(?:not|isn'?t) (?:configured|allowed|permitted|authorized) to relay",
 )  # fmt: skip
 
 TOO_MANY_CONN = _family(
     r"too many (?:connections|concurrent|simultaneous|sessions|smtp sessions)", r"connection (?:limit|rate limit) (?:exceeded|reached)",
     r"exceeded (?:the )?(?:maximum )?number of (?:concurrent )?connections", r"too many (?:open )?connections",
-    r"connection frequency", r"too many recipients",
+    r"connection frequency", r"(?<!to )too many recipients(?! (?:this|per|in|each))", r"connection rate limit",
 )  # fmt: skip
 
 SPEEDING = _family(
@@ -145,11 +146,11 @@ POLICY = _family(r"polic(?:y|ies)", r"prohibited", r"violat", r"not allowed by",
 BLOCKED_HOST = _family(
     r"\b(?:client|source|sending)?\s?(?:ip|host)(?: address)?\b.{0,30}\b(?:blocked|bloquee|blacklisted|banned|denylisted)",
     r"messages from \[?\d{1,3}(?:\.\d{1,3}){3}\]? (?:weren'?t|were not|are not|have not been) (?:sent|accepted)",
-    r"invalid ip for sending",
+    r"invalid ip for sending", r"banned (?:sending )?ip",
 )  # fmt: skip
 
 # Content refusals that providers word systematically as a policy matter.
-POLICY_STRONG = _family(r"potential security issue", r"header error")
+POLICY_STRONG = _family(r"content presents a potential", r"potential security issue", r"header error")
 
 SECURITY = _family(
     r"tls (?:is )?required", r"must issue a starttls", r"encryption (?:is )?required", r"certificate", r"insecure",
@@ -191,7 +192,7 @@ MAILER = _family(
 # attempt's error was.
 EXPIRED_STRONG = _family(
     r"(?:message|mail) (?:has )?expired", r"(?:in|on) the queue too long", r"too long in (?:the )?queue",
-    r"still undelivered after", r"will be retried for \d+ more", r"(?:all )?hosts? (?:have|has) been failing for a long time",
+    r"still undelivered after", r"will be retried for \d+ more", r"did not accept our requests to connect", r"(?:all )?hosts? (?:have|has) been failing for a long time",
     r"retry time (?:not reached|exceeded) for (?:any|all) host", r"delivery time expired",
 )  # fmt: skip
 
@@ -210,7 +211,7 @@ NETWORK = _family(
     r"temporary (?:dns|name) (?:failure|resolution|error)", r"read error", r"broken pipe", r"conversation with .{0,80}(?:timed|failed)",
     r"malformed or unexpected name server reply", r"name server (?:timeout|error)", r"servfail",
     r"too many hops", r"hop count exceeded", r"mail loop", r"routing loop", r"loops? (?:back|detected)",
-    r"host name lookup failure",
+    r"host name lookup failure", r"establish an? (?:smtp )?connection",
 )  # fmt: skip
 
 SYSTEM = _family(
@@ -228,7 +229,6 @@ ON_HOLD = _family(r"\bon hold\b")
 # Order: what identifies a reason unambiguously first; generic "rejected" / "blocked" words last.
 REASON_PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("suppressed", SUPPRESSED),
-    ("expired", EXPIRED_STRONG),
     ("hasmoved", HAS_MOVED),
     ("virusdetected", VIRUS),
     ("policyviolation", POLICY_STRONG),
@@ -237,8 +237,8 @@ REASON_PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("requireptr", REQUIRE_PTR),
     ("notaccept", NOT_ACCEPT),
     ("norelaying", NO_RELAYING),
-    ("speeding", SPEEDING),
     ("toomanyconn", TOO_MANY_CONN),
+    ("speeding", SPEEDING),
     ("blocked", BLOCKED_HOST),
     ("mailboxfull", MAILBOX_FULL),
     ("mesgtoobig", MESSAGE_TOO_BIG),
@@ -259,16 +259,22 @@ REASON_PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("mailererror", MAILER),
     ("expired", EXPIRED),
     ("networkerror", NETWORK),
+    ("expired", EXPIRED_STRONG),
     ("systemerror", SYSTEM),
     ("contenterror", CONTENT),
     ("onhold", ON_HOLD),
 )
 
 
+# The code prefix of each line of a multi-line reply ("550-5.7.1 "), which splits phrases in two.
+_REPLY_PREFIX = re.compile(r"(?<![\w.])[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}\s+)?")
+
+
 def reason_from_text(text: str) -> str | None:
     """The first family whose wording appears in `text`, or None."""
     if not text.strip():
         return None
+    text = " ".join(_REPLY_PREFIX.sub(" ", text).split())
     for reason, pattern in REASON_PHRASES:
         if pattern.search(text):
             return reason

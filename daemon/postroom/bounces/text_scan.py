@@ -90,6 +90,7 @@ def scan_recipients(report: str, not_recipients: set[str]) -> list[RecipientText
     not a daemon's address and not inside a header-like line (Message-ID, Received, From).
     """
     candidates: list[tuple[int, str]] = []
+    named_otherwise: set[str] = set()
     for position, address in addresses_in(report):
         if address in not_recipients or is_daemon_address(address):
             continue
@@ -97,8 +98,10 @@ def scan_recipients(report: str, not_recipients: set[str]) -> list[RecipientText
         if _HEADER_LIKE_LINE.match(line) or _looks_like_message_id(report, position):
             continue
         if _NOT_A_RECIPIENT_CONTEXT.search(report[max(0, position - 48) : position]):
+            named_otherwise.add(address)
             continue
         candidates.append((position, address))
+    candidates = [(position, address) for position, address in candidates if address not in named_otherwise]
     found: list[RecipientText] = []
     first_position: dict[str, int] = {}
     for position, address in candidates:
