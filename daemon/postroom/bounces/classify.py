@@ -145,9 +145,14 @@ def reason_of(
         return _DECISIVE_STATUS[key]
     from_text = reason_from_text(diagnostic)
     verb = (command or "").strip().upper()
-    if from_text == "userunknown" and verb == "DATA":
-        # Every recipient was accepted at RCPT; a refusal after the content is a filter's decision.
-        return "filtered"
+    if from_text == "userunknown" and verb != "RCPT" and not (key or "").startswith("1."):
+        # "No such user" is believed when it answers RCPT TO, carries an address status (X.1.x)
+        # or nothing says otherwise. Said after DATA (every recipient was accepted at RCPT), or
+        # with a mailbox status (X.2.x: the mailbox exists), it is a filter refusing this sender
+        # or this content with a stock phrase: Sisimai's reading too, and the safer one (a
+        # filtered address is not suppressed for good).
+        if verb == "DATA" or (key or "").startswith("2."):
+            return "filtered"
     if verb in ("MAIL", "MAIL FROM") and from_text in (None, "userunknown", "hostunknown", "onhold"):
         return "rejected"  # a refusal of MAIL FROM is about the sender, not the recipient
     if verb in _CONNECTION_STAGE and from_text in _ABOUT_A_MAILBOX:

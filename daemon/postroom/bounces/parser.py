@@ -47,9 +47,11 @@ _BOUNCE_SUBJECT = re.compile(
 )
 _COMMAND = re.compile(
     r"\b(?:after|in reply to|while sending|during|at|on|with|response to)\s+(?:the\s+)?"
-    r"(RCPT TO|MAIL FROM|RCPT|MAIL|DATA|end of data|final DATA|HELO|EHLO|STARTTLS|initial connection|connect)",
+    r"(RCPT TO|MAIL FROM|RCPT|MAIL|DATA|end of data|final DATA|HELO|EHLO|STARTTLS|initial connection|connect)\b"
+    r"|\bSMTP command:?\s*(RCPT|MAIL|DATA|HELO|EHLO)\b",
     re.IGNORECASE,
 )
+_RCPT_REFUSED = re.compile(r"does not like recipient|\[RCPT_TO\]|RCPT TO:?\s*<[^>]*>\s*(?:\.{3}|:)?\s*[45]\d\d", re.I)
 _HELO_REFUSED = re.compile(r"my name was rejected|(?:helo|ehlo)\b.{0,40}(?:rejected|refused|denied)", re.I)
 _COMMAND_NAMES = {"rcpt to": "RCPT", "mail from": "MAIL", "end of data": "DATA", "final data": "DATA",
                   "initial connection": "CONN", "connect": "CONN"}  # fmt: skip
@@ -238,18 +240,15 @@ def _record(
 
 def _transcript_command(text: str) -> str | None:
     """The command a session transcript (Sendmail, Courier: ">>> CMD" / "<<< reply") shows
-    refused: the last one sent before the first failure reply. With pipelining (RFC 2920) the
-    replies to RCPT arrive after DATA was sent, which shows as more than one reply to DATA."""
+    refused: the last one sent before the first failure reply. (With pipelining, RFC 2920, that
+    may be DATA for a refused RCPT; the classifier trusts an X.1.x status over the command.)"""
     sent: str | None = None
-    lines = text.splitlines() if "\n" in text else re.split(r"(?=>>> |<<< )", text)
-    for index, line in enumerate(lines):
+    lines = re.split(r"\n|(?=>>> |<<< )", text)
+    for line in lines:
         line = line.strip()
         if line.startswith(">>> "):
             sent = (line[4:].split() or [""])[0].upper()
-        elif line.startswith("<<< ") and re.match(r"<<< [45]\d\d", line) and sent:
-            replies = [l for l in lines[index + 1 :] if l.strip().startswith("<<< ")]
-            if sent == "DATA" and replies:
-                return "RCPT"
+        elif re.match(r"<<< [45]\d\d", line) and sent:
             return sent
     return None
 
@@ -260,10 +259,12 @@ def _command(text: str) -> str | None:
         return transcript
     if _HELO_REFUSED.search(text):
         return "HELO"
+    if _RCPT_REFUSED.search(text):
+        return "RCPT"
     match = _COMMAND.search(text)
     if not match:
         return None
-    verb = match.group(1).lower()
+    verb = (match.group(1) or match.group(2)).lower()
     return _COMMAND_NAMES.get(verb, verb.split()[0].upper())
 
 

@@ -74,7 +74,7 @@ USER_UNKNOWN = _family(
 HOST_UNKNOWN = _family(
     r"host (?:or domain name )?not found", r"unknown (?:host|domain)", r"domain (?:name )?(?:not found|does not exist|doesn'?t exist|is invalid|unknown)",
     r"no such (?:domain|host)", r"unrouteable (?:mail )?(?:domain|address)", r"domain (?:is )?(?:not reachable|unreachable)", r"name or service not known", r"host unknown",
-    r"nxdomain", r"could not be resolved", r"illegal host/domain",
+    r"nxdomain", r"(?<![@\w.-])(?:[a-z0-9-]+\.)+[a-z]{2,}\.? (?:does not|doesn'?t) exist", r"could not be resolved", r"illegal host/domain",
     r"unable to resolve", r"invalid domain", r"domain (?:lookup|resolution) fail", r"hostname (?:lookup )?fail",
     r"domain is not (?:found|known)",
 )  # fmt: skip
@@ -135,12 +135,18 @@ BLOCKED = _family(
 
 FILTERED = _family(
     r"filter(?:ed|ing)?\b", r"rejected by (?:the )?(?:recipient|user)", r"(?:recipient|user) (?:has )?(?:rejected|refused|blocked)",
-    r"refused by (?:the )?recipient", r"denied by (?:the )?recipient", r"not (?:accepting|authorized to receive|allowed to receive)",
+    r"refused by (?:the )?recipient", r"due to recipient(?:'s)? preferences?", r"denied by (?:the )?recipient", r"not (?:accepting|authorized to receive|allowed to receive)",
     r"(?:mail|messages?) (?:from you )?(?:is |are )?not accepted", r"does not (?:accept|receive) (?:messages|mail) from",
     r"recipient .{0,40}(?:refuses|rejects)", r"not authorized to (?:send|post)", r"permission to post",
 )  # fmt: skip
 
 POLICY = _family(r"polic(?:y|ies)", r"prohibited", r"violat", r"not allowed by", r"not permitted by")
+
+# Wordings that name the message's lifetime as the cause, whatever else failed on the way.
+EXPIRED_FIRST = _family(r"(?:message|mail) (?:has )?expired", r"delivery time expired")
+
+# A refusal that names spam as its cause, even when the text goes on about authentication.
+SPAM_STRONG = _family(r"(?:rejected|blocked|refused) (?:due to|because of|as) (?:spam|being spam)", r"spam classification")
 
 # Refusals of the sending host by address: a block, whatever else the text says.
 BLOCKED_HOST = _family(
@@ -159,7 +165,10 @@ SECURITY = _family(
     r"unauthenticated senders?",
 )  # fmt: skip
 
-FAILED_STARTTLS = _family(r"starttls (?:failed|failure|negotiation)", r"tls (?:handshake|negotiation) fail", r"could not start tls")
+FAILED_STARTTLS = _family(
+    r"starttls (?:failed|failure|negotiation)", r"tls (?:handshake|negotiation) fail", r"could not start tls",
+    r"does not support (?:tls|starttls)",
+)  # fmt: skip
 
 REJECTED = _family(
     r"sender .{0,60}(?:rejected|denied|refused|not allowed|blocked|unknown|invalid|not exist|verify fail)",
@@ -229,6 +238,8 @@ ON_HOLD = _family(r"\bon hold\b")
 # Order: what identifies a reason unambiguously first; generic "rejected" / "blocked" words last.
 REASON_PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("suppressed", SUPPRESSED),
+    ("expired", EXPIRED_FIRST),
+    ("spamdetected", SPAM_STRONG),
     ("hasmoved", HAS_MOVED),
     ("virusdetected", VIRUS),
     ("policyviolation", POLICY_STRONG),

@@ -21,7 +21,8 @@ def adjust_for_provider(
     status: str | None,
 ) -> str:
     """The reason after the provider's own conventions (unchanged when no rule applies)."""
-    if address.endswith("@googlegroups.com") and _GOOGLE_SENDER.search(bounce_from):
+    if (address.endswith("@googlegroups.com") and _GOOGLE_SENDER.search(bounce_from)
+            and not (status or "").endswith(".1.1")):  # fmt: skip
         # Google Groups refuses a post when the group does not exist or the sender may not post;
         # the notice is localised, the group address and Google's sender are not.
         return "rejected"
