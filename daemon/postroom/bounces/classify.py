@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from postroom.bounces.model import BounceClass, class_of
-from postroom.bounces.phrases import reason_from_text
+from postroom.bounces.phrases import USER_UNKNOWN, matching_family
 
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _REPLY_CODE = re.compile(r"(?<![\d.\-:/])([245][0-7]\d)(?:[ -]|$)(?![\d.]*\s*(?:bytes|kb|mb|days|hours))", re.M)
@@ -143,15 +143,18 @@ def reason_of(
     key = _subject_detail(status)
     if key in _DECISIVE_STATUS:
         return _DECISIVE_STATUS[key]
-    from_text = reason_from_text(diagnostic)
+    family = matching_family(diagnostic)
+    from_text = family[0] if family else None
     verb = (command or "").strip().upper()
-    if from_text == "userunknown" and verb != "RCPT" and not (key or "").startswith("1."):
-        # "No such user" is believed when it answers RCPT TO, carries an address status (X.1.x)
-        # or nothing says otherwise. Said after DATA (every recipient was accepted at RCPT), or
-        # with a mailbox status (X.2.x: the mailbox exists), it is a filter refusing this sender
-        # or this content with a stock phrase: Sisimai's reading too, and the safer one (a
-        # filtered address is not suppressed for good).
-        if verb == "DATA" or (key or "").startswith("2."):
+    stock_phrase = family is not None and family[1] is USER_UNKNOWN
+    if stock_phrase and verb != "RCPT" and not (key or "").startswith("1."):
+        # "No such user" is believed when it answers RCPT TO or carries an address status
+        # (X.1.x). Said after DATA (every recipient was accepted at RCPT), with a mailbox status
+        # (X.2.x: the mailbox exists) or with no code at all, it may be a filter refusing this
+        # sender or this content with a stock phrase: Sisimai's reading, and the cautious one (a
+        # filtered address is retried later, not suppressed for good). A generic status (5.0.0,
+        # 5.5.0) leaves the words to speak.
+        if verb == "DATA" or (key or "").startswith("2.") or key is None:
             return "filtered"
     if verb in ("MAIL", "MAIL FROM") and from_text in (None, "userunknown", "hostunknown", "onhold"):
         return "rejected"  # a refusal of MAIL FROM is about the sender, not the recipient

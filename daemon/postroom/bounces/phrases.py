@@ -30,6 +30,14 @@ MESSAGE_TOO_BIG = _family(
 
 EXCEED_LIMIT = _family(r"exceeds? (?:the )?(?:recipient's |recipients )?(?:size )?limit", r"limit exceeded")
 
+# Directory-lookup wordings of mail products (Exchange, IMail, Lotus Notes, InterScan): the product
+# looked the address up in its own directory, so the wording is an address verdict, not a filter.
+USER_UNKNOWN_DIRECTORY = _family(
+    r"recipient name is not recognized", r"invalid (?:final delivery )?userid",
+    r"not listed in (?:the )?(?:public )?(?:name|address|directory)", r"and other recipients in the same domain",
+    r"check (?:if|that|whether) (?:the )?(?:e-?mail )?address is correct",
+)  # fmt: skip
+
 MAILBOX_FULL = _family(
     rf"{_ACCOUNT} (?:is |was )?(?:full|over ?quota|overfull)", r"over ?quota", r"quota (?:exceeded|full|violation)",
     r"exceed(?:ed|s)? (?:the |its |their |his |her |your |storage |disk |mailbox )*(?:storage |disk )?quota",
@@ -53,7 +61,6 @@ USER_UNKNOWN = _family(
     r"no such (?:user|recipient|mailbox|account|address|local user|person|e-?mail)",
     r"(?:recipient|user|mailbox|address|account|addressee|e-?mail)(?: address)? (?:does not|doesn'?t|did not|dose not|not) exist",
     r"(?:recipient|user|mailbox|addressee|account)(?: address)? (?:not found|not known|unavailable|invalid)",
-    r"and other recipients in the same domain",
     r"not (?:a )?(?:valid|known|existing) (?:user|recipient|mailbox|address|account)",
     r"invalid (?:recipient|mailbox|e-?mail address|address|user|account)", r"user not (?:found|known)",
     r"(?:no|not a) (?:valid )?(?:mailbox|recipient|user) (?:here|by that name|at|for)",
@@ -62,9 +69,7 @@ USER_UNKNOWN = _family(
     r"doesn'?t have an? .{0,40}account", r"does not have an? .{0,40}account",
     r"(?:mailbox|user|address) (?:is )?not (?:available|listed|here|registered)",
     r"(?:not|no) (?:listed|found) in (?:the )?(?:address|recipient|directory)",
-    r"undeliverable address", r"unknown address", r"invalid (?:final delivery )?userid",
-    r"address (?:couldn'?t|could not|cannot|can'?t) be found", r"not listed in (?:the )?(?:public )?(?:name|address|directory)",
-    r"check (?:if|that|whether) (?:the )?(?:e-?mail )?address is correct",
+    r"undeliverable address", r"unknown address", r"address (?:couldn'?t|could not|cannot|can'?t) be found",
     r"no mailbox", r"user doesn'?t exist", r"mailbox unavailable", r"requested action not taken: mailbox",
     r"non-?existent (?:user|recipient|mailbox|address)", r"recipient unknown", r"destination address unknown",
     r"email account that you tried to reach does not exist", r"does not exist",
@@ -81,7 +86,7 @@ HOST_UNKNOWN = _family(
 
 NOT_ACCEPT = _family(
     r"does not accept (?:e-?)?mail", r"null mx", r"not accept(?:ing)? (?:any )?(?:e-?)?mail", r"accepts no mail",
-    r"no smtp service", r"no mx (?:record )?(?:found )?for", r"no mx records?",
+    r"no smtp service", r"no mx (?:record )?(?:found )?for", r"no mx records?", r"not accepting network messages",
 )  # fmt: skip
 
 NO_RELAYING = _family(
@@ -257,6 +262,7 @@ REASON_PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("suspend", SUSPEND),
     ("rejected", REJECTED),
     ("hostunknown", HOST_UNKNOWN),
+    ("userunknown", USER_UNKNOWN_DIRECTORY),
     ("userunknown", USER_UNKNOWN),
     ("syntaxerror", SYNTAX),
     ("badreputation", BAD_REPUTATION),
@@ -283,10 +289,16 @@ _REPLY_PREFIX = re.compile(r"(?<![\w.])[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}\s
 
 def reason_from_text(text: str) -> str | None:
     """The first family whose wording appears in `text`, or None."""
+    match = matching_family(text)
+    return match[0] if match else None
+
+
+def matching_family(text: str) -> tuple[str, re.Pattern[str]] | None:
+    """The first (reason, family) whose wording appears in `text`, or None."""
     if not text.strip():
         return None
     text = " ".join(_REPLY_PREFIX.sub(" ", text).split())
     for reason, pattern in REASON_PHRASES:
         if pattern.search(text):
-            return reason
+            return reason, pattern
     return None
