@@ -78,12 +78,15 @@ def _groups(text: str) -> list[dict[str, str]]:
             name = ""
             continue
         name = match.group(1).lower()
-        value = _TYPED_VALUE.sub("", match.group(2)).strip()
+        typed = _TYPED_VALUE.match(match.group(2))
+        value = match.group(2)[typed.end() :].strip() if typed else match.group(2).strip()
         if name in current:
             # A field repeated without a blank line between: a new group starts (seen from AOL).
             groups.append(current)
             current = {}
         current[name] = value
+        if typed and name == "diagnostic-code":
+            current["diagnostic-type"] = typed.group(0).strip(" ;\t").lower()
     if current:
         groups.append(current)
     return groups

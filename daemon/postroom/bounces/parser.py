@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 
 from postroom.bounces.arf import looks_like_feedback_text, read_feedback_report
 from postroom.bounces.autoreply import is_auto_reply
 from postroom.bounces.classify import classify_reply, find_reply_code, find_status
 from postroom.bounces.dsn import RecipientFields, read_status_fields, strip_address
 from postroom.bounces.mime import ReadMessage, html_to_text, original_headers, read_message
-from postroom.bounces.model import BounceClass, BounceKind, BounceRecipient, ParsedBounce
+from postroom.bounces.model import BounceClass, BounceKind, BounceRecipient, ParsedBounce, class_of
 from postroom.bounces.phrases import reason_from_text
 from postroom.bounces.providers import adjust_for_provider
 from postroom.bounces.ses import read_ses_notification
@@ -181,9 +182,12 @@ def _from_status_groups(
             continue
         diagnostic = " ".join(group.get("diagnostic-code").split())
         said = text_about.get(address, "")
+        status_field = group.get("status")
+        # Old Sendmail and others comment the status: "4.0.0 (host name lookup failure)".
+        comment = status_field.split(None, 1)[1].strip(" ()") if len(status_field.split(None, 1)) > 1 else ""
         if not diagnostic:
-            diagnostic = said
-        status = group.get("status").split()[0] if group.get("status") else None
+            diagnostic = comment or said
+        status = status_field.split()[0] if status_field else None
         if status is not None and not re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", status):
             status = None
         in_text = find_status(diagnostic)
@@ -191,8 +195,11 @@ def _from_status_groups(
             status = in_text
         action = group.get("action").lower() or None
         command = _command(diagnostic + "\n" + said)
-        records.append(_record(address, status, diagnostic, action, command,
-                               group.get("remote-mta") or None, message))  # fmt: skip
+        record = _record(address, status, diagnostic, action, command, group.get("remote-mta") or None, message)
+        if group.get("diagnostic-type") == "x-unix" and reason_from_text(diagnostic) is None:
+            # RFC 3464 §2.3.6: an X-Unix diagnostic is the exit status of a local delivery program.
+            record = replace(record, reason="mailererror", bounce_class=class_of("mailererror"))
+        records.append(record)
     return records
 
 
@@ -217,14 +224,12 @@ def _record(
     reason, _ = classify_reply(reply_code, status, diagnostic, command)
     temporary = (status or "").startswith("4") or 400 <= (reply_code or 0) < 500
     worded_as_network = reason == "networkerror" and reason_from_text(diagnostic) == "networkerror"
-    if action != "delayed" and temporary and (reason in ("onhold", "undefined") or worded_as_network):
+    if action == "failed" and temporary and (reason in ("onhold", "undefined") or worded_as_network):
         # A temporary error in a final report: the MTA retried until the message's lifetime ran out.
         reason = "expired"
     if action == "delivered" or (action in ("relayed", "expanded") and not (status or "").startswith(("4", "5"))):
         reason = "delivered"
     reason = adjust_for_provider(reason, address, message.header("from"), remote_host, diagnostic, status)
-    from postroom.bounces.model import class_of
-
     return BounceRecipient(
         address=address,
         reason=reason,
@@ -268,9 +273,19 @@ def _command(text: str) -> str | None:
     return _COMMAND_NAMES.get(verb, verb.split()[0].upper())
 
 
+# What an auto-reply may say that makes it a report on the mailbox rather than an absence.
+_MAILBOX_REASONS = frozenset({"suspend", "userunknown", "hasmoved", "mailboxfull"})
+
+
 def _auto_reply(message: ReadMessage, **common: str | None) -> ParsedBounce:
+    """An auto-reply names its sender. Most are absences (vacation); one that says the mailbox is
+    no longer in use or has moved is a report on the address, and says so in its reason."""
     sender = [m.group(1).lower() for m in ADDRESS.finditer(message.header("from"))]
-    recipients = tuple(BounceRecipient(a, "vacation", BounceClass.NONE) for a in sender[:1])
+    text = " ".join(_report_text(message).split())[:4000]
+    said = reason_from_text(text)
+    reason = said if said in _MAILBOX_REASONS else "vacation"
+    recipients = tuple(BounceRecipient(a, reason, class_of(reason), diagnostic=text[:1000] if said else "")
+                       for a in sender[:1])  # fmt: skip
     return ParsedBounce(BounceKind.AUTOREPLY, recipients, **common)  # type: ignore[arg-type]
 
 
