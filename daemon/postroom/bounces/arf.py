@@ -51,6 +51,17 @@ def read_feedback_report(message: ReadMessage) -> FeedbackReport | None:
     )
 
 
+def read_forwarded_complaint(message: ReadMessage) -> FeedbackReport | None:
+    """A complaint that forwards the message with the complainant's address in a header of the
+    copy (Microsoft's JMRP feedback loop: `X-HmXmrOriginalRecipient`), without an ARF part."""
+    original = original_headers(message.parts)
+    named = original.get("x-hmxmroriginalrecipient", "")
+    addresses = [m.group(1).lower() for m in ADDRESS.finditer(named)]
+    if not addresses:
+        return None
+    return FeedbackReport("abuse", tuple(dict.fromkeys(addresses)), None, message.header("subject"))
+
+
 def looks_like_feedback_text(text: str) -> bool:
     """A feedback report written inline (some providers skip the MIME structure)."""
     return bool(re.search(r"^Feedback-Type:\s*[a-z-]+\s*$", text, re.I | re.M))

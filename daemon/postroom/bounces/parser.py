@@ -15,11 +15,17 @@ import logging
 import re
 from dataclasses import replace
 
-from postroom.bounces.arf import looks_like_feedback_text, read_feedback_report
+from postroom.bounces.arf import looks_like_feedback_text, read_feedback_report, read_forwarded_complaint
 from postroom.bounces.autoreply import is_auto_reply
 from postroom.bounces.classify import classify_reply, find_reply_code, find_status
 from postroom.bounces.dsn import RecipientFields, read_status_fields, strip_address
-from postroom.bounces.mime import ReadMessage, html_to_text, original_headers, read_message
+from postroom.bounces.mime import (
+    ReadMessage,
+    html_to_text,
+    original_headers,
+    parse_header_block,
+    read_message,
+)
 from postroom.bounces.model import BounceClass, BounceKind, BounceRecipient, ParsedBounce, class_of
 from postroom.bounces.phrases import reason_from_text
 from postroom.bounces.providers import adjust_for_provider
@@ -43,7 +49,7 @@ _BOUNCE_SUBJECT = re.compile(
     r"could not be delivered|non[- ]?deliver|not delivered|delivery has failed|"
     r"rejected|bounce|warning: (?:could not|message)|mail system error|error sending|"
     r"nicht zustellbar|unzustellbar|message blocked|mail failure|permanent failure|"
-    r"not (?:be )?sent|returned|problem delivering|deliverability",
+    r"not (?:be )?sent|returned|problem delivering|deliverability|loop alert|mail loop|loop detected",
     re.IGNORECASE,
 )
 _COMMAND = re.compile(
@@ -69,12 +75,12 @@ def parse_bounce(raw: bytes) -> ParsedBounce:
 
 def _parse(raw: bytes) -> ParsedBounce:
     message = read_message(raw)
-    original = original_headers(message.parts)
+    original = original_headers(message.parts) or _quoted_original_headers(message)
     common = {
         "original_message_id": _message_id(original.get("message-id", "")),
         "original_envelope_sender": strip_address(original.get("return-path", "")) or None,
     }
-    feedback = read_feedback_report(message)
+    feedback = read_feedback_report(message) or read_forwarded_complaint(message)
     if feedback is not None:
         recipients = tuple(
             BounceRecipient(address, "feedback", BounceClass.NONE, diagnostic=feedback.summary,
@@ -114,7 +120,20 @@ def _parse(raw: bytes) -> ParsedBounce:
             # The MTA's own list of failed recipients (Exim, Google) is authoritative; the text
             # only says why each failed.
             said = {r.address: r.text for r in scanned}
-            scanned = [RecipientText(a, said.get(a, _report_body(report))) for a in sorted(named)]
+            addressed = _original_recipients(original)
+            text_only = [r for r in scanned if r.address in addressed and r.address not in named]
+            if not (named & said.keys()) and text_only and not any(a in report for a in named):
+                # The text names who the sender addressed and the header someone else (the
+                # address after routing): the sender's view is the one to report.
+                scanned = text_only
+            else:
+                scanned = [RecipientText(a, said.get(a, _report_body(report))) for a in sorted(named)]
+        if not scanned:
+            # Nothing in the report names an address (some MMS gateways): the returned copy's
+            # single recipient is the one that failed.
+            addressed = _original_recipients(original)
+            if len(addressed) == 1:
+                scanned = [RecipientText(next(iter(addressed)), _report_body(report))]
         recipients = [_from_text(found, message, report) for found in scanned]
     recipients = [r for r in recipients if r is not None]
     if not recipients:
@@ -136,6 +155,20 @@ def _report_text(message: ReadMessage) -> str:
         plain += [html_to_text(p.text) for p in own if p.content_type == "text/html"]
     text = "\n".join(plain)[:MAX_REPORT_CHARS]
     return cut_at_original(text)
+
+
+def _quoted_original_headers(message: ReadMessage) -> dict[str, str]:
+    """The headers of an original quoted inline after the report (no message/rfc822 part)."""
+    text = "\n".join(p.text for p in message.parts if p.content_type == "text/plain" and not p.in_original)
+    cut = len(cut_at_original(text))
+    rest = text[cut:]
+    start = re.search(r"^(?:[A-Za-z][A-Za-z0-9-]{1,40}):[ \t]", rest, re.M)
+    return parse_header_block(rest[start.start() :]) if start else {}
+
+
+def _original_recipients(original: dict[str, str]) -> set[str]:
+    values = [original.get("to", ""), original.get("cc", "")]
+    return {m.group(1).lower() for value in values for m in ADDRESS.finditer(value)}
 
 
 def _report_body(report: str) -> str:

@@ -189,7 +189,7 @@ SYNTAX = _family(r"syntax error", r"malformed (?:recipient |sender )?address", r
 SYSTEM_FULL = _family(r"(?:disk|file ?system|spool|queue) (?:is )?full", r"insufficient system storage", r"out of disk", r"no space left")
 
 NOT_COMPLIANT = _family(
-    r"\brfc ?(?:5322|2822|5321|2821)\b", r"not (?:rfc|standard)[- ]compliant", r"duplicate (?:header|message-id)",
+    r"\brfc ?(?:5322|2822|5321|2821)\b", r"not (?:rfc|standard)[- ]compliant", r"duplicate header",
     r"multiple addresses in (?:the )?(?:from|sender|to)",
     r"multiple (?:from|sender|date|subject|to)", r"header (?:is )?missing", r"missing (?:a )?(?:required )?(?:header|message-id|date|from)",
     r"improper(?:ly)? (?:formatted|header)", r"does not conform",
@@ -233,7 +233,7 @@ SYSTEM = _family(
     r"temporary (?:local )?(?:problem|failure|error)", r"mail (?:system|server) (?:error|problem)",
     r"configuration error", r"insufficient (?:system )?resources",
     r"try again later", r"service (?:is )?(?:currently |temporarily )?unavailable", r"i/o error", r"database error",
-    r"transaction failed", r"operating system error", r"queue file write error",
+    r"transaction failed", r"operating system error", r"queue file write error", r"duplicated? message-id",
 )  # fmt: skip
 
 SUPPRESSED = _family(r"suppression list", r"suppressed")
