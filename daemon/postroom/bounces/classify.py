@@ -158,6 +158,9 @@ def reason_of(
             return "filtered"
     if verb in ("MAIL", "MAIL FROM") and from_text in (None, "userunknown", "hostunknown", "onhold"):
         return "rejected"  # a refusal of MAIL FROM is about the sender, not the recipient
+    temporary = (status or "").startswith("4") or 400 <= (reply_code or 0) < 500
+    if from_text == "hostunknown" and temporary:
+        return "networkerror"  # a name lookup that failed for now: the DNS, not the domain
     if verb in _CONNECTION_STAGE and from_text in _ABOUT_A_MAILBOX:
         return "blocked"  # before any address was sent, only the sending host can be refused
     if from_text is not None:

@@ -81,7 +81,7 @@ HOST_UNKNOWN = _family(
     r"no such (?:domain|host)", r"unrouteable (?:mail )?(?:domain|address)", r"domain (?:is )?(?:not reachable|unreachable)", r"name or service not known", r"host unknown",
     r"nxdomain", r"(?<![@\w.-])(?:[a-z0-9-]+\.)+[a-z]{2,}\.? (?:does not|doesn'?t) exist", r"could not be resolved", r"illegal host/domain",
     r"unable to resolve", r"invalid domain", r"domain (?:lookup|resolution) fail", r"hostname (?:lookup )?fail",
-    r"domain is not (?:found|known)",
+    r"domain is not (?:found|known)", r"domain may not exist",
 )  # fmt: skip
 
 NOT_ACCEPT = _family(
