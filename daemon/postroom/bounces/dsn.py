@@ -98,5 +98,5 @@ def strip_address(value: str) -> str:
     if match:
         value = match.group(1)
     value = value.strip().strip("<>").strip().strip("'\"")
-    value = re.sub(r"^rfc822;\s*", "", value, flags=re.I)
+    value = re.sub(r"^(?:rfc822;\s*|smtp[=:])", "", value, flags=re.I)  # Exchange writes "SMTP=x@y"
     return value.split()[0].lower() if value.split() else ""

@@ -187,6 +187,8 @@ def _not_recipients(message: ReadMessage, original: dict[str, str]) -> set[str]:
 def _is_bounce_shaped(message: ReadMessage, report: str) -> bool:
     if message.header("x-failed-recipients"):
         return True
+    if any(part.content_type in DSN_TYPES for part in message.parts):
+        return True  # a multipart/report of delivery status, even with its fields missing
     if looks_like_feedback_text(report):
         return False
     from_daemon = _from_daemon(message)
