@@ -69,7 +69,7 @@ def read_message(raw: bytes) -> ReadMessage:
 
 
 def _raw_items(message: Message) -> list[tuple[str, str]]:
-    return [(str(name), str(value)) for name, value in message._headers]  # noqa: SLF001
+    return [(str(name), str(value)) for name, value in message.items()]
 
 
 def _leaves(root: Message) -> list[Part]:

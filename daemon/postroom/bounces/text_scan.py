@@ -61,6 +61,9 @@ _NOT_A_RECIPIENT_CONTEXT = re.compile(
 )
 
 
+MAX_ADDRESSES = 500  # addresses looked at in one report: a bound on work, far above real bounces
+
+
 @dataclass(frozen=True)
 class RecipientText:
     address: str  # lower-cased
@@ -91,7 +94,7 @@ def scan_recipients(report: str, not_recipients: set[str]) -> list[RecipientText
     """
     candidates: list[tuple[int, str]] = []
     named_otherwise: set[str] = set()
-    for position, address in addresses_in(report):
+    for position, address in addresses_in(report)[:MAX_ADDRESSES]:
         if address in not_recipients or is_daemon_address(address):
             continue
         line = _line_at(report, position)
@@ -109,15 +112,16 @@ def scan_recipients(report: str, not_recipients: set[str]) -> list[RecipientText
     firsts = sorted((pos, addr) for addr, pos in first_position.items())
     for index, (position, address) in enumerate(firsts):
         end = firsts[index + 1][0] if index + 1 < len(firsts) else len(report)
-        start = report.rfind("\n", 0, position) + 1
+        start = report.rfind("\n", max(0, position - 500), position) + 1 or max(0, position - 500)
         found.append(RecipientText(address, " ".join(report[start:end].split())))
     return found
 
 
 def _line_at(text: str, position: int) -> str:
-    start = text.rfind("\n", 0, position) + 1
-    end = text.find("\n", position)
-    return text[start : end if end >= 0 else len(text)]
+    """The line around `position`, at most 500 characters either side (a bounded look)."""
+    start = text.rfind("\n", max(0, position - 500), position) + 1 or max(0, position - 500)
+    end = text.find("\n", position, position + 500)
+    return text[start : end if end >= 0 else min(len(text), position + 500)]
 
 
 def _looks_like_message_id(text: str, position: int) -> bool:
