@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from postroom.cli.bounces import bounces
 from postroom.cli.credentials import apikeys, smtp_users
 from postroom.cli.dkim import dkim
 from postroom.cli.domains import domains
@@ -30,7 +31,8 @@ def main(ctx: click.Context, config: str | None) -> None:
     ctx.obj["config"] = config
 
 
-for command in (init, serve, check_config, db, send, queue, templates, dkim, domains, apikeys, smtp_users):
+for command in (init, serve, check_config, db, send, queue, templates, dkim, domains, bounces, apikeys,
+                smtp_users):  # fmt: skip
     main.add_command(command)
 
 __all__ = ["main"]
