@@ -1,10 +1,10 @@
 """`postroom bounces parse FILE...`: read returned messages and print what each says.
 
-One JSON object per file, one line each, in the order given (docs/DESIGN contract):
+One JSON object per file, one line each, in the order given (the DESIGN contract):
 `{"file", "recipients": [{"recipient", "reason", "bounce_class", "status", "replycode",
-"feedbacktype", "diagnosticcode"}]}`, plus the message's `kind`. A file that cannot be read is
-reported on stderr and the command exits 1 after printing the others. No configuration or
-database is needed: parsing is a pure function of the bytes.
+"feedbacktype", "diagnosticcode"}]}`. A file that cannot be read is reported on stderr and the
+command exits 1 after printing the others. Parsing is a pure function of the bytes: the command
+takes `--config` like every other but reads neither the configuration nor the database.
 """
 
 from __future__ import annotations
