@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import email
 import email.header
+import email.parser
 import re
 from dataclasses import dataclass
 from email.message import Message
@@ -59,7 +60,14 @@ class ReadMessage:
 
 def read_message(raw: bytes) -> ReadMessage:
     """Parse `raw` (truncated to MAX_MESSAGE_BYTES) into headers and decoded leaves."""
-    message = email.message_from_bytes(raw[:MAX_MESSAGE_BYTES])
+    raw = raw[:MAX_MESSAGE_BYTES]
+    try:
+        message = email.message_from_bytes(raw)
+    except RecursionError:
+        # The email package parses nested multiparts recursively; a message nested deeper than
+        # the interpreter's stack is read as headers and one plain-text body instead.
+        message = email.parser.BytesParser().parsebytes(raw, headersonly=True)
+        message.set_type("text/plain")
     header_list = tuple((name.lower(), decode_header_value(value)) for name, value in
                         _raw_items(message))  # fmt: skip
     headers: dict[str, str] = {}
