@@ -44,7 +44,17 @@ def report_text(message: ReadMessage) -> str:
     plain = [p.text for p in own if p.content_type == "text/plain" or p.content_type.startswith("multipart/")]
     if not "".join(plain).strip():
         plain += [html_to_text(p.text) for p in own if p.content_type == "text/html"]
-    return cut_at_original("\n".join(plain)[:MAX_REPORT_CHARS])
+    return cut_at_original(_unquoted("\n".join(plain)[:MAX_REPORT_CHARS]))
+
+
+def _unquoted(text: str) -> str:
+    """A bounce a person forwarded with "> " quoting, as the bounce it quotes (so its markers and
+    fields are found); other text unchanged."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    quoted = sum(1 for line in lines if line.lstrip().startswith(">") and not line.lstrip().startswith((">>>", ">>")))
+    if not lines or quoted < 0.6 * len(lines):
+        return text
+    return "\n".join(re.sub(r"^\s*> ?", "", line) for line in text.splitlines())
 
 
 def collapsed(text: str, limit: int = 2000) -> str:
