@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 ADDRESS = re.compile(
-    r"(?<![A-Za-z0-9._%+=/&!#$*?^`{|}~-])(?:(?:smtp|rfc822)[=:])?([A-Za-z0-9][A-Za-z0-9._%+=/'&!#$*?^`{|}~-]{0,63}"
+    r"(?<![A-Za-z0-9._%+=/&!#$*?^`{|}~-])(?:(?i:smtp|rfc822)[=:])?([A-Za-z0-9][A-Za-z0-9._%+=/'&!#$*?^`{|}~-]{0,63}"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24})(?![A-Za-z0-9-])"
 )
 
@@ -33,7 +33,7 @@ _ORIGINAL_MARKER = re.compile(
     r"|(?:unsent|returned|undelivered) (?:message|mail) (?:follows|headers)"
     r"|content-type: message/rfc822"
     r"|message headers follow"
-    r"|original message:?\s*$|original (?:mail|message) (?:as follows|follows)"
+    r"|original message:?\s*$|original (?:mail|message) (?:as follows|follows|details)"
     r"|text of (?:the )?(?:original|returned) message"
     r"|(?:the )?headers are as follows"
     r")",
@@ -42,7 +42,7 @@ _ORIGINAL_MARKER = re.compile(
 # A header block starting a quoted original when no marker announced it.
 _QUOTED_HEADERS = re.compile(r"^(?:Return-Path|Received|DKIM-Signature|X-Received|ARC-Seal):[ \t]", re.M)
 _HEADER_LIKE_LINE = re.compile(
-    r"^\s*(?:message-id|in-reply-to|references|received|from|to|cc|return-path|sender|reply-to|"
+    r"^\s*[*\-\u2022]?\s*(?:message-id|in-reply-to|references|received|from|to|cc|return-path|sender|reply-to|"
     r"x-[a-z0-9-]+|dkim-signature|arc-[a-z-]+|envelope-to|delivered-to|errors-to|list-[a-z-]+|"
     r"reporting-mta|received-from-mta|arrival-date|original-envelope-id|x-postfix-sender)\s*:",
     re.IGNORECASE,
