@@ -141,3 +141,30 @@ def test_many_parts() -> None:
     raw = ('From: MAILER-DAEMON@x.example\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
            + parts + "--B--\r\n").encode()  # fmt: skip
     parse_within_budget(raw)
+
+
+# Inputs shaped to make a careless regular expression backtrack for minutes: long runs of the
+# characters the address, marker and field patterns repeat.
+_PATHOLOGICAL_BODIES = {
+    "newlines": b"\n" * 120_000,
+    "blank lines with spaces": b" \t\n" * 40_000,
+    "one line of dashes": b"-" * 120_000,
+    "a domain of many labels": b"x@" + b"ab." * 40_000 + b"a-",
+    "a local part of many dots": b"a." * 60_000 + b"@",
+    "at signs": b"a@" * 60_000,
+    "angle brackets": b"<" * 100_000 + b"a@b.example",
+    "spaces before an address": b" " * 120_000 + b"x@y.example",
+    "open RCPT commands": b"RCPT TO:<" * 20_000,
+    "a transcript of refusals": b">>> DATA\n<<< 5" * 8_000,
+    "status-like numbers": b"5.1.1 " * 20_000,
+    "repeated recipient fields": b"Final-Recipient: rfc822; a@b.example\n" * 4_000,
+    "quoted lines": b"> \n" * 40_000,
+}
+
+
+def test_pathological_bodies() -> None:
+    head = b"From: MAILER-DAEMON@x.example\r\nSubject: Undelivered Mail\r\n\r\n"
+    for name, body in _PATHOLOGICAL_BODIES.items():
+        started = time.perf_counter()
+        parse_within_budget(head + body)
+        assert time.perf_counter() - started < 1.0, name

@@ -64,4 +64,4 @@ def read_forwarded_complaint(message: ReadMessage) -> FeedbackReport | None:
 
 def looks_like_feedback_text(text: str) -> bool:
     """A feedback report written inline (some providers skip the MIME structure)."""
-    return bool(re.search(r"^Feedback-Type:\s*[a-z-]+\s*$", text, re.I | re.M))
+    return bool(re.search(r"^Feedback-Type:[ \t]*[a-z-]+[ \t]*$", text, re.I | re.M))

@@ -22,7 +22,7 @@ from postroom.bounces.model import BounceClass, class_of
 from postroom.bounces.phrases import USER_UNKNOWN, matching_family
 
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-_REPLY_CODE = re.compile(r"(?<![\d.\-:/])([245][0-7]\d)(?:[ -]|$)(?![\d.]*\s*(?:bytes|kb|mb|days|hours))", re.M)
+_REPLY_CODE = re.compile(r"(?<![\d.\-:/])([245][0-7]\d)(?:[ -]|$)(?![\d.]{0,12}\s{0,3}(?:bytes|kb|mb|days|hours))", re.M)
 
 # Codes that decide the reason by themselves (RFC 3463, RFC 7372, RFC 7505).
 _DECISIVE_STATUS = {

@@ -18,6 +18,8 @@ from postroom.bounces.phrases import reason_from_text
 from postroom.bounces.providers import adjust_for_provider
 from postroom.bounces.text_scan import ADDRESS, RecipientText
 
+MAX_RECIPIENTS = 1000  # recipient groups read from one report: a bound on work
+
 _STATUS_CODE = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 _COMMAND = re.compile(
     r"\b(?:after|in reply to|while sending|during|at|on|with|response to)\s+(?:the\s+)?"
@@ -27,7 +29,7 @@ _COMMAND = re.compile(
 )
 _COMMAND_NAMES = {"rcpt to": "RCPT", "mail from": "MAIL", "end of data": "DATA", "final data": "DATA",
                   "initial connection": "CONN", "connect": "CONN"}  # fmt: skip
-_RCPT_REFUSED = re.compile(r"does not like recipient|\[RCPT_TO\]|RCPT TO:?\s*<[^>]*>\s*(?:\.{3}|:)?\s*[45]\d\d", re.I)
+_RCPT_REFUSED = re.compile(r"does not like recipient|\[RCPT_TO\]|RCPT TO:?[ \t]*<[^>\n]{0,300}>[ \t]*(?:\.{3}|:)?\s{0,3}[45]\d\d", re.I)
 _HELO_REFUSED = re.compile(r"my name was rejected|(?:helo|ehlo)\b.{0,40}(?:rejected|refused|denied)", re.I)
 
 
@@ -38,10 +40,12 @@ def from_status_fields(
     missing diagnostic and shows the refused command."""
     text_about = {found.address: found.text for found in scanned}
     records: list[BounceRecipient] = []
-    for group in groups:
+    seen: set[str] = set()
+    for group in groups[:MAX_RECIPIENTS]:
         address = strip_address(group.address)
-        if not ADDRESS.fullmatch(address):
-            continue
+        if address in seen or not ADDRESS.fullmatch(address):
+            continue  # a recipient is reported once, from its first group (RFC 3464 §2.3)
+        seen.add(address)
         said = text_about.get(address, "")
         status_field = group.get("status")
         # Old Sendmail and others comment the status: "4.0.0 (host name lookup failure)".

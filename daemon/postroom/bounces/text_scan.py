@@ -17,15 +17,15 @@ from dataclasses import dataclass
 
 ADDRESS = re.compile(
     r"(?<![A-Za-z0-9._%+=/&!#$*?^`{|}~-])(?:(?i:smtp|rfc822)[=:])?([A-Za-z0-9][A-Za-z0-9._%+=/'&!#$*?^`{|}~-]{0,63}"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24})(?![A-Za-z0-9-])"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,16}[A-Za-z]{2,24})(?![A-Za-z0-9-])"
 )
 
 # Lines that start the returned copy of the original message (or its headers).
 _ORIGINAL_MARKER = re.compile(
-    r"^\s*(?:[-=_*]{2,}\s*)?(?:"
+    r"^[ \t]*+(?:[-=_*]{2,}+[ \t]*+)?(?:"
     r"(?:this is )?(?:a )?copy of (?:the |your )?(?:original )?message"
     r"|below (?:this line )?is a copy"
-    r"|original message (?:follows|headers?|was)|[-]+\s*original message\s*[-]*"
+    r"|original message (?:follows|headers?|was)|original message[ \t]*[-]*"
     r"|(?:the )?(?:original )?message headers? (?:follow|of the original)"
     r"|header(?:s)? of (?:the )?(?:original|returned) (?:message|mail)"
     r"|(?:unsent|returned|undelivered|original) message(?: header)?(?:s)? (?:follows?|below|is attached)"
@@ -33,7 +33,7 @@ _ORIGINAL_MARKER = re.compile(
     r"|(?:unsent|returned|undelivered) (?:message|mail) (?:follows|headers)"
     r"|content-type: message/rfc822"
     r"|message headers follow"
-    r"|original message:?\s*$|original (?:mail|message) (?:as follows|follows|details)"
+    r"|original message:?[ \t]*$|original (?:mail|message) (?:as follows|follows|details)"
     r"|text of (?:the )?(?:original|returned) message"
     r"|(?:the )?headers are as follows"
     r")",
@@ -42,7 +42,7 @@ _ORIGINAL_MARKER = re.compile(
 # A header block starting a quoted original when no marker announced it.
 _QUOTED_HEADERS = re.compile(r"^(?:Return-Path|Received|DKIM-Signature|X-Received|ARC-Seal):[ \t]", re.M)
 _HEADER_LIKE_LINE = re.compile(
-    r"^\s*[*\-\u2022]?\s*(?:message-id|in-reply-to|references|received|from|to|cc|return-path|sender|reply-to|"
+    r"^[ \t]*[*\-\u2022]?[ \t]*(?:message-id|in-reply-to|references|received|from|to|cc|return-path|sender|reply-to|"
     r"x-[a-z0-9-]+|dkim-signature|arc-[a-z-]+|envelope-to|delivered-to|errors-to|list-[a-z-]+|"
     r"reporting-mta|received-from-mta|arrival-date|original-envelope-id|x-postfix-sender)\s*:",
     re.IGNORECASE,
@@ -62,6 +62,7 @@ _NOT_A_RECIPIENT_CONTEXT = re.compile(
 
 
 MAX_ADDRESSES = 500  # addresses looked at in one report: a bound on work, far above real bounces
+MAX_TEXT_PER_ADDRESS = 8000  # characters of text kept about one address
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def scan_recipients(report: str, not_recipients: set[str]) -> list[RecipientText
     for index, (position, address) in enumerate(firsts):
         end = firsts[index + 1][0] if index + 1 < len(firsts) else len(report)
         start = report.rfind("\n", max(0, position - 500), position) + 1 or max(0, position - 500)
-        found.append(RecipientText(address, " ".join(report[start:end].split())))
+        found.append(RecipientText(address, " ".join(report[start : min(end, start + MAX_TEXT_PER_ADDRESS)].split())))
     return found
 
 
