@@ -251,3 +251,63 @@ def test_the_original_message_is_identified() -> None:
     )
     parsed = parse_bounce(raw)
     assert (parsed.original_message_id, parsed.original_envelope_sender) == ("m-42@example.com", "bounces+42@example.com")
+
+
+# --- hand-written bounces in the shapes of common MTAs (not from the corpus) -------------------------
+
+
+def test_a_postfix_bounce_with_its_dsn_part() -> None:
+    raw = _message(
+        "From: MAILER-DAEMON@relay.example.org (Mail Delivery System)\nTo: news@example.com\n"
+        "Subject: Undelivered Mail Returned to Sender\nAuto-Submitted: auto-replied\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="P"',
+        "--P\nContent-Type: text/plain\n\nThis is the mail system at host relay.example.org.\n\n"
+        "I'm sorry to have to inform you that your message could not\nbe delivered to one or more recipients.\n\n"
+        "<full@example.net>: host mx.example.net[192.0.2.7] said: 552 5.2.2\n"
+        "    <full@example.net>: Mailbox full (in reply to RCPT TO command)\n\n"
+        "--P\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; relay.example.org\n\n"
+        "Final-Recipient: rfc822; full@example.net\nOriginal-Recipient: rfc822;full@example.net\n"
+        "Action: failed\nStatus: 5.2.2\nRemote-MTA: dns; mx.example.net\n"
+        "Diagnostic-Code: smtp; 552 5.2.2 <full@example.net>: Mailbox full\n\n"
+        "--P\nContent-Type: text/rfc822-headers\n\nFrom: news@example.com\nTo: full@example.net\n"
+        "Message-ID: <n-1@example.com>\n--P--\n",
+    )
+    parsed = parse_bounce(raw)  # Auto-Submitted does not make a DSN an auto-reply
+    assert parsed.kind is BounceKind.DSN and parsed.reporting_mta == "relay.example.org"
+    (recipient,) = parsed.recipients
+    assert (recipient.address, recipient.reason, recipient.bounce_class, recipient.status, recipient.reply_code,
+            recipient.smtp_command, recipient.remote_host) == (
+        "full@example.net", "mailboxfull", BounceClass.SOFT, "5.2.2", 552, "RCPT", "mx.example.net")  # fmt: skip
+    assert parsed.original_message_id == "n-1@example.com"
+
+
+def test_an_exim_bounce_named_by_its_failed_recipients_header() -> None:
+    raw = _message(
+        "From: Mail Delivery System <Mailer-Daemon@mail.example.org>\nTo: news@example.com\n"
+        "Subject: Mail delivery failed: returning message to sender\nX-Failed-Recipients: gone@example.net",
+        "This message was created automatically by mail delivery software.\n\n"
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n\n"
+        "  gone@example.net\n    host mx.example.net [192.0.2.8]\n"
+        "    SMTP error from remote mail server after RCPT TO:<gone@example.net>:\n"
+        "    550 No such user here\n\n"
+        "------ This is a copy of the message, including all the headers. ------\n\n"
+        "From: news@example.com\nTo: gone@example.net, other@example.net\n",
+    )
+    assert [(r.address, r.reason, r.bounce_class, r.smtp_command) for r in parse_bounce(raw).recipients] == [
+        ("gone@example.net", "userunknown", BounceClass.HARD, "RCPT")
+    ]
+
+
+def test_an_exchange_online_ndr_in_html_only() -> None:
+    raw = _message(
+        "From: postmaster@contoso.example\nTo: news@example.com\nSubject: Undeliverable: Hello\n"
+        "Content-Type: text/html; charset=utf-8",
+        "<html><body><p>Your message to <a href='mailto:nobody@contoso.example'>nobody@contoso.example</a> "
+        "couldn't be delivered.</p><p>nobody wasn't found at contoso.example.</p>"
+        "<p>Remote Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP "
+        "address lookup'</p></body></html>",
+    )
+    assert [(r.address, r.reason, r.bounce_class, r.status) for r in parse_bounce(raw).recipients] == [
+        ("nobody@contoso.example", "userunknown", BounceClass.HARD, "5.1.10")
+    ]

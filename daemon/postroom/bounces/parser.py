@@ -71,8 +71,9 @@ def _parse(raw: bytes) -> ParsedBounce:
     notification = read_ses_notification(report)
     if notification is not None and notification.recipients:
         return result(notification.kind, notification.recipients)
-    groups = [group for part in message.parts if part.content_type in DSN_TYPES and not part.in_original
-              for group in read_status_fields(part.text).recipients]  # fmt: skip
+    fields = [read_status_fields(part.text) for part in message.parts
+              if part.content_type in DSN_TYPES and not part.in_original]  # fmt: skip
+    groups = [group for status in fields for group in status.recipients]
     if not groups and not is_bounce_shaped(message, report):
         return result(*_auto_reply(message)) if is_auto_reply(message) else result(BounceKind.NOT_BOUNCE)
     records = _failures(message, report, original, groups or list(read_status_fields(report).recipients))
@@ -80,7 +81,8 @@ def _parse(raw: bytes) -> ParsedBounce:
         if is_auto_reply(message) and not from_daemon(message):
             return result(*_auto_reply(message))
         return result(BounceKind.NOT_BOUNCE)
-    reporting = read_status_fields(report).per_message.get("reporting-mta") or None
+    per_message = [status.per_message for status in fields] + [read_status_fields(report).per_message]
+    reporting = next((values["reporting-mta"] for values in per_message if values.get("reporting-mta")), None)
     first_per_address: dict[str, BounceRecipient] = {}
     for record in records:
         first_per_address.setdefault(record.address, record)
