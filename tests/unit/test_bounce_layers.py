@@ -5,13 +5,16 @@ and `parse_bounce` putting them together."""
 from __future__ import annotations
 
 import json
+import logging
+
+import pytest
 
 from postroom.bounces import mime
 from postroom.bounces.arf import read_feedback_report
 from postroom.bounces.autoreply import is_auto_reply
 from postroom.bounces.dsn import read_status_fields, strip_address
 from postroom.bounces.failures import refused_command
-from postroom.bounces.model import BounceClass, BounceKind
+from postroom.bounces.model import BounceClass, BounceKind, ParsedBounce
 from postroom.bounces.parser import parse_bounce
 from postroom.bounces.providers import adjust_for_provider
 from postroom.bounces.ses import read_ses_notification
@@ -311,3 +314,16 @@ def test_an_exchange_online_ndr_in_html_only() -> None:
     assert [(r.address, r.reason, r.bounce_class, r.status) for r in parse_bounce(raw).recipients] == [
         ("nobody@contoso.example", "userunknown", BounceClass.HARD, "5.1.10")
     ]
+
+
+def test_an_internal_failure_is_logged_and_reported_as_not_a_bounce(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(raw: bytes) -> mime.ReadMessage:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr("postroom.bounces.parser.read_message", broken)
+    with caplog.at_level(logging.ERROR, logger="postroom.bounces"):
+        parsed = parse_bounce(b"From: MAILER-DAEMON@x.example\r\n\r\nanything")
+    assert parsed == ParsedBounce(BounceKind.NOT_BOUNCE)
+    assert "could not parse" in caplog.text
