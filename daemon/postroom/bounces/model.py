@@ -30,17 +30,18 @@ NOT_FAILURES = frozenset({"delivered", "feedback", "vacation"})
 
 
 def class_of(reason: str, reply_code: int | None = None, status: str | None = None) -> BounceClass:
-    """The class of a reason: hard for the address-is-gone reasons (and `notaccept` when the code
-    is permanent), none for what is not a failure, soft for everything else."""
+    """The class of a reason: hard for the address-is-gone reasons (and `notaccept` unless a code
+    says the refusal is temporary: a domain without mail service, RFC 7505, does not grow one on a
+    retry), none for what is not a failure, soft for everything else."""
     if reason in NOT_FAILURES:
         return BounceClass.NONE
     if reason in HARD_REASONS:
         return BounceClass.HARD
     if reason == "notaccept":
-        permanent = (reply_code is not None and 500 <= reply_code < 600) or (
-            status is not None and status.startswith("5")
+        temporary = (reply_code is not None and 400 <= reply_code < 500) or (
+            status is not None and status.startswith("4")
         )
-        return BounceClass.HARD if permanent else BounceClass.SOFT
+        return BounceClass.SOFT if temporary else BounceClass.HARD
     return BounceClass.SOFT
 
 

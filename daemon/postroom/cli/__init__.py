@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from postroom.cli.bounces import bounces
 from postroom.cli.contacts import contacts
 from postroom.cli.credentials import apikeys, smtp_users
 from postroom.cli.dkim import dkim
@@ -31,8 +32,8 @@ def main(ctx: click.Context, config: str | None) -> None:
     ctx.obj["config"] = config
 
 
-for command in (init, serve, check_config, db, send, queue, templates, contacts, dkim, domains, apikeys,
-                smtp_users):
+for command in (init, serve, check_config, db, send, queue, templates, contacts, dkim, domains, bounces,
+                apikeys, smtp_users):  # fmt: skip
     main.add_command(command)
 
 __all__ = ["main"]
