@@ -228,7 +228,7 @@ async def test_user_ids_that_would_overwrite_another_contact_are_refused_before_
 async def test_files_that_are_not_audiences_exit_2_and_write_nothing(cli: Cli, tmp_path: Path) -> None:
     before = await stored(cli.db_url)
     cases = {
-        "email,createdAt\na@example.com,x\n": "column 'createdAt': a reserved name",
+        "email,mailingLists\na@example.com,x\n": "column 'mailingLists': a reserved name",
         "mail,firstName\na@example.com,A\n": "the header has no 'email' column",
         'email,firstName\na@example.com,"A\n': "line 2: not valid CSV: unexpected end of data",
         "": "the file is empty",

@@ -42,7 +42,7 @@ def test_bounced_is_final_and_keeps_the_reply_and_details() -> None:
     assert release.state is DeliveryState.BOUNCED
     assert release.next_attempt_at is None
     assert release.reply == "550 5.1.1 no such user"
-    assert release.detail == {"host": "mx.example.com"}
+    assert release.detail == {"host": "mx.example.com", "reason": "userunknown", "bounce_class": "hard"}
 
 
 def test_first_deferral_is_scheduled_from_the_policy_with_the_draw() -> None:

@@ -101,7 +101,28 @@ def test_an_expiry_keeps_the_details_of_the_last_attempt() -> None:
     release = decide(claimed(attempts=9), result(Verdict.DEFERRED, "421 busy", host="mx.example.org"),
                      POLICY, now, 0.0)  # fmt: skip
     assert release.state is DeliveryState.EXPIRED
-    assert release.detail == {"host": "mx.example.org"}
+    assert release.detail == {"host": "mx.example.org", "reason": "expired", "bounce_class": "soft"}
+
+
+@pytest.mark.parametrize(("verdict", "reply", "command", "reason", "bounce_class"), [
+    (Verdict.BOUNCED, "550 5.1.1 <bob@example.org>: Recipient address rejected: User unknown", "RCPT",
+     "userunknown", "hard"),
+    (Verdict.DEFERRED, "452 4.2.2 The email account that you tried to reach is over quota", "RCPT",
+     "mailboxfull", "soft"),
+    (Verdict.BOUNCED, "550 5.7.1 Message rejected due to SPF policy", "DATA", "authfailure", "soft"),
+])  # fmt: skip
+def test_a_failed_attempt_gets_the_reason_a_bounce_message_would(
+    verdict: Verdict, reply: str, command: str, reason: str, bounce_class: str
+) -> None:
+    code, status = int(reply[:3]), reply.split()[1]
+    release = decide(claimed(), result(verdict, reply, code=code, status=status, command=command), POLICY, T0, 0.0)
+    assert (release.detail["reason"], release.detail["bounce_class"]) == (reason, bounce_class)
+    assert release.detail["code"] == code  # what the attempt recorded stays
+
+
+def test_a_delivery_carries_no_reason() -> None:
+    release = decide(claimed(), result(Verdict.DELIVERED, "250 2.0.0 ok", code=250), POLICY, T0, 0.0)
+    assert release.detail == {"code": 250}
 
 
 @pytest.mark.parametrize(

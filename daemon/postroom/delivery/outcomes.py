@@ -11,6 +11,8 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
+from postroom.bounces.classify import classify_reply
+from postroom.bounces.model import BounceClass
 from postroom.core.clock import Clock
 from postroom.core.errors import StoreError
 from postroom.core.types import DeliveryState, RecipientResult, Verdict
@@ -45,12 +47,28 @@ def decide(
         when = next_attempt_at(policy, claimed.attempts + 1, claimed.accepted_at, now, draw)
         state = DeliveryState.DEFERRED if when is not None else DeliveryState.EXPIRED
     reply = result.reply
+    details = dict(result.details)
+    if state is not DeliveryState.DELIVERED:
+        details.update(failure_reason(state, result))
     if state is DeliveryState.EXPIRED:
         reply = f"expired after {claimed.attempts + 1} attempts; last reply: {result.reply}"
     return Release(
-        claimed.id, claimed.message_id, claimed.recipient, state, reply, when, dict(result.details),
-        route=claimed.route,
+        claimed.id, claimed.message_id, claimed.recipient, state, reply, when, details, route=claimed.route,
     )  # fmt: skip
+
+
+def failure_reason(state: DeliveryState, result: RecipientResult) -> dict[str, str]:
+    """The reason and class of a failed attempt, by the classifier that reads bounces that come back
+    later (postroom.bounces.classify), so a recipient's reason is the same either way."""
+    if state is DeliveryState.EXPIRED:
+        return {"reason": "expired", "bounce_class": BounceClass.SOFT.value}
+    code = result.details.get("code")
+    status = result.details.get("status")
+    command = result.details.get("command")
+    reason, bounce_class = classify_reply(code if isinstance(code, int) else None,
+                                          status if isinstance(status, str) else None, result.reply,
+                                          command if isinstance(command, str) else None)  # fmt: skip
+    return {"reason": reason, "bounce_class": bounce_class.value}
 
 
 def postpone(claimed: ClaimedDelivery, until: float, reason: str) -> Release:

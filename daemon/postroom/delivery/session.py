@@ -104,7 +104,7 @@ class SmtpSession:
                     await client.rcpt(recipient, encoding="utf-8", timeout=self.timeouts.command)
                     accepted.append(recipient)
                 except aiosmtplib.SMTPRecipientRefused as exc:
-                    results[recipient] = self._reply(recipient, exc.code, exc.message)
+                    results[recipient] = self._reply(recipient, exc.code, exc.message, "RCPT")
                     if exc.code == 421:
                         raise
             if not accepted:
@@ -113,12 +113,12 @@ class SmtpSession:
             stage = "DATA"
             response = await client.data(content, timeout=self.timeouts.data_end)
             for recipient in accepted:
-                results[recipient] = self._reply(recipient, response.code, response.message)
+                results[recipient] = self._reply(recipient, response.code, response.message, "DATA")
         except aiosmtplib.SMTPResponseException as exc:
             # A refusal of MAIL or DATA applies to every recipient still open; 421 closes.
             for recipient in recipients:
                 if recipient not in results:
-                    results[recipient] = self._reply(recipient, exc.code, exc.message)
+                    results[recipient] = self._reply(recipient, exc.code, exc.message, stage.split()[0])
             if exc.code == 421 or not client.is_connected:
                 self.usable = False
             else:
@@ -161,13 +161,14 @@ class SmtpSession:
             options.append("SMTPUTF8")
         return options
 
-    def _reply(self, recipient: str, code: int, text: str) -> RecipientResult:
+    def _reply(self, recipient: str, code: int, text: str, command: str) -> RecipientResult:
         classified = classify(code, text)
         reply = format_reply(code, text)
         if classified.throttled:
             self.throttled_reply = reply
         result = self._result(recipient, classified.verdict, reply)
         result.details["code"] = code
+        result.details["command"] = command
         if classified.enhanced:
             result.details["status"] = classified.enhanced
         return result
