@@ -83,10 +83,31 @@ def insert_statements(
                     "next_attempt_at": now,
                     "route": item.recipient_routes.get(recipient, item.route),
                     "mail_from": item.return_paths.get(recipient),
+                    "last_reply": None,
+                    "finished_at": None,
                     **leased,
                 }
                 for message_id, item in batch
                 for recipient in item.recipients
+            ]
+            + [
+                {
+                    "message_id": message_id,
+                    "recipient": recipient,
+                    "domain": domain_of(recipient),
+                    "state": DeliveryState.SUPPRESSED.value,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "next_attempt_at": now,
+                    "route": item.recipient_routes.get(recipient, item.route),
+                    "mail_from": None,
+                    "last_reply": f"suppressed: {why.get('reason', '')}"[:2000],
+                    "finished_at": now,
+                    **{key: None for key in leased},  # rows of one executemany name the same columns
+                }
+                for message_id, item in batch
+                for recipient, why in item.suppressed.items()
             ],
         ),
         (
@@ -101,6 +122,18 @@ def insert_statements(
                     "detail": {"source": item.source, "recipients": len(item.recipients)},
                 }
                 for message_id, item in batch
+            ]
+            + [
+                {
+                    "at": now,
+                    "type": "suppressed",
+                    "message_id": message_id,
+                    "delivery_id": None,
+                    "recipient": recipient,
+                    "detail": dict(why),
+                }
+                for message_id, item in batch
+                for recipient, why in item.suppressed.items()
             ],
         ),
     ]
@@ -176,8 +209,12 @@ def claimed_deliveries(rows: Iterable[Any]) -> list[ClaimedDelivery]:
 
 @functools.cache
 def leased_statement(as_json: bool) -> sa.Select[Any]:
-    """Takes :ids (message ids): their deliveries, as `claimed_deliveries` reads them."""
-    return sa.select(*CLAIMED_COLUMNS).where(in_list(deliveries.c.message_id, "ids", as_json))
+    """Takes :ids (message ids): their deliveries to send (not the suppressed ones), as
+    `claimed_deliveries` reads them."""
+    return sa.select(*CLAIMED_COLUMNS).where(
+        in_list(deliveries.c.message_id, "ids", as_json),
+        deliveries.c.state == DeliveryState.SENDING.value,
+    )
 
 
 @functools.cache
