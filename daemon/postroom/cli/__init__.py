@@ -16,6 +16,7 @@ from postroom.cli.queue import queue
 from postroom.cli.send import send
 from postroom.cli.serve import serve
 from postroom.cli.setup import check_config, db, init
+from postroom.cli.suppressions import suppressions
 from postroom.cli.templates import templates
 
 
@@ -30,7 +31,8 @@ def main(ctx: click.Context, config: str | None) -> None:
     ctx.obj["config"] = config
 
 
-for command in (init, serve, check_config, db, send, queue, templates, dkim, domains, apikeys, smtp_users):
+for command in (init, serve, check_config, db, send, queue, templates, dkim, domains, apikeys, smtp_users,
+                suppressions):
     main.add_command(command)
 
 __all__ = ["main"]
