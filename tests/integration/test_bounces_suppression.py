@@ -220,3 +220,52 @@ async def test_one_click_unsubscribe_suppresses_the_address_for_that_stream_only
         assert plain["recipients"] == 1
         await delivered(sink, 3)
         assert [m.recipients for m in sink.messages[1:]] == [["reader@example.org"], ["reader@example.org"]]
+
+
+async def test_the_suppression_api_and_the_loops_contacts_api_share_the_list(tmp_path: Path, db_url: str) -> None:
+    async with smtp_sink() as (_, port), serving(tmp_path, db_url, **sections(port)) as api:
+        admin = {"Authorization": f"Bearer {api.token(Role.ADMIN)}"}
+        sender = {"Authorization": f"Bearer {api.token(Role.SENDER)}"}
+        viewer = {"Authorization": f"Bearer {api.token(Role.VIEWER)}"}
+        async with api.session.post("/api/v1/contacts/create", json={"email": "Ada@example.com"},
+                                    headers=admin) as made:  # fmt: skip
+            assert made.status == 200
+
+        async def loops_check() -> bool:
+            async with api.session.get("/api/v1/contacts/suppression", params={"email": "Ada@example.com"},
+                                       headers=viewer) as answer:  # fmt: skip
+                assert answer.status == 200
+                return bool((await answer.json())["isSuppressed"])
+
+        assert not await loops_check()
+        async with api.session.post("/v1/suppressions", json={"email": "ada@EXAMPLE.com", "reason": "asked"},
+                                    headers=viewer) as refused:  # fmt: skip
+            assert refused.status == 403
+        async with api.session.post("/v1/suppressions", json={"email": "not an address"}, headers=sender) as bad:
+            assert bad.status == 400
+        async with api.session.post("/v1/suppressions", json={"email": "ada@EXAMPLE.com", "reason": "asked",
+                                                               "scope": "newsletter"}, headers=sender) as added:  # fmt: skip
+            assert added.status == 201
+            entry = await added.json()
+        assert (entry["scope"], entry["source"], entry["reason"]) == ("stream:newsletter", "manual", "asked")
+        assert entry["created_by"].startswith("apikey:")
+        assert await loops_check()
+
+        async with api.session.delete("/v1/suppressions", params={"address": "ada@example.com"},
+                                      headers=sender) as forbidden:  # fmt: skip
+            assert forbidden.status == 403
+        async with api.session.delete("/api/v1/contacts/suppression", params={"email": "Ada@example.com"},
+                                      headers=admin) as lifted:  # fmt: skip
+            assert lifted.status == 200
+        assert not await loops_check()
+        async with api.session.delete("/v1/suppressions", params={"address": "ada@example.com"},
+                                      headers=admin) as gone:  # fmt: skip
+            assert gone.status == 404
+
+        # Paging with a cursor.
+        for i in range(3):
+            await api.session.post("/v1/suppressions", json={"email": f"p{i}@example.com"}, headers=sender)
+        status, page = await api.get("/v1/suppressions", limit=2)
+        assert status == 200 and len(page["data"]) == 2 and page["next"] is not None
+        status, rest = await api.get("/v1/suppressions", limit=2, after=page["next"])
+        assert [e["address"] for e in rest["data"]] == ["p2@example.com"] and rest["next"] is None
