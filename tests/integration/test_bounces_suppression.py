@@ -21,9 +21,12 @@ import aiosmtplib
 import pytest
 import sqlalchemy as sa
 from postroom.bounces.verp import encode_verp
+from postroom.contacts.service import ContactService
+from postroom.contacts.sql_store import SqlContactStore
 from postroom.core.clock import FakeClock
 from postroom.store.credentials import Role
 from postroom.store.tables import bounce_records, deliveries, events, suppressions
+from postroom.suppression.sql_store import SqlSuppressionStore
 
 from tests.integration.test_http_api import Api, serving
 from tests.support import SinkHandler, smtp_sink, wait_until
@@ -269,3 +272,69 @@ async def test_the_suppression_api_and_the_loops_contacts_api_share_the_list(tmp
         assert status == 200 and len(page["data"]) == 2 and page["next"] is not None
         status, rest = await api.get("/v1/suppressions", limit=2, after=page["next"])
         assert [e["address"] for e in rest["data"]] == ["p2@example.com"] and rest["next"] is None
+
+
+ARF = (b"From: fbl@isp.example\r\nTo: fbl@postroom.test\r\nSubject: complaint\r\nMIME-Version: 1.0\r\n"
+       b'Content-Type: multipart/report; report-type=feedback-report; boundary="F"\r\n\r\n'
+       b"--F\r\nContent-Type: text/plain\r\n\r\nThis is an abuse report.\r\n"
+       b"--F\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nUser-Agent: isp-fbl/1\r\n"
+       b"Version: 1\r\nOriginal-Rcpt-To: <Grumpy@example.org>\r\n\r\n"
+       b"--F\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: app@postroom.test\r\nTo: grumpy@example.org\r\n\r\n"
+       b"--F--\r\n")  # fmt: skip
+
+
+async def test_a_complaint_to_the_feedback_address_suppresses_and_smtp_submission_reports_it(
+    tmp_path: Path, db_url: str
+) -> None:
+    extra = {"bounces": {"verp_keys": [KEY], "feedback_addresses": ["fbl@postroom.test"]},
+             "smtp": {"hostname": "mail.postroom.test", "submission_listen": "127.0.0.1:0", "mx_listen": "127.0.0.1:0",
+                      "trusted_networks": ["127.0.0.0/8"]}}  # fmt: skip
+    async with smtp_sink() as (sink, port), serving(tmp_path, db_url, **sections(port, **extra)) as api:
+        code, reply = await mx_send(api.daemon.mx, "FBL@postroom.test", ARF)
+        assert code == 250, reply
+
+        async def suppressed() -> Any:
+            return (await api.get("/v1/suppressions", address="grumpy@example.org"))[1]["data"]
+
+        await wait_until(suppressed, 10, what="the complaint's entry")
+        [entry] = await suppressed()
+        assert (entry["scope"], entry["source"], entry["reason"]) == ("global", "complaint", "feedback")
+        status, records = await api.get("/v1/bounces", kind="feedback")
+        assert [r["recipient"] for r in records["data"]] == ["grumpy@example.org"]
+
+        # Over SMTP: the message is accepted, the suppressed recipient recorded and counted in the reply.
+        host, smtp_port = api.daemon.submission
+        smtp = aiosmtplib.SMTP(hostname=host, port=smtp_port, start_tls=False, timeout=10)
+        await smtp.connect()
+        try:
+            content = (b"From: app@postroom.test\r\nTo: grumpy@example.org, happy@example.org\r\n"
+                       b"Subject: news\r\n\r\nhello\r\n")  # fmt: skip
+            _, reply = await smtp.sendmail("app@postroom.test", ["grumpy@example.org", "happy@example.org"], content)
+        finally:
+            await smtp.quit()
+        assert "queued as" in reply and "1 suppressed" in reply
+        await delivered(sink, 1)
+        assert sink.messages[0].recipients == ["happy@example.org"]
+        assert await delivery_states(api, "grumpy@example.org") == ["suppressed"]
+
+
+async def test_erasing_a_contact_keeps_its_suppression_only_as_a_hash(tmp_path: Path, db_url: str) -> None:
+    async with smtp_sink() as (_, port), serving(tmp_path, db_url, **sections(port)) as api:
+        sender = {"Authorization": f"Bearer {api.token(Role.SENDER)}"}
+        async with api.session.post("/api/v1/contacts/create", json={"email": "erase@example.com"},
+                                    headers={"Authorization": f"Bearer {api.token(Role.ADMIN)}"}) as made:  # fmt: skip
+            assert made.status == 200
+        async with api.session.post("/v1/suppressions", json={"email": "erase@example.com"}, headers=sender) as added:
+            assert added.status == 201
+        store = SqlSuppressionStore(api.engine)
+        service = ContactService(SqlContactStore(api.engine), [], FakeClock(), erase_suppression=store.erase)
+        await service.erase("erase@example.com")
+        status, found = await api.get("/v1/suppressions", address="erase@example.com")
+        [entry] = found["data"]
+        assert entry["address"] is None and entry["erased"] is True
+        status, body, _ = await api.send({"from": "app@postroom.test", "to": "erase@example.com", "subject": "x",
+                                          "text": "x"})  # fmt: skip
+        assert body["recipients"] == 0 and body["suppressed"][0]["recipient"] == "erase@example.com"
+        async with api.engine.connect() as conn:
+            stored = (await conn.execute(sa.select(suppressions.c.address_key))).scalars().all()
+        assert all("erase" not in key for key in stored)

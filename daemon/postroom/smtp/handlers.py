@@ -151,6 +151,12 @@ class SubmissionHandler(FixedReflection):
         outcome = await self._submit(submission, caller)
         if isinstance(outcome, Refusal):
             return refusal_reply(outcome)
+        if outcome.suppressed:
+            # Accepted and recorded, not refused at RCPT: a multi-recipient message must not fail
+            # for one suppressed address, and a per-recipient 550 cannot be given after DATA
+            # (RFC 5321 §4.2.5). Each is a `suppressed` delivery; the reply says how many.
+            return (f"250 2.0.0 Ok: queued as {outcome.message_id}; "
+                    f"{len(outcome.suppressed)} suppressed recipient(s) not sent to")  # fmt: skip
         return f"250 2.0.0 Ok: queued as {outcome.message_id}"
 
     async def handle_exception(self, error: Exception) -> str:
