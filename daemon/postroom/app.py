@@ -97,6 +97,19 @@ from postroom.templates.sql_store import SqlTemplateStore
 logger = logging.getLogger(__name__)
 
 
+def submission_steps(
+    settings: Settings, signing_keys: SigningKeys, suppressions: SuppressionService, metrics: Metrics, clock: Clock
+) -> list[Step]:
+    """The steps of the submission door, the same for the daemon and `postroom send`: policy and
+    size, then the suppression check, then (on non-transactional streams) the one-click
+    unsubscribe header, which must be in place before the message is stored and signed."""
+    steps = standard_steps(signing_keys, settings.smtp.max_message_size)
+    steps.append(SuppressionCheck(suppressions, metrics))
+    if settings.http.public_url and settings.bounces.verp_keys:
+        steps.append(ListUnsubscribeHeaders(settings.http.public_url, settings.bounces.verp_keys, clock))
+    return steps
+
+
 def worker_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
@@ -157,7 +170,7 @@ class Daemon:
             # commit itself (or, while the worker is full, stays queued until it has room).
             committer = GroupCommitter(storage.store, self.clock, on_commit=self._committed, handoff=worker)
             submissions = SubmissionService(
-                self._submission_steps(signing_keys, storage.suppressions),
+                submission_steps(settings, signing_keys, storage.suppressions, self.metrics, self.clock),
                 storage.store, self.clock, self.metrics, committer,
             )  # fmt: skip
             # Features that follow what happened (webhooks, suppression, capture, reports)
@@ -223,15 +236,6 @@ class Daemon:
         suppressions = SuppressionService(SqlSuppressionStore(engine, gate), self.clock, self.metrics)
         return Storage(engine, gate, store, SqlQueueViews(engine), suppressions)
 
-    def _submission_steps(self, signing_keys: SigningKeys, suppressions: SuppressionService) -> list[Step]:
-        """Policy and size, then the suppression check, then (on non-transactional streams) the
-        one-click unsubscribe header, which must be in place before the message is stored and signed."""
-        settings = self.settings
-        steps = standard_steps(signing_keys, settings.smtp.max_message_size)
-        steps.append(SuppressionCheck(suppressions, self.metrics))
-        if settings.http.public_url and settings.bounces.verp_keys:
-            steps.append(ListUnsubscribeHeaders(settings.http.public_url, settings.bounces.verp_keys, self.clock))
-        return steps
 
     def _delivery_worker(
         self,
