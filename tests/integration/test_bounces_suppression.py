@@ -143,6 +143,14 @@ async def test_a_late_dsn_bounces_the_delivery_suppresses_the_address_and_the_ne
         status, detail = await api.get(f"/v1/messages/{body['id']}")
         states = {d["recipient"]: (d["state"], [e["type"] for e in d["events"]]) for d in detail["deliveries"]}
         assert states["Dead@Example.net"] == ("suppressed", ["suppressed"])
+        async with api.engine.connect() as conn:
+            skipped = (await conn.execute(
+                sa.select(events.c.delivery_id, deliveries.c.id, events.c.detail)
+                .join(deliveries, deliveries.c.message_id == events.c.message_id)
+                .where(events.c.type == "suppressed", deliveries.c.state == "suppressed")
+            )).all()  # fmt: skip
+        [(event_delivery, delivery_id, why)] = skipped
+        assert event_delivery == delivery_id and why == {"scope": "global", "reason": "userunknown", "source": "bounce"}
         assert api.daemon.metric("postroom_suppressed_total", {"stream": "transactional", "source": "bounce"}) == 1
         assert api.daemon.metric("postroom_bounces_received_total", {"kind": "dsn", "bounce_class": "hard"}) == 1
 

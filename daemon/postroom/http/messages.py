@@ -98,13 +98,9 @@ def summary_json(summary: MessageSummary) -> dict[str, Any]:
 
 
 def detail_json(detail: MessageDetail) -> dict[str, Any]:
-    by_recipient = {d.recipient: d.id for d in detail.deliveries}
     events_by_delivery: dict[int | None, list[dict[str, Any]]] = {}
     for event in detail.events:
-        owner = event["delivery_id"]
-        if owner is None and event["type"] == "suppressed":  # written with the message: by recipient
-            owner = by_recipient.get(event.get("recipient") or "")
-        events_by_delivery.setdefault(owner, []).append(
+        events_by_delivery.setdefault(event["delivery_id"], []).append(
             {"at": event["at"], "type": event["type"], "detail": event["detail"]}
         )
     return {

@@ -139,6 +139,24 @@ def insert_statements(
     ]
 
 
+@functools.cache
+def suppressed_events_statement(as_json: bool) -> sa.Update:
+    """Takes :ids (message ids): gives their `suppressed` events, written with the batch before the
+    deliveries had ids, the id of the delivery each is about (in the same transaction)."""
+    delivery = (
+        sa.select(deliveries.c.id)
+        .where(deliveries.c.message_id == events.c.message_id, deliveries.c.recipient == events.c.recipient)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return (
+        events.update()
+        .where(in_list(events.c.message_id, "ids", as_json), events.c.type == "suppressed",
+               events.c.delivery_id.is_(None))
+        .values(delivery_id=delivery)
+    )  # fmt: skip
+
+
 def in_list(column: sa.ColumnElement[Any], name: str, as_json: bool) -> sa.ColumnElement[bool]:
     """`column IN (:name)`: on SQLite one JSON array parameter read with json_each, so the SQL is
     the same for any number of values (and compiled once); elsewhere an expanding parameter."""
