@@ -33,6 +33,11 @@ from postroom.config import Settings
 from postroom.core.clock import Clock, SystemClock
 from postroom.core.errors import PostroomError
 from postroom.core.types import INHOUSE_ROUTE, Submission
+from postroom.bounces.classify import reason_of_reply
+from postroom.bounces.intake import SqlBounceIntake
+from postroom.bounces.parser import parse_bounce
+from postroom.bounces.records import SqlBounceRecords
+from postroom.bounces.return_path import VerpReturnPaths
 from postroom.contacts.service import ContactService
 from postroom.contacts.sql_store import SqlContactStore
 from postroom.delivery.mx import counted_mx_cache
@@ -54,6 +59,7 @@ from postroom.http.ratelimit import rate_limit
 from postroom.http.openapi_routes import OpenApiRoutes
 from postroom.http.operations import OperationsRoutes
 from postroom.http.server import HttpServer
+from postroom.http.suppressions import SuppressionRoutes, UnsubscribeRoutes
 from postroom.http.templates import TemplateRoutes
 from postroom.loops.app import loops_api
 from postroom.loops.errors import over_quota as loops_over_quota
@@ -81,11 +87,28 @@ from postroom.store.schema import require_current
 from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.submission.budget import ByteBudget
 from postroom.submission.service import SubmissionService
-from postroom.submission.steps import standard_steps
+from postroom.submission.steps import Step, standard_steps
+from postroom.suppression.rules import SoftPolicy
+from postroom.suppression.service import SuppressionCheck, SuppressionConsumer, SuppressionService
+from postroom.suppression.sql_store import SqlSuppressionStore
+from postroom.suppression.unsubscribe import ListUnsubscribeHeaders
 from postroom.templates.service import TemplateService
 from postroom.templates.sql_store import SqlTemplateStore
 
 logger = logging.getLogger(__name__)
+
+
+def submission_steps(
+    settings: Settings, signing_keys: SigningKeys, suppressions: SuppressionService, metrics: Metrics, clock: Clock
+) -> list[Step]:
+    """The steps of the submission door, the same for the daemon and `postroom send`: policy and
+    size, then the suppression check, then (on non-transactional streams) the one-click
+    unsubscribe header, which must be in place before the message is stored and signed."""
+    steps = standard_steps(signing_keys, settings.smtp.max_message_size)
+    steps.append(SuppressionCheck(suppressions, metrics))
+    if settings.http.public_url and settings.bounces.verp_keys:
+        steps.append(ListUnsubscribeHeaders(settings.http.public_url, settings.bounces.verp_keys, clock))
+    return steps
 
 
 def worker_owner() -> str:
@@ -98,6 +121,7 @@ class Storage:
     gate: WriteGate
     store: QueueStore
     views: SqlQueueViews
+    suppressions: SuppressionService
 
 
 class Daemon:
@@ -141,19 +165,23 @@ class Daemon:
                 interval=settings.dkim.rotation_check_interval, overlap=settings.dkim.rotation_overlap,
             )  # fmt: skip
             await key_monitor.reload()
-            worker = self._delivery_worker(stack, storage, signing_keys, lookup)
+            return_paths = VerpReturnPaths(settings.domains, settings.bounces, self.clock)
+            worker = self._delivery_worker(stack, storage, signing_keys, lookup, return_paths)
             # Mail this process accepts goes to its own worker in memory, leased to it in the
             # commit itself (or, while the worker is full, stays queued until it has room).
             committer = GroupCommitter(storage.store, self.clock, on_commit=self._committed, handoff=worker)
             submissions = SubmissionService(
-                standard_steps(signing_keys, settings.smtp.max_message_size),
+                submission_steps(settings, signing_keys, storage.suppressions, self.metrics, self.clock),
                 storage.store, self.clock, self.metrics, committer,
             )  # fmt: skip
             # Features that follow what happened (webhooks, suppression, capture, reports)
             # subscribe here; each reads the event stream through its own durable cursor.
-            consumers: list[EventConsumer] = []
+            bounces = settings.bounces
+            soft = SoftPolicy(bounces.soft_failure_limit, bounces.soft_failure_window,
+                              bounces.soft_suppression_days * 86400.0)  # fmt: skip
+            consumers: list[EventConsumer] = [SuppressionConsumer(soft, self.metrics, reason_of_reply)]
             outbox = EventOutbox(storage.engine, storage.gate, self.clock, self.metrics, consumers)
-            listeners = self._smtp_listeners(stack, storage, submissions)
+            listeners = self._smtp_listeners(stack, storage, submissions, return_paths)
             http = self._http_server(storage, submissions, lookup, stack)
 
             stack.push_async_callback(listeners.close)
@@ -206,7 +234,9 @@ class Daemon:
             writer = SqliteBatchWriter(settings)
             stack.callback(writer.close)
             store = SqliteQueueStore(engine, writer, gate)
-        return Storage(engine, gate, store, SqlQueueViews(engine))
+        suppressions = SuppressionService(SqlSuppressionStore(engine, gate), self.clock, self.metrics)
+        return Storage(engine, gate, store, SqlQueueViews(engine), suppressions)
+
 
     def _delivery_worker(
         self,
@@ -214,6 +244,7 @@ class Daemon:
         storage: Storage,
         signing_keys: SigningKeys,
         lookup: DnsLookup,
+        return_paths: VerpReturnPaths,
     ) -> DeliveryWorker | None:
         delivery = self.settings.delivery
         if delivery.hold:
@@ -240,6 +271,7 @@ class Daemon:
                 throttle_backoff_max=delivery.throttle_backoff_max,
             ),
             prepare=DkimPreparer(signing_keys, self.clock, self.metrics, signing_pool),
+            return_path=return_paths if return_paths.enabled else None,
         )
 
     def _committed(self, batch: list[Submission], seconds: float) -> None:
@@ -247,7 +279,8 @@ class Daemon:
         self.metrics.commit_seconds.observe(seconds)
 
     def _smtp_listeners(
-        self, stack: contextlib.AsyncExitStack, storage: Storage, submissions: SubmissionService
+        self, stack: contextlib.AsyncExitStack, storage: Storage, submissions: SubmissionService,
+        return_paths: VerpReturnPaths,
     ) -> SmtpListeners:
         smtp = self.settings.smtp
         tls: ssl.SSLContext | None = None
@@ -270,8 +303,14 @@ class Daemon:
                                     blocks=limits.blocks, trust_period=limits.trust_period)  # fmt: skip
         authenticator = Authenticator(SqlSmtpUsers(storage.engine, hashing), throttle, limits,
                                       self.clock, self.metrics)  # fmt: skip
+        # Until the full parser of issue 13 (`bounces.parse`) lands, bounces are read by the small
+        # RFC 3464 / RFC 5965 reader.
+        intake = SqlBounceIntake(storage.engine, storage.gate, parse_bounce, self.clock, self.metrics,
+                                 max_stored=self.settings.bounces.max_stored_bounce)  # fmt: skip
         mx = MxHandler(self.metrics, self.clock, postmaster=self._postmaster(submissions),
-                       postmaster_domains=self.settings.postmaster_domains)  # fmt: skip
+                       postmaster_domains=self.settings.postmaster_domains, bounces=intake,
+                       return_paths=return_paths if return_paths.enabled else None,
+                       feedback_addresses=frozenset(self.settings.bounces.feedback_addresses))  # fmt: skip
         return SmtpListeners(smtp, handler, mx, authenticator, self.metrics, tls,
                              sockets=self.listen_sockets, budget=self.budget)  # fmt: skip
 
@@ -298,13 +337,18 @@ class Daemon:
                           templates),  # fmt: skip
             TemplateRoutes(templates, submissions, self.clock, settings.smtp.hostname),
             DomainRoutes(checker),
+            SuppressionRoutes(storage.suppressions, SqlBounceRecords(storage.engine)),
         ]
+        if settings.bounces.verp_keys:
+            groups.append(UnsubscribeRoutes(storage.suppressions, settings.bounces.verp_keys, self.clock, self.metrics))
         api_keys = SqlApiKeys(storage.engine)
         limiter = self._rate_limiter(stack)
         loops = loops_api(
             api_keys=api_keys, templates=templates, names=SqlTransactionalNames(storage.engine),
             contacts=ContactService(SqlContactStore(storage.engine),
-                                    [item.mailing_list() for item in settings.contacts.lists], self.clock),
+                                    [item.mailing_list() for item in settings.contacts.lists], self.clock,
+                                    erase_suppression=storage.suppressions.erase),
+            suppressions=storage.suppressions,
             submissions=submissions, settings=settings.loops, rules=settings.events, clock=self.clock,
             metrics=self.metrics, hostname=settings.smtp.hostname, sending_ips=settings.delivery.sending_ips,
             extra_middlewares=[rate_limit(limiter, loops_over_quota, self.metrics)] if limiter else [],

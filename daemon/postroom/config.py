@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from postroom.bounces.settings import BounceSettings
 from postroom.config_sources import EnvironSource, SecretFileSource, TomlFileSource
 from postroom.contacts.settings import ContactsSettings
 from postroom.loops.settings import EventRule, LoopsSettings
@@ -91,6 +92,17 @@ class HttpSettings(_Section):
     max_connections_per_client: int = Field(default=64, ge=1)
     # Requests per API key (postroom.ratelimit): Loops' 10/s by default.
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    # Where recipients reach this API from outside (the one-click unsubscribe links are
+    # <public_url>/u/<token>); "" = no List-Unsubscribe header is added.
+    public_url: str = ""
+
+    @field_validator("public_url")
+    @classmethod
+    def _valid_public_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
 
     @field_validator("listen")
     @classmethod
@@ -368,6 +380,7 @@ class Settings(BaseSettings):
     contacts: ContactsSettings = Field(default_factory=ContactsSettings)
     loops: LoopsSettings = Field(default_factory=LoopsSettings)
     events: dict[str, EventRule] = Field(default_factory=dict)
+    bounces: BounceSettings = Field(default_factory=BounceSettings)
 
     @model_validator(mode="after")
     def _unique_domains(self) -> Settings:

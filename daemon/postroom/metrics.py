@@ -67,6 +67,43 @@ class Metrics:
             ["stream", "route", "bounce_class", "reason"],
             registry=registry,
         )
+        self.suppressed = Counter(
+            "postroom_suppressed",
+            "Recipients skipped at submission because they are suppressed, by the entry's source",
+            ["stream", "source"],
+            registry=registry,
+        )
+        self.suppressions_added = Counter(
+            "postroom_suppressions_added",
+            "Suppression list entries added, by source (bounce, complaint, unsubscribe, manual, import)",
+            ["source"],
+            registry=registry,
+        )
+        self.suppressions_removed = Counter(
+            "postroom_suppressions_removed",
+            "Suppression list entries removed",
+            ["source"],
+            registry=registry,
+        )
+        self.sender_reputation_bounces = Counter(
+            "postroom_sender_reputation_bounces",
+            "Bounces whose reason blames the sender (blocked, badreputation, authfailure, ...): never "
+            "suppress the recipient, alert the operator",
+            ["reason"],
+            registry=registry,
+        )
+        self.bounces_received = Counter(
+            "postroom_bounces_received",
+            "Mail received at the return path, per reported recipient, by kind and class",
+            ["kind", "bounce_class"],
+            registry=registry,
+        )
+        self.unsubscribed = Counter(
+            "postroom_unsubscribed",
+            "One-click unsubscribes, by stream",
+            ["stream"],
+            registry=registry,
+        )
         self.dead = Counter(
             "postroom_dead",
             "Messages parked as dead after crashing the pipeline",

@@ -31,6 +31,7 @@ from postroom.store.dkim_keys import SqlDkimKeys
 
 QUICKSTART_DOMAIN = "postroom.test"
 QUICKSTART_FILE = "quickstart.json"
+VERP_KEY_FILE = "verp-keys"
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,6 @@ state_dir = {_toml_string(str(d))}
 [database]
 url = {_toml_string(f"sqlite+aiosqlite:///{d / 'postroom.db'}")}
 
-[http]
-listen = "127.0.0.1:8025"
-
 [smtp]
 hostname = "localhost"
 submission_listen = "127.0.0.1:2587"
@@ -118,9 +116,26 @@ capture_dir = {_toml_string(str(d / 'outbox'))}
 [log]
 format = "text"
 
+[http]
+listen = "127.0.0.1:8025"
+# One-click unsubscribe links in non-transactional mail point here (/u/<token>).
+public_url = "http://127.0.0.1:8025"
+
+[bounces]
+# Signs the VERP return paths (bounces+<token>@{QUICKSTART_DOMAIN}, received by the MX on 2525)
+# and the unsubscribe links. One key per line; the first signs.
+verp_keys_file = {_toml_string(str(d / VERP_KEY_FILE))}
+
 [[domains]]
 name = "{QUICKSTART_DOMAIN}"
 """
+
+
+def ensure_verp_key(directory: Path) -> None:
+    """A fresh VERP signing key for the quickstart, unless it has one (tokens stay valid)."""
+    path = directory / VERP_KEY_FILE
+    if not path.exists():
+        write_private(path, (os.urandom(32).hex() + "\n").encode())
 
 
 def save_quickstart(directory: Path, result: InitResult) -> None:

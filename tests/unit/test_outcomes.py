@@ -120,6 +120,14 @@ def test_a_failed_attempt_gets_the_reason_a_bounce_message_would(
     assert release.detail["code"] == code  # what the attempt recorded stays
 
 
+def test_a_connection_that_failed_is_a_network_error_whatever_its_words() -> None:
+    release = decide(claimed(), result(Verdict.DEFERRED, "mx.example.org: connection refused"), POLICY, T0, 0.0)
+    assert (release.detail["reason"], release.detail["bounce_class"]) == ("networkerror", "soft")
+    greeted = decide(claimed(), result(Verdict.DEFERRED, "mx.example.org greeted with 554 5.7.1 Client host blocked"),
+                     POLICY, T0, 0.0)  # fmt: skip
+    assert greeted.detail["reason"] == "blocked"  # an SMTP reply, even without a recorded code
+
+
 def test_a_delivery_carries_no_reason() -> None:
     release = decide(claimed(), result(Verdict.DELIVERED, "250 2.0.0 ok", code=250), POLICY, T0, 0.0)
     assert release.detail == {"code": 250}

@@ -190,3 +190,12 @@ def classify_reply(
         reply_code = find_reply_code(diagnostic)
     reason = reason_of(reply_code, status, diagnostic, command)
     return reason, class_of(reason, reply_code, status)
+
+
+def reason_of_reply(reply: str) -> str | None:
+    """The reason of an SMTP reply as the delivery worker recorded it ("550 5.1.1 <x>: user
+    unknown"), for events written before attempts carried their reason; None for what is no SMTP
+    reply (a connection that failed)."""
+    if find_reply_code(reply) is None:
+        return None
+    return classify_reply(None, None, reply)[0]

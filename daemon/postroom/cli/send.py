@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postroom.app import submission_steps
 from postroom.cli.common import config_option, fail, run_db, settings_from
 from postroom.config import Settings
 from postroom.core.addresses import valid_mailbox
@@ -29,7 +30,8 @@ from postroom.submission.fields import MessageIn, build_submission
 from postroom.submission.outcome import Accepted, Caller, Outcome
 from postroom.submission.raw import Trace, raw_submission
 from postroom.submission.service import SubmissionService
-from postroom.submission.steps import standard_steps
+from postroom.suppression.service import SuppressionService
+from postroom.suppression.sql_store import SqlSuppressionStore
 
 
 @click.command()
@@ -66,6 +68,9 @@ def send(ctx: click.Context, sender: str, to: tuple[str, ...], subject: str, tex
     outcome = run_db(settings, lambda engine: _submit(engine, settings, submission, Caller("cli", user)))
     if not isinstance(outcome, Accepted):
         fail(outcome.reason, 1)
+    for address, why in outcome.suppressed.items():  # recorded as `suppressed` deliveries, not sent
+        click.echo(f"postroom: {address} is suppressed ({why.get('scope')}: {why.get('reason')}); not sent",
+                   err=True)  # fmt: skip
     click.echo(outcome.message_id)
 
 
@@ -88,6 +93,8 @@ def _raw(settings: Settings, content: bytes, sender: str, to: tuple[str, ...], s
 async def _submit(engine: AsyncEngine, settings: Settings, submission: Submission, caller: Caller) -> Outcome:
     keyring = await asyncio.to_thread(load_keyring, await SqlDkimKeys(engine).list())
     keys = SigningKeys(settings.domains, keyring)
-    door = SubmissionService(standard_steps(keys, settings.smtp.max_message_size), SqlQueueStore(engine),
-                             SystemClock(), Metrics(CollectorRegistry()))  # fmt: skip
+    clock, metrics = SystemClock(), Metrics(CollectorRegistry())
+    suppressions = SuppressionService(SqlSuppressionStore(engine), clock, metrics)
+    door = SubmissionService(submission_steps(settings, keys, suppressions, metrics, clock), SqlQueueStore(engine),
+                             clock, metrics)  # fmt: skip
     return await door.submit(submission, caller)

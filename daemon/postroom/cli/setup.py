@@ -40,6 +40,7 @@ def init(dev: bool, directory: str, as_json: bool) -> None:
         root.chmod(0o700)  # the database holds message bodies and key hashes
         quickstart.self_signed_certificate("localhost", root / "tls" / "cert.pem", root / "tls" / "key.pem")
         config_path.write_text(quickstart.dev_config(root))
+    quickstart.ensure_verp_key(root)
     try:
         settings = load_settings(config_path, os.environ)
     except ConfigError as exc:

@@ -8,7 +8,7 @@ the contact properties that came with it and is recorded; what it triggers is th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,10 +79,15 @@ def checked_user_id(value: Any) -> str | None:
 
 
 class ContactService:
-    def __init__(self, store: ContactStore | SqlContactStore, lists: Sequence[MailingList], clock: Clock):
+    def __init__(
+        self, store: ContactStore | SqlContactStore, lists: Sequence[MailingList], clock: Clock,
+        erase_suppression: Callable[[str], Awaitable[int]] | None = None,
+    ):  # fmt: skip
         self._store = store
         self._lists = {item.id: item for item in lists}
         self._clock = clock
+        # Erasure reaches the suppression list too: its entries are kept only as the address's hash.
+        self._erase_suppression = erase_suppression
 
     @property
     def mailing_lists(self) -> list[MailingList]:
@@ -239,7 +244,13 @@ class ContactService:
         return await self._store.count()
 
     async def erase(self, address: str) -> tuple[bool, int]:
-        return await self._store.erase(checked_email(address, "address"))
+        """Erase the contact; its suppression entries (if any) are kept only as a hash, so the
+        address stays blocked without being named."""
+        checked = checked_email(address, "address")
+        erased = await self._store.erase(checked)
+        if self._erase_suppression is not None:
+            await self._erase_suppression(checked)
+        return erased
 
     async def _located(self, email: str | None, user_id: str | None) -> Contact | None:
         if (email is None) == (user_id is None):

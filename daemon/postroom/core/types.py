@@ -18,6 +18,7 @@ class DeliveryState(enum.StrEnum):
     BOUNCED = "bounced"
     EXPIRED = "expired"  # deferred past max_age; a bounce with reason "expired"
     DEAD = "dead"  # crashed the pipeline; parked for a human (`queue retry`)
+    SUPPRESSED = "suppressed"  # never sent: the recipient is on the suppression list
 
     @property
     def is_final(self) -> bool:
@@ -25,7 +26,7 @@ class DeliveryState(enum.StrEnum):
 
 
 FINAL_STATES = frozenset(
-    {DeliveryState.DELIVERED, DeliveryState.BOUNCED, DeliveryState.EXPIRED}
+    {DeliveryState.DELIVERED, DeliveryState.BOUNCED, DeliveryState.EXPIRED, DeliveryState.SUPPRESSED}
 )
 ACTIVE_STATES = (DeliveryState.QUEUED, DeliveryState.DEFERRED, DeliveryState.SENDING)
 
@@ -55,6 +56,9 @@ class Submission:
     # envelope is not part of what DKIM signs.
     recipient_routes: Mapping[str, str] = field(default_factory=dict)
     return_paths: Mapping[str, str] = field(default_factory=dict)
+    # Recipients skipped because they are suppressed, with why (the entry's scope and reason):
+    # recorded as `suppressed` deliveries with a `suppressed` event, never sent.
+    suppressed: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     template: tuple[str, int] | None = None  # (template id, version) it was rendered from
 
 

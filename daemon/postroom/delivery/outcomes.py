@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
-from postroom.bounces.classify import classify_reply
+from postroom.bounces.classify import classify_reply, find_reply_code
 from postroom.bounces.model import BounceClass
 from postroom.core.clock import Clock
 from postroom.core.errors import StoreError
@@ -63,6 +63,9 @@ def failure_reason(state: DeliveryState, result: RecipientResult) -> dict[str, s
     if state is DeliveryState.EXPIRED:
         return {"reason": "expired", "bounce_class": BounceClass.SOFT.value}
     code = result.details.get("code")
+    if code is None and not result.details.get("local") and find_reply_code(result.reply) is None:
+        # No SMTP reply at all: the connection failed (refused, timed out, TLS), whatever the words.
+        return {"reason": "networkerror", "bounce_class": BounceClass.SOFT.value}
     status = result.details.get("status")
     command = result.details.get("command")
     reason, bounce_class = classify_reply(code if isinstance(code, int) else None,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -49,6 +50,8 @@ __all__ = ["DeliveryWorker", "WorkerOptions", "decide", "send_as_stored"]
 logger = logging.getLogger(__name__)
 
 Prepare = Callable[[QueuedMessage], Awaitable[bytes]]
+# The envelope sender of one delivery of a message (VERP, `bounces.return_path`); None: the message's.
+ReturnPathFor = Callable[[QueuedMessage, int], str | None]
 MAX_EXCLUDED_DOMAINS = 500  # domains held back in one claim query at most
 
 
@@ -81,8 +84,10 @@ class DeliveryWorker:
         options: WorkerOptions,
         prepare: Prepare = send_as_stored,
         draw: Callable[[], float] = system_draw,
+        return_path: ReturnPathFor | None = None,
     ):
         self._store = store
+        self._return_path = return_path
         self._transports = dict(transports)
         self._policy = policy
         self._clock = clock
@@ -313,11 +318,19 @@ class DeliveryWorker:
                 if held_back:
                     self._record(job.message, [self._postponed(delivery, lane)])
                 else:  # recipients of one message join one job (`Lane.enqueue`)
-                    lane.enqueue(Job(job.message, job.content, [delivery]))
+                    lane.enqueue(Job(job.message, job.content, [self._addressed(job.message, delivery)]))
             self._pump(lane)
         except Exception as exc:
             for job, delivery in items:
                 await self._park(job.message, job.message.id, [delivery], exc)
+
+    def _addressed(self, message: QueuedMessage, delivery: ClaimedDelivery) -> ClaimedDelivery:
+        """The delivery with its own envelope sender (VERP), issued for this attempt, unless it
+        has one already or the message has none to replace (a null sender stays null)."""
+        if self._return_path is None or delivery.mail_from is not None or not message.mail_from:
+            return delivery
+        mail_from = self._return_path(message, delivery.id)
+        return delivery if mail_from is None else dataclasses.replace(delivery, mail_from=mail_from)
 
     def _held_back_domains(self, now: float) -> list[str]:
         held: set[str] = set()

@@ -63,12 +63,24 @@ class DestinationQuery(BaseModel):
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
+class SuppressedRecipient(BaseModel):
+    """A recipient not sent to: the suppression entry that stopped it."""
+
+    recipient: str
+    scope: str
+    reason: str
+    source: str
+
+
 class MessageAccepted(BaseModel):
-    """A message committed to the queue (`created: false`: an idempotent replay)."""
+    """A message committed to the queue (`created: false`: an idempotent replay). `recipients`
+    counts those that will be sent to; `suppressed` lists those skipped (each recorded as a
+    `suppressed` delivery with a `suppressed` event)."""
 
     id: str
     recipients: int
     created: bool
+    suppressed: list[SuppressedRecipient] = Field(default_factory=list)
 
 
 def summary_json(summary: MessageSummary) -> dict[str, Any]:
@@ -191,7 +203,11 @@ class MessageRoutes:
         if isinstance(outcome, Refusal):
             raise refusal_error(outcome)
         headers = {} if outcome.created else {"Idempotent-Replayed": "true"}
-        accepted = MessageAccepted(id=outcome.message_id, recipients=outcome.recipients, created=outcome.created)
+        accepted = MessageAccepted(
+            id=outcome.message_id, recipients=outcome.recipients, created=outcome.created,
+            suppressed=[SuppressedRecipient(recipient=address, scope=why.get("scope", ""), reason=why.get("reason", ""),
+                                            source=why.get("source", "")) for address, why in outcome.suppressed.items()],
+        )  # fmt: skip
         return web.json_response(accepted.model_dump(), status=202, headers=headers)
 
     @operation(

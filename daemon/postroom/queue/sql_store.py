@@ -137,6 +137,8 @@ class SqlQueueStore:
     ) -> None:
         for statement, rows in q.insert_statements(batch, now, lease):
             await conn.execute(statement, rows)
+        if any(item.suppressed for _, item in batch):
+            await conn.execute(q.suppressed_events_statement(as_json=False), {"ids": [m for m, _ in batch]})
 
     # -- work -----------------------------------------------------------------------------
 

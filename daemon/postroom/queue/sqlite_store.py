@@ -41,6 +41,7 @@ class SqliteQueueStore(SqlQueueStore):
     ) -> list[Any]:
         statements = q.insert_statements(batch, now, lease)
         params = {"ids": json.dumps([message_id for message_id, _ in batch])}
+        suppressed = any(item.suppressed for _, item in batch)
 
         def insert(connection: sqlite3.Connection) -> list[Any]:
             large: list[tuple[str, bytes]] = []
@@ -51,6 +52,8 @@ class SqliteQueueStore(SqlQueueStore):
                     connection.executemany(*sql_and_rows(statement, rows))
             for message_id, content in large:
                 _write_content(connection, message_id, content)
+            if suppressed:
+                execute(connection, q.suppressed_events_statement(as_json=True), params, "suppressed-events")
             return execute(connection, q.leased_statement(as_json=True), params, "leased") if lease else []
 
         return await self._writer.run(insert, durable=True)

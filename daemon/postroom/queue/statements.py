@@ -83,10 +83,31 @@ def insert_statements(
                     "next_attempt_at": now,
                     "route": item.recipient_routes.get(recipient, item.route),
                     "mail_from": item.return_paths.get(recipient),
+                    "last_reply": None,
+                    "finished_at": None,
                     **leased,
                 }
                 for message_id, item in batch
                 for recipient in item.recipients
+            ]
+            + [
+                {
+                    "message_id": message_id,
+                    "recipient": recipient,
+                    "domain": domain_of(recipient),
+                    "state": DeliveryState.SUPPRESSED.value,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "next_attempt_at": now,
+                    "route": item.recipient_routes.get(recipient, item.route),
+                    "mail_from": None,
+                    "last_reply": f"suppressed: {why.get('reason', '')}"[:2000],
+                    "finished_at": now,
+                    **{key: None for key in leased},  # rows of one executemany name the same columns
+                }
+                for message_id, item in batch
+                for recipient, why in item.suppressed.items()
             ],
         ),
         (
@@ -101,9 +122,39 @@ def insert_statements(
                     "detail": {"source": item.source, "recipients": len(item.recipients)},
                 }
                 for message_id, item in batch
+            ]
+            + [
+                {
+                    "at": now,
+                    "type": "suppressed",
+                    "message_id": message_id,
+                    "delivery_id": None,
+                    "recipient": recipient,
+                    "detail": dict(why),
+                }
+                for message_id, item in batch
+                for recipient, why in item.suppressed.items()
             ],
         ),
     ]
+
+
+@functools.cache
+def suppressed_events_statement(as_json: bool) -> sa.Update:
+    """Takes :ids (message ids): gives their `suppressed` events, written with the batch before the
+    deliveries had ids, the id of the delivery each is about (in the same transaction)."""
+    delivery = (
+        sa.select(deliveries.c.id)
+        .where(deliveries.c.message_id == events.c.message_id, deliveries.c.recipient == events.c.recipient)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return (
+        events.update()
+        .where(in_list(events.c.message_id, "ids", as_json), events.c.type == "suppressed",
+               events.c.delivery_id.is_(None))
+        .values(delivery_id=delivery)
+    )  # fmt: skip
 
 
 def in_list(column: sa.ColumnElement[Any], name: str, as_json: bool) -> sa.ColumnElement[bool]:
@@ -176,8 +227,12 @@ def claimed_deliveries(rows: Iterable[Any]) -> list[ClaimedDelivery]:
 
 @functools.cache
 def leased_statement(as_json: bool) -> sa.Select[Any]:
-    """Takes :ids (message ids): their deliveries, as `claimed_deliveries` reads them."""
-    return sa.select(*CLAIMED_COLUMNS).where(in_list(deliveries.c.message_id, "ids", as_json))
+    """Takes :ids (message ids): their deliveries to send (not the suppressed ones), as
+    `claimed_deliveries` reads them."""
+    return sa.select(*CLAIMED_COLUMNS).where(
+        in_list(deliveries.c.message_id, "ids", as_json),
+        deliveries.c.state == DeliveryState.SENDING.value,
+    )
 
 
 @functools.cache

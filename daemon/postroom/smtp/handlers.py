@@ -3,8 +3,9 @@
 Submission: relay only for authenticated users or clients in `trusted_networks`; at most
 `max_recipients`; at DATA the message goes through the submission door, whose answer becomes the
 reply: `250` only once the message is committed, a refusal's 5xx/4xx otherwise. The MX accepts
-mail to postmaster (`smtp.postmaster`) and refuses every other recipient with `550 5.7.1` until the
-bounce processor gives it addresses to accept.
+mail to postmaster (`smtp.postmaster`), to our VERP return paths whose token verifies, and to the
+configured feedback-loop addresses; the bounces go to the `BounceIntake`. Every other recipient
+is refused with `550 5.7.1`, a forged or expired return path with `550 5.1.1`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import contextlib
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
+from postroom.bounces.verp import ReturnPath, TokenProblem
 from postroom.core.addresses import address_allowed, valid_mailbox
 from postroom.core.clock import Clock
 from postroom.core.errors import PostroomError
@@ -149,6 +151,12 @@ class SubmissionHandler(FixedReflection):
         outcome = await self._submit(submission, caller)
         if isinstance(outcome, Refusal):
             return refusal_reply(outcome)
+        if outcome.suppressed:
+            # Accepted and recorded, not refused at RCPT: a multi-recipient message must not fail
+            # for one suppressed address, and a per-recipient 550 cannot be given after DATA
+            # (RFC 5321 §4.2.5). Each is a `suppressed` delivery; the reply says how many.
+            return (f"250 2.0.0 Ok: queued as {outcome.message_id}; "
+                    f"{len(outcome.suppressed)} suppressed recipient(s) not sent to")  # fmt: skip
         return f"250 2.0.0 Ok: queued as {outcome.message_id}"
 
     async def handle_exception(self, error: Exception) -> str:
@@ -157,10 +165,25 @@ class SubmissionHandler(FixedReflection):
         return TEMPORARY_FAILURE
 
 
+class BounceIntake(Protocol):
+    """Where mail to the return path goes: a bounce for `delivery_id` (None: to a feedback-loop
+    address, which names no delivery). Raises `PostroomError` when it cannot be kept (451)."""
+
+    async def take(self, delivery_id: int | None, raw: bytes) -> None: ...
+
+
+class ReturnPathCheck(Protocol):
+    """Verifies a VERP address (`bounces.return_path.VerpReturnPaths.verify`)."""
+
+    def verify(self, address: str) -> ReturnPath | TokenProblem | None: ...
+
+
 class MxHandler(FixedReflection):
     """The inbound MX (port 25). Accepts mail to postmaster (RFC 5321 §4.5.1: bare, or at a
-    sending domain, bounce domain or the server's name) and hands it to `postmaster`; refuses every
-    other recipient with 550 5.7.1 until the bounce processor gives it addresses to accept."""
+    sending domain, bounce domain or the server's name) and hands it to `postmaster`; mail to a
+    VERP return path whose token verifies, and to a feedback-loop address, goes to `bounces`.
+    Every other recipient is refused with 550 5.7.1; a return path whose token is forged or
+    expired with 550 5.1.1 (RFC 3463 §3.2: "bad destination mailbox address")."""
 
     def __init__(
         self,
@@ -170,12 +193,29 @@ class MxHandler(FixedReflection):
         postmaster: PostmasterMail | None = None,
         postmaster_domains: frozenset[str] = frozenset(),
         max_recipients: int = 50,
+        bounces: BounceIntake | None = None,
+        return_paths: ReturnPathCheck | None = None,
+        feedback_addresses: frozenset[str] = frozenset(),
     ):
         self._metrics = metrics
         self._clock = clock
         self._postmaster = postmaster
         self._postmaster_domains = postmaster_domains
         self._max_recipients = max_recipients
+        self._bounces = bounces
+        self._return_paths = return_paths
+        self._feedback = frozenset(a.lower() for a in feedback_addresses)
+
+    def _bounce_target(self, address: str) -> ReturnPath | TokenProblem | str | None:
+        """What a recipient is to the bounce side: a verified return path, a refused token, the
+        feedback address itself, or None (not a bounce address)."""
+        if self._bounces is None:
+            return None
+        if address.strip("<>").lower() in self._feedback:
+            return address
+        if self._return_paths is None:
+            return None
+        return self._return_paths.verify(address)
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -187,7 +227,15 @@ class MxHandler(FixedReflection):
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if self._postmaster is not None and is_postmaster(address, self._postmaster_domains):
+        accepted = self._postmaster is not None and is_postmaster(address, self._postmaster_domains)
+        if not accepted:
+            target = self._bounce_target(address)
+            if isinstance(target, TokenProblem):
+                self._metrics.rejected.labels("mx", f"verp_{target.value}").inc()
+                why = "has expired" if target is TokenProblem.EXPIRED else "is not valid"
+                return f"550 5.1.1 <{address}>: this return path {why}"
+            accepted = target is not None
+        if accepted:
             if len(envelope.rcpt_tos) >= self._max_recipients:
                 return "452 4.5.3 Too many recipients"
             envelope.rcpt_tos.append(address)
@@ -197,20 +245,39 @@ class MxHandler(FixedReflection):
         return "550 5.7.1 Recipient address rejected: not a bounce or feedback address"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self._postmaster is None or not envelope.rcpt_tos:  # nothing else is accepted at RCPT
+        if not envelope.rcpt_tos:  # nothing else is accepted at RCPT
             return "554 5.5.1 No valid recipients"
-        now = self._clock.now()
-        protocol = "ESMTP" + ("S" if session.ssl else "")
-        message = PostmasterMessage(
-            content=take_content(envelope), mail_from=envelope.mail_from or "",
-            recipients=tuple(envelope.rcpt_tos), trace=Trace(session.host_name, _peer_ip(session), protocol),
-            queue_id=new_message_id(now), now=now,
-        )  # fmt: skip
-        outcome = await self._postmaster.receive(message)
-        del message
-        if isinstance(outcome, Refusal):
-            return refusal_reply(outcome)
-        return f"250 2.0.0 Ok: queued as {outcome.message_id}"
+        postmaster = tuple(r for r in envelope.rcpt_tos if self._postmaster is not None
+                           and is_postmaster(r, self._postmaster_domains))  # fmt: skip
+        # Each return path names one delivery; a copy to several of them is a bounce for each.
+        targets = [self._bounce_target(r) for r in envelope.rcpt_tos if r not in postmaster]
+        content = take_content(envelope)
+        reply = "250 2.0.0 Ok"
+        if targets and self._bounces is not None:
+            raw = bytes(content)
+            try:
+                for target in targets:
+                    if isinstance(target, ReturnPath):
+                        await self._bounces.take(target.delivery_id, raw)
+                    elif isinstance(target, str):
+                        await self._bounces.take(None, raw)
+            except PostroomError as exc:
+                logger.warning("a bounce could not be kept: %s", exc)
+                return TEMPORARY_FAILURE
+        if postmaster and self._postmaster is not None:
+            now = self._clock.now()
+            protocol = "ESMTP" + ("S" if session.ssl else "")
+            message = PostmasterMessage(
+                content=content, mail_from=envelope.mail_from or "",
+                recipients=postmaster, trace=Trace(session.host_name, _peer_ip(session), protocol),
+                queue_id=new_message_id(now), now=now,
+            )  # fmt: skip
+            outcome = await self._postmaster.receive(message)
+            del message
+            if isinstance(outcome, Refusal):
+                return refusal_reply(outcome)
+            reply = f"250 2.0.0 Ok: queued as {outcome.message_id}"
+        return reply
 
     async def handle_exception(self, error: Exception) -> str:
         logger.error("MX session error", exc_info=error)

@@ -287,3 +287,57 @@ loops_transactionals = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+
+# Mail that reached the return path (postroom.bounces): one row per reported recipient (or one row
+# for a message that names none), with what the parser read and the raw message (capped).
+bounce_records = sa.Table(
+    "bounce_records",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("delivery_id", BigId),  # the delivery its VERP token named (NULL: a feedback address)
+    sa.Column("message_id", sa.String(26)),
+    sa.Column("recipient", sa.String(512)),
+    sa.Column("kind", sa.String(16), nullable=False),  # dsn, feedback, autoreply, not_bounce
+    sa.Column("reason", sa.String(32)),
+    sa.Column("bounce_class", sa.String(8)),
+    sa.Column("status", sa.String(16)),
+    sa.Column("reply_code", sa.Integer),
+    sa.Column("diagnostic", sa.Text),
+    sa.Column("feedback_type", sa.String(32)),
+    sa.Column("raw_size", sa.Integer, nullable=False),
+    sa.Column("raw", sa.LargeBinary, nullable=False),  # the first `max_stored_bounce` bytes
+    sa.Index(None, "received_at"),
+    sa.Index(None, "recipient"),
+)
+
+# The suppression list (postroom.suppression): one entry per address and scope ("global" or
+# "stream:<name>"), with its provenance. `address_key` is the lower-cased address, or
+# "sha256:<hex>" of it once erased on request (then `address` is NULL): the entry still blocks.
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("address_key", sa.String(320), nullable=False),
+    sa.Column("address", sa.String(512)),
+    sa.Column("scope", sa.String(80), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),  # bounce, complaint, unsubscribe, manual, import
+    sa.Column("reason", sa.String(255), nullable=False),
+    sa.Column("bounce_record_id", BigId),
+    sa.Column("created_by", sa.String(255)),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float),  # NULL: until removed
+    sa.UniqueConstraint("address_key", "scope"),
+    sa.Index(None, "created_at"),
+)
+
+# Soft failures that count towards suppression (mailboxfull, suspend, filtered) within a window.
+soft_failures = sa.Table(
+    "soft_failures",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("address_key", sa.String(320), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Index(None, "address_key", "at"),
+)

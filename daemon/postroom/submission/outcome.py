@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class Accepted:
     message_id: str
     recipients: int
     created: bool = True  # False: an idempotent replay of an earlier request
+    # Recipients not sent to because they are suppressed: address -> {scope, reason, source}.
+    suppressed: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ class SubmissionService:
             return self._refused(STORE_UNAVAILABLE, caller)
         if created:
             self._metrics.accepted.labels(caller.source, submission.stream, submission.route).inc()
-        return Accepted(message_id, len(submission.recipients), created)
+        suppressed = {address: dict(why) for address, why in submission.suppressed.items()}
+        return Accepted(message_id, len(submission.recipients), created, suppressed)
 
     def _refused(self, refusal: Refusal, caller: Caller) -> Refusal:
         self._metrics.rejected.labels(caller.source, refusal.code).inc()
