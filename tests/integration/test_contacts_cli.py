@@ -253,6 +253,7 @@ async def test_erase_removes_the_contact_and_blanks_its_messages_and_leaves_othe
     to_both = cli.send("bob@example.com", "ada@example.com", subject="News")
     to_bob = cli.send("bob@example.com", subject="For Bob only")
 
+    cli("suppressions", "add", "ada@example.com", "--reason", "complaint")
     stderr = cli.fails("contacts", "erase", "ada@example.com", code=2, input="y\n")  # stdin is not a terminal
     assert "add --yes" in stderr and "ada@example.com" in await stored(cli.db_url)
 
@@ -271,6 +272,13 @@ async def test_erase_removes_the_contact_and_blanks_its_messages_and_leaves_othe
     assert bodies[to_bob][1] == "For Bob only" and b"For Bob only" in bodies[to_bob][0]
     assert recipients[:2] == ["bob@example.com", "bob@example.com"]
     assert [r.startswith("erased:") for r in recipients[2:]] == [True, True]
+
+    # The suppression stays, kept only as the address's hash: still blocking, no longer naming it.
+    entries = cli("suppressions", "ls", "--json").stdout
+    assert "ada@example.com" not in entries.lower()
+    [entry] = json.loads(entries)
+    assert (entry["address"], entry["erased"], entry["reason"]) == (None, True, "complaint")
+    assert json.loads(cli("suppressions", "ls", "--address", "Ada@example.com", "--json").stdout) == [entry]
 
     again = cli("contacts", "erase", "ada@example.com", "--yes")
     assert again.stdout == ("no contact ada@example.com (nothing to remove)\n"

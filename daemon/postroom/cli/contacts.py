@@ -31,6 +31,7 @@ from postroom.contacts.csv_io import AudienceFileError
 from postroom.contacts.model import ContactError, PropertyType
 from postroom.contacts.service import ContactService, checked_email
 from postroom.contacts.sql_store import SqlContactStore
+from postroom.cli.suppressions import suppression_service
 from postroom.core.clock import SystemClock
 
 # Problems printed in text; --json carries up to audience.MAX_REPORTED.
@@ -38,8 +39,10 @@ SHOWN_PROBLEMS = 20
 
 
 def service(engine: AsyncEngine, settings: Settings) -> ContactService:
+    """The contacts, with erasure reaching the suppression list (its entries kept as a hash)."""
     lists = [item.mailing_list() for item in settings.contacts.lists]
-    return ContactService(SqlContactStore(engine), lists, SystemClock())
+    return ContactService(SqlContactStore(engine), lists, SystemClock(),
+                          erase_suppression=suppression_service(engine).erase)  # fmt: skip
 
 
 class TerminalProgress:

@@ -24,7 +24,7 @@ from postroom.suppression.sql_store import SqlSuppressionStore
 IMPORT_BATCH = 1000
 
 
-def _service(engine: Any) -> SuppressionService:
+def suppression_service(engine: Any) -> SuppressionService:
     return SuppressionService(SqlSuppressionStore(engine), SystemClock(), Metrics(CollectorRegistry()))
 
 
@@ -57,7 +57,7 @@ def suppressions_ls(ctx: click.Context, address: str | None, scope: str | None, 
     """List entries, oldest first."""
     settings = settings_from(ctx)
     wanted = _scope(scope) if scope else None
-    found = run_db(settings, lambda e: _service(e).search(address=address, scope=wanted, source=source, limit=limit))
+    found = run_db(settings, lambda e: suppression_service(e).search(address=address, scope=wanted, source=source, limit=limit))
     if as_json:
         click.echo(json.dumps([_entry_dict(e) for e in found]))
         return
@@ -84,7 +84,7 @@ def suppressions_add(ctx: click.Context, address: str, scope: str, reason: str, 
         fail(f"{address!r} is not an email address", 2)
     entry = NewEntry(address, _scope(scope), "manual", reason, created_by=f"cli:{getpass.getuser()}")
     settings = settings_from(ctx)
-    run_db(settings, lambda e: _service(e).add([entry]))
+    run_db(settings, lambda e: suppression_service(e).add([entry]))
     click.echo(json.dumps({"added": address, "scope": entry.scope}) if as_json else f"suppressed {address} ({entry.scope})")
 
 
@@ -98,7 +98,7 @@ def suppressions_rm(ctx: click.Context, address: str, scope: str | None, as_json
     """Lift the suppression of ADDRESS."""
     settings = settings_from(ctx)
     wanted = _scope(scope) if scope else None
-    removed = run_db(settings, lambda e: _service(e).remove(address, wanted, by=f"cli:{getpass.getuser()}"))
+    removed = run_db(settings, lambda e: suppression_service(e).remove(address, wanted, by=f"cli:{getpass.getuser()}"))
     if not removed:
         fail(f"{address} is not suppressed" + (f" for {wanted}" if wanted else ""))
     click.echo(json.dumps({"removed": removed}) if as_json else f"removed {removed} entries of {address}")
@@ -112,7 +112,7 @@ def suppressions_rm(ctx: click.Context, address: str, scope: str | None, as_json
 def suppressions_erase(ctx: click.Context, address: str, as_json: bool) -> None:
     """GDPR erasure: keep ADDRESS's entries only as its hash (it stays blocked, unnamed)."""
     settings = settings_from(ctx)
-    erased = run_db(settings, lambda e: _service(e).erase(address))
+    erased = run_db(settings, lambda e: suppression_service(e).erase(address))
     click.echo(json.dumps({"erased": erased}) if as_json else f"erased {erased} entries (kept as a hash)")
 
 
@@ -126,7 +126,7 @@ def suppressions_export(ctx: click.Context, output: str) -> None:
     settings = settings_from(ctx)
 
     async def everything(engine: Any) -> list[Entry]:
-        service, found, after = _service(engine), [], 0
+        service, found, after = suppression_service(engine), [], 0
         while True:
             page = await service.search(after=after, limit=5000)
             found.extend(page)
@@ -162,7 +162,7 @@ def suppressions_import(ctx: click.Context, file: Path, scope: str, as_json: boo
     show_progress = sys.stderr.isatty() and not as_json
 
     async def write(engine: Any) -> int:
-        service = _service(engine)
+        service = suppression_service(engine)
         batches = [entries[i: i + IMPORT_BATCH] for i in range(0, len(entries), IMPORT_BATCH)]
         written = 0
         if show_progress:
