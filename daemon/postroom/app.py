@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import sqlalchemy as sa
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -55,6 +56,7 @@ from postroom.http.openapi_routes import OpenApiRoutes
 from postroom.http.operations import OperationsRoutes
 from postroom.http.server import HttpServer
 from postroom.http.templates import TemplateRoutes
+from postroom.http.webhooks import WebhookRoutes
 from postroom.loops.app import loops_api
 from postroom.loops.errors import over_quota as loops_over_quota
 from postroom.loops.sql_store import SqlTransactionalNames
@@ -84,6 +86,10 @@ from postroom.submission.service import SubmissionService
 from postroom.submission.steps import standard_steps
 from postroom.templates.service import TemplateService
 from postroom.templates.sql_store import SqlTemplateStore
+from postroom.webhooks.consumer import WebhookConsumer
+from postroom.webhooks.sender import WebhookSender, http_session
+from postroom.webhooks.service import WebhookService
+from postroom.webhooks.store import SqlWebhookStore
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +158,18 @@ class Daemon:
             # Features that follow what happened (webhooks, suppression, capture, reports)
             # subscribe here; each reads the event stream through its own durable cursor.
             consumers: list[EventConsumer] = []
+            webhook_store = SqlWebhookStore(storage.engine, storage.gate)
+            # The webhook sender's own HTTP session: its connection limits are its alone.
+            webhook_session = http_session(settings.webhooks)
+            stack.push_async_callback(webhook_session.close)
+            sender: WebhookSender | None = None
+            if settings.webhooks.enabled:
+                consumers.append(WebhookConsumer(self.clock))
+                sender = WebhookSender(webhook_store, webhook_session, settings.webhooks, self.clock, self.metrics)
             outbox = EventOutbox(storage.engine, storage.gate, self.clock, self.metrics, consumers)
             listeners = self._smtp_listeners(stack, storage, submissions)
-            http = self._http_server(storage, submissions, lookup, stack)
+            webhooks = WebhookService(webhook_store, self.clock)
+            http = self._http_server(storage, submissions, lookup, stack, webhooks, webhook_session)
 
             stack.push_async_callback(listeners.close)
             await listeners.start()
@@ -173,6 +188,8 @@ class Daemon:
                     tasks.create_task(worker.run(stop), name="delivery")
                 if outbox.consumers:
                     tasks.create_task(outbox.run(stop), name="event-outbox")
+                if sender is not None:
+                    tasks.create_task(sender.run(stop), name="webhook-sender")
                 tasks.create_task(QueueGauges(storage.views, self.metrics, self.clock).run(stop), name="gauges")
                 tasks.create_task(key_monitor.run(stop), name="dkim-keys")
                 tasks.create_task(self._reload_on_request(key_monitor, stop), name="reload")
@@ -284,7 +301,8 @@ class Daemon:
         return PostmasterMaildir(Path(settings.state_dir) / "postmaster", settings.smtp.hostname)
 
     def _http_server(self, storage: Storage, submissions: SubmissionService, lookup: DnsLookup,
-                     stack: contextlib.AsyncExitStack) -> HttpServer:  # fmt: skip
+                     stack: contextlib.AsyncExitStack, webhooks: WebhookService,
+                     webhook_session: aiohttp.ClientSession) -> HttpServer:  # fmt: skip
         settings = self.settings
         checker = DomainChecker(
             settings.domains, SqlDkimKeys(storage.engine), lookup, self.metrics,
@@ -298,6 +316,7 @@ class Daemon:
                           templates),  # fmt: skip
             TemplateRoutes(templates, submissions, self.clock, settings.smtp.hostname),
             DomainRoutes(checker),
+            WebhookRoutes(webhooks, webhook_session),
         ]
         api_keys = SqlApiKeys(storage.engine)
         limiter = self._rate_limiter(stack)
