@@ -17,6 +17,7 @@ from postroom.cli.send import send
 from postroom.cli.serve import serve
 from postroom.cli.setup import check_config, db, init
 from postroom.cli.templates import templates
+from postroom.cli.webhooks import webhooks
 
 
 @click.group()
@@ -30,7 +31,8 @@ def main(ctx: click.Context, config: str | None) -> None:
     ctx.obj["config"] = config
 
 
-for command in (init, serve, check_config, db, send, queue, templates, dkim, domains, apikeys, smtp_users):
+for command in (init, serve, check_config, db, send, queue, templates, dkim, domains, apikeys, smtp_users,
+                webhooks):
     main.add_command(command)
 
 __all__ = ["main"]
