@@ -55,6 +55,7 @@ from postroom.http.ratelimit import rate_limit
 from postroom.http.openapi_routes import OpenApiRoutes
 from postroom.http.operations import OperationsRoutes
 from postroom.http.server import HttpServer
+from postroom.http.stats import StatsRoutes
 from postroom.http.templates import TemplateRoutes
 from postroom.http.webhooks import WebhookRoutes
 from postroom.loops.app import loops_api
@@ -71,6 +72,8 @@ from postroom.queue.sql_store import SqlQueueStore
 from postroom.queue.sqlite_store import SqliteQueueStore
 from postroom.queue.views import SqlQueueViews
 from postroom.service_notify import ServiceNotifier
+from postroom.stats.gauges import RateGauges
+from postroom.stats.sql_stats import SqlStats
 from postroom.smtp.handlers import Authenticator, MxHandler, SubmissionHandler
 from postroom.smtp.listeners import SmtpListeners, server_tls_context
 from postroom.smtp.postmaster import PostmasterForward, PostmasterMail, PostmasterMaildir
@@ -192,6 +195,8 @@ class Daemon:
                     tasks.create_task(sender.run(stop), name="webhook-sender")
                 tasks.create_task(QueueGauges(storage.views, self.metrics, self.clock).run(stop), name="gauges")
                 tasks.create_task(key_monitor.run(stop), name="dkim-keys")
+                rates = RateGauges(SqlStats(storage.engine), settings.stats, self.clock, self.metrics)
+                tasks.create_task(rates.run(stop), name="rate-gauges")
                 tasks.create_task(self._reload_on_request(key_monitor, stop), name="reload")
                 tasks.create_task(self.notifier.run_watchdog(stop), name="watchdog")
                 await asyncio.sleep(0)  # let the committer start accepting before READY
@@ -317,6 +322,7 @@ class Daemon:
             TemplateRoutes(templates, submissions, self.clock, settings.smtp.hostname),
             DomainRoutes(checker),
             WebhookRoutes(webhooks, webhook_session),
+            StatsRoutes(SqlStats(storage.engine)),
         ]
         api_keys = SqlApiKeys(storage.engine)
         limiter = self._rate_limiter(stack)

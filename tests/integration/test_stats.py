@@ -4,19 +4,30 @@ stream, template, recipient domain and period, the time window; and the rate gau
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from postroom.config import DatabaseSettings
 from postroom.core.clock import FakeClock
 from postroom.metrics import Metrics
 from postroom.stats.gauges import RateGauges
 from postroom.stats.model import StatsQuery
 from postroom.stats.settings import StatsSettings
 from postroom.stats.sql_stats import SqlStats
+from postroom.store import schema
+from postroom.store.credentials import Role, SqlApiKeys
+from postroom.store.engine import create_engine
 from postroom.store.tables import deliveries, events, messages
+from tests.conftest import running
+from tests.integration.test_cli import write_cli_config
+from tests.support import make_settings, postroom_cli
 
 DAY = 86400.0
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -142,3 +153,50 @@ async def test_rate_gauges_over_the_rolling_window(engine: AsyncEngine) -> None:
     clock.advance(2 * DAY)
     await gauges.refresh()
     assert value("postroom_bounce_rate", "news") == 0.0  # out of the window
+
+
+async def test_http_stats(tmp_path: Path, db_url: str) -> None:
+    settings = make_settings(tmp_path, db_url, delivery={"hold": True})
+    engine = create_engine(settings.database)
+    try:
+        await schema.upgrade(engine)
+        await seed(engine)
+        _, token = await SqlApiKeys(engine).create("viewer", Role.VIEWER, time.time())
+    finally:
+        await engine.dispose()
+    auth = {"Authorization": f"Bearer {token}"}
+    async with running(settings) as daemon, aiohttp.ClientSession(daemon.http) as http:
+        params = {"from": "2026-01-01T00:00:00Z", "to": "2026-01-03T00:00:00Z", "group_by": "stream,day"}
+        async with http.get("/v1/stats", params=params, headers=auth) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        assert body["group_by"] == ["stream", "day"]
+        assert body["totals"]["delivered"] == 11 and body["totals"]["bounced"]["by_class"] == {"hard": 1, "soft": 2}
+        assert [(g["stream"], g["day"], g["sent"]) for g in body["groups"]] == [
+            ("news", "2026-01-02T00:00:00Z", 2), ("tx", "2026-01-01T00:00:00Z", 12)]
+        async with http.get("/v1/stats", params={"from": "2026-01-02"}, headers=auth) as resp:
+            assert (await resp.json())["totals"]["delivered"] == 1
+        for bad in ({"group_by": "country"}, {"from": "yesterday"}, {"from": "2026-02-01", "to": "2026-01-01"}):
+            async with http.get("/v1/stats", params=bad, headers=auth) as resp:
+                assert resp.status == 400, bad
+        async with http.get("/v1/stats") as resp:
+            assert resp.status == 401
+
+
+@pytest.mark.slow
+async def test_stats_command(tmp_path: Path) -> None:
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    config = write_cli_config(tmp_path, db_url)
+    engine = create_engine(DatabaseSettings(url=db_url))
+    try:
+        await schema.upgrade(engine)
+        await seed(engine)
+    finally:
+        await engine.dispose()
+    result = postroom_cli("--config", str(config), "stats", "--group-by", "domain", "--json")
+    body = json.loads(result.stdout)
+    assert {g["domain"]: g["bounced"]["total"] for g in body["groups"]} == {"gmail.com": 1, "yahoo.com": 2}
+    table = postroom_cli("--config", str(config), "stats", "--from", "2026-01-01", "--to", "2026-01-02").stdout
+    assert "total" in table and "userunknown 1" in table
+    bad = postroom_cli("--config", str(config), "stats", "--group-by", "day,hour", check=False)
+    assert bad.returncode == 2 and "one period" in bad.stderr

@@ -16,6 +16,7 @@ from postroom.cli.queue import queue
 from postroom.cli.send import send
 from postroom.cli.serve import serve
 from postroom.cli.setup import check_config, db, init
+from postroom.cli.stats import stats
 from postroom.cli.templates import templates
 from postroom.cli.webhooks import webhooks
 
@@ -32,7 +33,7 @@ def main(ctx: click.Context, config: str | None) -> None:
 
 
 for command in (init, serve, check_config, db, send, queue, templates, dkim, domains, apikeys, smtp_users,
-                webhooks):
+                webhooks, stats):
     main.add_command(command)
 
 __all__ = ["main"]

@@ -3,14 +3,13 @@ database directly (a running daemon's sender picks up what changes here)."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 
 import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postroom.cli.common import config_option, fail, run_db, settings_from, when
+from postroom.cli.common import config_option, fail, parse_time, run_db, settings_from, when
 from postroom.core.clock import SystemClock
 from postroom.webhooks.model import Endpoint, WebhookType
 from postroom.webhooks.sender import http_session
@@ -22,21 +21,6 @@ TYPES_HELP = ", ".join(t.value for t in WebhookType) + ", or * for all"
 
 def _service(engine: AsyncEngine) -> WebhookService:
     return WebhookService(SqlWebhookStore(engine), SystemClock())
-
-
-def parse_time(value: str) -> float:
-    """An ISO 8601 time ("2026-12-01", "2026-12-01T10:00:00Z"; UTC when no zone) or epoch seconds."""
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        fail(f"{value!r} is not a time (ISO 8601, e.g. 2026-12-01T10:00:00Z, or epoch seconds)", 2)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.UTC)
-    return parsed.timestamp()
 
 
 def _line(e: Endpoint) -> str:
