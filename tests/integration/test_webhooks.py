@@ -66,6 +66,17 @@ class Rig:
     def metric(self, name: str, **labels: str) -> float:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
+    async def consume(self, expected: int) -> None:
+        """Drain the outbox until `expected` delivery rows exist. On PostgreSQL an event is readable
+        only once every older transaction on the server has ended (events.cursors), and other
+        test runs share the server: one drain may come too early."""
+
+        async def enough() -> bool:
+            await self.outbox.drain()
+            return len(await self.rows()) >= expected
+
+        await wait_until(enough, 20, what=f"{expected} webhook deliveries enqueued")
+
     async def rows(self) -> list[dict[str, Any]]:
         async with read_only(self.engine).connect() as conn:
             found = await conn.execute(sa.select(webhook_deliveries).order_by(webhook_deliveries.c.id))
@@ -108,7 +119,7 @@ async def test_events_become_signed_webhooks_exactly_once(rig: Rig, clock: FakeC
         other, _ = await rig.service.create(receiver.url, ["queued"])
         await add_message(rig.engine, "M1", clock.now(), "accepted", "deferred", "delivered")
         await add_message(rig.engine, "M2", clock.now(), "accepted", "bounced", "held", "expired")
-        await rig.outbox.drain()
+        await rig.consume(5)
         await rig.outbox.drain()  # nothing new: no second row for anything
         rows = await rig.rows()
         mine = sorted(r["type"] for r in rows if r["endpoint_id"] == endpoint.id)
@@ -134,7 +145,7 @@ async def test_a_failing_endpoint_is_retried_with_backoff_then_disabled(engine: 
         rig = Rig(engine, gate, clock, session, retry_base=10.0, retry_max=25.0, disable_after=4, max_attempts=10)
         endpoint, receiver.secret = await rig.service.create(receiver.url, ["*"])
         await add_message(engine, "M1", clock.now(), "delivered")
-        await rig.outbox.drain()
+        await rig.consume(1)
         waits = []
         for _ in range(4):
             assert await rig.sender.drain() == 1
@@ -167,7 +178,7 @@ async def test_a_delivery_fails_after_its_last_attempt(engine: AsyncEngine, gate
         rig = Rig(engine, gate, clock, session, retry_base=1.0, max_attempts=2)
         _, receiver.secret = await rig.service.create(receiver.url, ["delivered"])
         await add_message(engine, "M1", clock.now(), "delivered")
-        await rig.outbox.drain()
+        await rig.consume(1)
         await rig.sender.drain()
         clock.advance(5)
         await rig.sender.drain()
@@ -182,7 +193,7 @@ async def test_a_hanging_endpoint_times_out_and_is_retried(engine: AsyncEngine, 
         rig = Rig(engine, gate, clock, session, timeout=0.3)
         _, receiver.secret = await rig.service.create(receiver.url, ["delivered"])
         await add_message(engine, "M1", clock.now(), "delivered")
-        await rig.outbox.drain()
+        await rig.consume(1)
         started = time.monotonic()
         assert await rig.sender.drain() == 1
         assert time.monotonic() - started < 3
