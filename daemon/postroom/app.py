@@ -74,6 +74,7 @@ from postroom.queue.views import SqlQueueViews
 from postroom.service_notify import ServiceNotifier
 from postroom.stats.gauges import RateGauges
 from postroom.stats.sql_stats import SqlStats
+from postroom.sources.posthog.capture import PostHogCapture
 from postroom.smtp.handlers import Authenticator, MxHandler, SubmissionHandler
 from postroom.smtp.listeners import SmtpListeners, server_tls_context
 from postroom.smtp.postmaster import PostmasterForward, PostmasterMail, PostmasterMaildir
@@ -193,6 +194,10 @@ class Daemon:
                     tasks.create_task(outbox.run(stop), name="event-outbox")
                 if sender is not None:
                     tasks.create_task(sender.run(stop), name="webhook-sender")
+                if settings.posthog_capture.enabled:
+                    capture = PostHogCapture(storage.engine, storage.gate, self.clock, self.metrics,
+                                             settings.posthog_capture)  # fmt: skip
+                    tasks.create_task(capture.run(stop), name="posthog-capture")
                 tasks.create_task(QueueGauges(storage.views, self.metrics, self.clock).run(stop), name="gauges")
                 tasks.create_task(key_monitor.run(stop), name="dkim-keys")
                 rates = RateGauges(SqlStats(storage.engine), settings.stats, self.clock, self.metrics)
