@@ -71,7 +71,6 @@ class WebhookSender:
         self._clock = clock
         self._metrics = metrics
         self._rng = rng or random.Random()
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._wakeup = asyncio.Event()
         for result in ("delivered", "retry", "failed"):
             metrics.webhook_attempts.labels(result)
@@ -80,46 +79,57 @@ class WebhookSender:
         self._wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Send until `stop`; requests in flight finish (within the request timeout) first."""
+        """Send until `stop`; requests in flight finish (within the request timeout) first.
+
+        At most `max_in_flight` requests at once, at most `max_per_endpoint` to one endpoint,
+        and an endpoint with requests in flight is not claimed for again until they end: a
+        claimed delivery is posted at once, well inside its lease, and a hanging endpoint holds
+        only its own few slots while the others are served."""
+        settings = self._settings
         next_gauges = 0.0
-        in_flight: set[asyncio.Task[None]] = set()
+        in_flight: dict[asyncio.Task[None], list[DueDelivery]] = {}
+
+        def finished(task: asyncio.Task[None]) -> None:
+            in_flight.pop(task, None)
+            self._wakeup.set()
+
         try:
             while not stop.is_set():
                 self._wakeup.clear()
                 if self._clock.now() >= next_gauges:
                     await self.refresh_gauges()
                     next_gauges = self._clock.now() + GAUGE_INTERVAL
-                room = self._settings.batch_size - len(in_flight)
+                sending = sum(len(batch) for batch in in_flight.values())
+                room = min(settings.batch_size, settings.max_in_flight - sending)
                 claimed: list[DueDelivery] = []
                 if room > 0:
+                    busy = {d.endpoint_id for batch in in_flight.values() for d in batch}
                     try:
-                        claimed = await self._store.claim(room, self._clock.now(), self._settings.lease_seconds)
+                        claimed = await self._store.claim(room, self._clock.now(), settings.lease_seconds,
+                                                          per_endpoint=settings.max_per_endpoint, busy=busy)  # fmt: skip
                     except StoreError as exc:
                         logger.warning("webhook sender paused: %s", exc)
                 if claimed:
-                    # Sent in the background: a slow endpoint holds only its own slots, and the
-                    # next claim goes ahead for the others.
                     task = asyncio.create_task(self._send(claimed))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
+                    in_flight[task] = claimed
+                    task.add_done_callback(finished)
                     continue
                 waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())}
                 try:
-                    await asyncio.wait(waiters, timeout=self._settings.poll_interval,
-                                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                    await asyncio.wait(waiters, timeout=settings.poll_interval, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for waiter in waiters:
                         waiter.cancel()
         finally:
             if in_flight:
-                await asyncio.wait(in_flight, timeout=self._settings.timeout + 5)
+                await asyncio.wait(list(in_flight), timeout=settings.timeout + 5)
 
     async def drain(self) -> int:
         """Send every delivery due now, round after round, until none is left; return how many
         attempts were made. The test mode: no background loop."""
         total = 0
-        while claimed := await self._store.claim(self._settings.batch_size, self._clock.now(),
-                                                 self._settings.lease_seconds):  # fmt: skip
+        while claimed := await self._store.claim(min(self._settings.batch_size, self._settings.max_in_flight),
+                                                 self._clock.now(), self._settings.lease_seconds):  # fmt: skip
             await self._send(claimed)
             total += len(claimed)
         return total
@@ -153,9 +163,8 @@ class WebhookSender:
                          endpoint_id, settings.disable_after)  # fmt: skip
 
     async def _attempt(self, due: DueDelivery) -> Attempt:
-        async with self._slots:
-            ok, status, error = await post_webhook(self._session, due.url, due.secret, due.webhook_id,
-                                                   body_bytes(due.payload), self._clock.now())  # fmt: skip
+        ok, status, error = await post_webhook(self._session, due.url, due.secret, due.webhook_id,
+                                               body_bytes(due.payload), self._clock.now())  # fmt: skip
         return Attempt(due.id, due.endpoint_id, ok, status, error)
 
     async def refresh_gauges(self) -> None:

@@ -8,7 +8,7 @@ failure streak. Driver errors become StoreError here.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,32 +175,44 @@ class SqlWebhookStore:
 
     # -- the sender's side ----------------------------------------------------------------
 
-    async def claim(self, limit: int, now: float, lease_seconds: float) -> list[DueDelivery]:
+    async def claim(self, limit: int, now: float, lease_seconds: float, *, per_endpoint: int | None = None,
+                    busy: Collection[str] = ()) -> list[DueDelivery]:  # fmt: skip
         """Lease up to `limit` due deliveries of enabled endpoints (and ones whose lease ran out:
-        their sender died)."""
-        enabled = sa.select(webhook_endpoints.c.id).where(webhook_endpoints.c.enabled.is_(True))
-        due = (
-            sa.select(webhook_deliveries.c.id)
-            .where(
-                sa.or_(
-                    sa.and_(webhook_deliveries.c.state == DeliveryState.PENDING.value,
-                            webhook_deliveries.c.next_attempt_at <= now),
-                    sa.and_(webhook_deliveries.c.state == DeliveryState.SENDING.value,
-                            webhook_deliveries.c.lease_expires_at <= now),
-                ),
-                webhook_deliveries.c.endpoint_id.in_(enabled),
-            )
-            .order_by(webhook_deliveries.c.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=webhook_deliveries)
-            .scalar_subquery()
+        their sender died), at most `per_endpoint` of one endpoint, none of the `busy` ones (this
+        sender still has requests to them in flight), oldest due first.
+
+        The candidates are read first, then leased by an UPDATE that checks again that each is
+        still due: of two daemons racing for a row, the second finds it leased (PostgreSQL
+        re-reads a row another transaction changed before updating it) and skips it."""
+        due = sa.or_(
+            sa.and_(webhook_deliveries.c.state == DeliveryState.PENDING.value,
+                    webhook_deliveries.c.next_attempt_at <= now),
+            sa.and_(webhook_deliveries.c.state == DeliveryState.SENDING.value,
+                    webhook_deliveries.c.lease_expires_at <= now),
         )  # fmt: skip
+        enabled = sa.select(webhook_endpoints.c.id).where(webhook_endpoints.c.enabled.is_(True))
+        conditions = [due, webhook_deliveries.c.endpoint_id.in_(enabled)]
+        if busy:
+            conditions.append(webhook_deliveries.c.endpoint_id.not_in(sorted(busy)))
+        ranked = sa.select(
+            webhook_deliveries.c.id,
+            webhook_deliveries.c.next_attempt_at,
+            sa.func.row_number().over(partition_by=webhook_deliveries.c.endpoint_id,
+                                      order_by=(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.id))
+            .label("rank"),
+        ).where(*conditions).subquery()  # fmt: skip
+        candidates = sa.select(ranked.c.id).order_by(ranked.c.next_attempt_at, ranked.c.id).limit(limit)
+        if per_endpoint is not None:
+            candidates = candidates.where(ranked.c.rank <= per_endpoint)
         with translate_errors("claiming webhook deliveries"):
             async with self._write() as tx:
+                ids = list((await tx.execute(candidates)).scalars().all())
+                if not ids:
+                    return []
                 claimed = (
                     await tx.execute(
                         webhook_deliveries.update()
-                        .where(webhook_deliveries.c.id.in_(due))
+                        .where(webhook_deliveries.c.id.in_(ids), due)
                         .values(state=DeliveryState.SENDING.value, lease_expires_at=now + lease_seconds,
                                 updated_at=now)
                         .returning(webhook_deliveries.c.id)
