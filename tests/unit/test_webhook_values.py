@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from postroom.config import load_settings
+from postroom.core.errors import ConfigError
 from postroom.events.models import Event
 from postroom.sources.posthog.capture import capture_of, event_uuid
 from postroom.stats.model import StatsGroup, add_count
@@ -91,3 +94,20 @@ def test_capture_arguments() -> None:
     anonymous = capture_of(Event(1, 0, 0.0, "accepted", "M2", None, None, {}), None, None)
     assert anonymous["distinct_id"] == "message:M2"
     assert anonymous["properties"]["$process_person_profile"] is False
+
+
+def test_capture_settings(tmp_path: Path) -> None:
+    key = tmp_path / "posthog-key"
+    key.write_text("phc_from_a_file\n")
+    settings = load_settings(None, {"POSTROOM_POSTHOG_CAPTURE__ENABLED": "true",
+                                    "POSTROOM_POSTHOG_CAPTURE__API_KEY_FILE": str(key),
+                                    "POSTROOM_POSTHOG_CAPTURE__EVENT_TYPES": "delivered, bounced"})  # fmt: skip
+    assert settings.posthog_capture.api_key == "phc_from_a_file"
+    assert settings.posthog_capture.event_types == ("delivered", "bounced")
+    assert "phc_from_a_file" not in repr(settings)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, {"POSTROOM_POSTHOG_CAPTURE__ENABLED": "true"})
+    assert refused.value.problems == [("posthog_capture", "enabled capture needs api_key (or api_key_file)")]
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, {"POSTROOM_WEBHOOKS__RETRY_BASE": "10", "POSTROOM_WEBHOOKS__RETRY_MAX": "5"})
+    assert refused.value.problems == [("webhooks", "retry_max must be >= retry_base")]
