@@ -322,3 +322,19 @@ async def test_http_api_create_list_test_delete(tmp_path: Path, db_url: str) -> 
             assert resp.status == 204
         async with http.delete(f"/v1/webhook-endpoints/{made['id']}", headers=auth(Role.ADMIN)) as resp:
             assert resp.status == 404
+
+
+async def test_finished_deliveries_are_pruned_after_the_retention(rig: Rig, clock: FakeClock) -> None:
+    async with webhook_receiver() as receiver:
+        _, receiver.secret = await rig.service.create(receiver.url, ["delivered"])
+        await add_message(rig.engine, "M1", clock.now(), "delivered")
+        await add_message(rig.engine, "M2", clock.now(), "delivered")
+        await rig.consume(2)
+        assert await rig.sender.drain() == 2
+        await rig.sender.refresh_gauges()
+        assert len(await rig.rows()) == 2  # not old enough
+        assert rig.metric("postroom_webhook_queue_depth", state="delivered") == 2
+        clock.advance(rig.settings.retention + 1)
+        await rig.sender.refresh_gauges()
+        assert await rig.rows() == []
+        assert rig.metric("postroom_webhook_queue_depth", state="delivered") == 0

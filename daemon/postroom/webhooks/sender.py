@@ -168,10 +168,13 @@ class WebhookSender:
         return Attempt(due.id, due.endpoint_id, ok, status, error)
 
     async def refresh_gauges(self) -> None:
+        """The queue gauges; and, as often, old finished deliveries pruned (`retention`)."""
         try:
+            if self._settings.retention:
+                await self._store.prune(self._clock.now() - self._settings.retention)
             depth, oldest = await self._store.queue_figures()
         except StoreError as exc:
-            logger.warning("webhook gauges not refreshed: %s", exc)
+            logger.warning("webhook gauges not refreshed (or old deliveries not pruned): %s", exc)
             return
         for state in DeliveryState:
             self._metrics.webhook_queue_depth.labels(state.value).set(depth.get(state.value, 0))

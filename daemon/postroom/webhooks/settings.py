@@ -23,6 +23,9 @@ class WebhookSettings(BaseModel):
     max_attempts: int = Field(default=15, ge=1, le=100)  # then the delivery is failed
     # Failed attempts in a row (over all of an endpoint's deliveries) after which it is disabled.
     disable_after: int = Field(default=100, ge=1)
+    # Delivered and failed deliveries are kept this long (seconds) for `webhooks ls` and replay
+    # bookkeeping, then deleted. 0 = keep forever.
+    retention: float = Field(default=7 * 86400.0, ge=0)
 
     @model_validator(mode="after")
     def _retry_order(self) -> WebhookSettings:

@@ -278,6 +278,20 @@ class SqlWebhookStore:
                 )  # fmt: skip
         return disabled
 
+    async def prune(self, before: float, limit: int = 5000) -> int:
+        """Delete up to `limit` delivered or failed deliveries last updated before `before`."""
+        old = (
+            sa.select(webhook_deliveries.c.id)
+            .where(webhook_deliveries.c.state.in_((DeliveryState.DELIVERED.value, DeliveryState.FAILED.value)),
+                   webhook_deliveries.c.updated_at < before)
+            .limit(limit)
+            .scalar_subquery()
+        )  # fmt: skip
+        with translate_errors("pruning webhook deliveries"):
+            async with self._write() as tx:
+                result = await tx.execute(webhook_deliveries.delete().where(webhook_deliveries.c.id.in_(old)))
+        return int(result.rowcount or 0)
+
     async def queue_figures(self) -> tuple[dict[str, int], float | None]:
         """Deliveries by state, and the oldest `created_at` of one not yet sent."""
         with translate_errors("reading the webhook queue"):
