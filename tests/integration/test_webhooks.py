@@ -338,3 +338,30 @@ async def test_finished_deliveries_are_pruned_after_the_retention(rig: Rig, cloc
         await rig.sender.refresh_gauges()
         assert await rig.rows() == []
         assert rig.metric("postroom_webhook_queue_depth", state="delivered") == 0
+
+
+async def test_two_senders_never_claim_one_delivery(rig: Rig, clock: FakeClock, gate: WriteGate) -> None:
+    from postroom.store.engine import create_engine
+
+    endpoint, _ = await rig.service.create("http://127.0.0.1:9/hook", ["delivered"])
+    second, _ = await rig.service.create("http://127.0.0.1:9/other", ["delivered"])
+    for n in range(30):
+        await add_message(rig.engine, f"M{n}", clock.now(), "delivered")
+    await rig.consume(60)
+    other_engine = create_engine(DatabaseSettings(url=rig.engine.url.render_as_string(hide_password=False)))
+    try:
+        other = SqlWebhookStore(other_engine, gate)
+        claims: list[list[int]] = [[], []]
+
+        async def claim(store: SqlWebhookStore, into: list[int]) -> None:
+            while batch := await store.claim(7, clock.now(), 60, per_endpoint=3):
+                assert max(sum(1 for d in batch if d.endpoint_id == e) for e in (endpoint.id, second.id)) <= 3
+                into.extend(d.id for d in batch)
+
+        await asyncio.gather(claim(rig.store, claims[0]), claim(other, claims[1]))
+    finally:
+        await other_engine.dispose()
+    assert not set(claims[0]) & set(claims[1])
+    assert len(claims[0]) + len(claims[1]) == 60
+    busy = await rig.store.claim(10, clock.now() + 61, 60, busy={endpoint.id})  # leases ran out
+    assert busy and {d.endpoint_id for d in busy} == {second.id}
