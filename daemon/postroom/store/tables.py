@@ -91,6 +91,7 @@ deliveries = sa.Table(
     sa.Index(None, "state", "next_attempt_at"),
     sa.Index(None, "message_id"),
     sa.Index(None, "domain", "state"),
+    sa.Index(None, "created_at"),  # recipients sent per period (postroom.stats)
 )
 
 # Read in commit order by the event outbox (postroom.events), cursored by (xact, id). On

@@ -1,5 +1,5 @@
-"""Outbound webhooks (postroom.webhooks): endpoints and their delivery rows; and an index of
-events by type and time for delivery analytics (postroom.stats)."""
+"""Outbound webhooks (postroom.webhooks): endpoints and their delivery rows; and indexes for
+delivery analytics (postroom.stats): events by type and time, deliveries by creation time."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -54,9 +54,11 @@ def upgrade() -> None:
                     ["state", "next_attempt_at"])  # fmt: skip
     op.create_index("ix_webhook_deliveries_endpoint_id_state", "webhook_deliveries", ["endpoint_id", "state"])
     op.create_index("ix_events_type_at", "events", ["type", "at"])
+    op.create_index("ix_deliveries_created_at", "deliveries", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_deliveries_created_at", table_name="deliveries")
     op.drop_index("ix_events_type_at", table_name="events")
     op.drop_index("ix_webhook_deliveries_endpoint_id_state", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_state_next_attempt_at", table_name="webhook_deliveries")
