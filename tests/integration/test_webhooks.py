@@ -277,6 +277,15 @@ async def test_a_hanging_and_a_failing_receiver_never_hold_up_mail(tmp_path: Pat
         assert mail_seconds < 5  # the hanging receiver's 2 s timeouts did not hold up delivery
         assert hanging.requests and all(r.verified for r in hanging.requests + failing.requests)
         assert daemon.metric("postroom_webhook_deliveries_total", {"result": "retry"}) >= 10
+        async with http.get("/v1/webhook-endpoints", headers=auth) as resp:
+            listed = {e["url"]: e for e in (await resp.json())["data"]}
+        failing_id = listed[failing.url]["id"]
+        assert listed[failing.url]["failure_streak"] >= 2
+        async with http.get(f"/v1/webhook-endpoints/{failing_id}/deliveries", params={"limit": "3"},
+                            headers=auth) as resp:  # fmt: skip
+            recent = (await resp.json())["data"]
+        assert len(recent) == 3 and all(d["last_status"] == 500 for d in recent if d["attempts"])
+        assert "payload" not in recent[0]
 
 
 async def test_http_api_create_list_test_delete(tmp_path: Path, db_url: str) -> None:
@@ -309,6 +318,10 @@ async def test_http_api_create_list_test_delete(tmp_path: Path, db_url: str) -> 
             assert resp.status == 200
             assert await resp.json() == {"ok": True, "status": 204, "error": None}
         assert receiver.verified[-1].payload["type"] == "webhook.test"
+        async with http.get(f"/v1/webhook-endpoints/{made['id']}/deliveries", headers=auth(Role.VIEWER)) as resp:
+            assert resp.status == 200 and (await resp.json()) == {"data": []}  # a test is not a delivery
+        async with http.get("/v1/webhook-endpoints/we_nope/deliveries", headers=auth(Role.VIEWER)) as resp:
+            assert resp.status == 404
         async with http.post("/v1/webhook-endpoints", json={**body, "event_types": ["opened"]},
                              headers=auth(Role.ADMIN)) as resp:  # fmt: skip
             assert resp.status == 400

@@ -61,7 +61,7 @@ def webhooks_add(ctx: click.Context, url: str, event_types: str, description: st
 def webhooks_ls(ctx: click.Context, as_json: bool) -> None:
     """Every endpoint: state, failures in a row, deliveries pending."""
     settings = settings_from(ctx)
-    found = run_db(settings, lambda e: _service(e).list())
+    found = run_db(settings, lambda e: _service(e).endpoints())
     if as_json:
         click.echo(json.dumps([e.as_dict() for e in found]))
         return

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from postroom.http.auth import requires
-from postroom.http.bodies import json_payload, validated
+from postroom.http.bodies import json_payload, validated, validated_query
 from postroom.http.openapi import operation
 from postroom.http.ratelimit import limited_as
 from postroom.store.credentials import Role
@@ -29,6 +29,10 @@ class EndpointIn(_Body):
     description: Annotated[str, Field(max_length=255)] = ""
     # Bring your own `whsec_...` secret (e.g. the one a receiver already verifies with).
     secret: Annotated[str, Field(max_length=128)] | None = None
+
+
+class DeliveriesQuery(_Body):
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
 class EndpointChange(_Body):
@@ -69,12 +73,13 @@ class WebhookRoutes:
         app.router.add_patch("/v1/webhook-endpoints/{id}", self.change)
         app.router.add_delete("/v1/webhook-endpoints/{id}", self.delete)
         app.router.add_post("/v1/webhook-endpoints/{id}/test", self.test)
+        app.router.add_get("/v1/webhook-endpoints/{id}/deliveries", self.deliveries)
 
     @operation(summary="Every webhook endpoint, with its failure streak and pending deliveries",
                responses={200: ("`data`: one object per endpoint (no secrets)", None)}, tags=("webhooks",))  # fmt: skip
     @requires(Role.VIEWER)
     async def list_endpoints(self, request: web.Request) -> web.Response:
-        return web.json_response({"data": [e.as_dict() for e in await self._service.list()]})
+        return web.json_response({"data": [e.as_dict() for e in await self._service.endpoints()]})
 
     @operation(summary="Subscribe an endpoint to event types; the answer holds its signing secret, shown once",
                body=EndpointIn,
@@ -91,6 +96,15 @@ class WebhookRoutes:
     @requires(Role.VIEWER)
     async def show(self, request: web.Request) -> web.Response:
         return web.json_response((await self._service.show(request.match_info["id"])).as_dict())
+
+    @operation(summary="An endpoint's newest deliveries: state, attempts, its last answer", query=DeliveriesQuery,
+               responses={200: ("`data`: one object per delivery, newest first (no payloads)", None),
+                          404: ("no such endpoint", None)}, tags=("webhooks",))  # fmt: skip
+    @requires(Role.VIEWER)
+    async def deliveries(self, request: web.Request) -> web.Response:
+        query = validated_query(DeliveriesQuery, request)
+        found = await self._service.deliveries(request.match_info["id"], query.limit)
+        return web.json_response({"data": found})
 
     @operation(summary="Enable (resetting its failure streak) or disable an endpoint", body=EndpointChange,
                responses={200: ("the endpoint", None), 404: ("no such endpoint", None)}, tags=("webhooks",))  # fmt: skip

@@ -7,6 +7,7 @@ import os
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -55,11 +56,14 @@ class WebhookService:
                                                  self._clock.now())  # fmt: skip
         return made, secret
 
-    async def list(self) -> list[Endpoint]:
+    async def endpoints(self) -> list[Endpoint]:
         return await self._store.endpoints()
 
     async def show(self, endpoint_id: str) -> Endpoint:
         return await self._store.endpoint(endpoint_id)
+
+    async def deliveries(self, endpoint_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._store.deliveries(endpoint_id, limit)
 
     async def delete(self, endpoint_id: str) -> None:
         await self._store.delete_endpoint(endpoint_id)

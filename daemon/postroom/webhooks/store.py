@@ -302,10 +302,17 @@ class SqlWebhookStore:
                                            .where(webhook_deliveries.c.state.in_(ACTIVE)))  # fmt: skip
         return {r[0]: int(r[1]) for r in rows}, None if oldest is None else float(oldest)
 
-    async def deliveries(self, endpoint_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        query = sa.select(webhook_deliveries).order_by(webhook_deliveries.c.id.desc()).limit(limit)
-        if endpoint_id is not None:
-            query = query.where(webhook_deliveries.c.endpoint_id == endpoint_id)
+    async def deliveries(self, endpoint_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """An endpoint's newest deliveries, without their payloads."""
+        await self.endpoint(endpoint_id)  # NotFoundError
+        c = webhook_deliveries.c
+        query = (
+            sa.select(c.id, c.event_id, c.webhook_id, c.type, c.state, c.attempts, c.created_at, c.next_attempt_at,
+                      c.delivered_at, c.last_status, c.last_error)
+            .where(c.endpoint_id == endpoint_id)
+            .order_by(c.id.desc())
+            .limit(limit)
+        )  # fmt: skip
         with translate_errors("listing webhook deliveries"):
             async with self._reads.connect() as conn:
                 rows = (await conn.execute(query)).mappings().all()
