@@ -378,3 +378,42 @@ async def test_two_senders_never_claim_one_delivery(rig: Rig, clock: FakeClock, 
     assert len(claims[0]) + len(claims[1]) == 60
     busy = await rig.store.claim(10, clock.now() + 61, 60, busy={endpoint.id})  # leases ran out
     assert busy and {d.endpoint_id for d in busy} == {second.id}
+
+
+async def test_a_refused_recipient_becomes_a_signed_bounce_webhook_and_a_stat(tmp_path: Path, db_url: str) -> None:
+    """End to end: a smarthost (aiosmtpd on 127.0.0.1) refuses one recipient with 550 5.1.1; the
+    receiver gets `email.delivered` and `email.bounced`, both verified; /v1/stats counts them."""
+    from tests.support import SinkHandler, smtp_sink
+
+    handler = SinkHandler(replies={"gone@example.org": "550 5.1.1 <gone@example.org>: no such user"})
+    async with smtp_sink(handler) as (_, port), webhook_receiver() as receiver:
+        settings = make_settings(tmp_path, db_url, webhooks={"poll_interval": 0.05}, delivery={
+            "mode": "smarthost", "smarthost": f"127.0.0.1:{port}", "smarthost_tls": "none", "poll_interval": 0.05})  # fmt: skip
+        async with running(settings) as daemon, aiohttp.ClientSession(daemon.http) as http:
+            from postroom.store.engine import create_engine
+
+            engine = create_engine(settings.database)
+            try:
+                _, admin = await SqlApiKeys(engine).create("admin", Role.ADMIN, time.time())
+            finally:
+                await engine.dispose()
+            auth = {"Authorization": f"Bearer {admin}"}
+            hook = {"url": receiver.url, "event_types": ["delivered", "bounced"]}
+            async with http.post("/v1/webhook-endpoints", json=hook, headers=auth) as resp:
+                receiver.secret = (await resp.json())["secret"]
+            message = {"from": "app@postroom.test", "to": ["ok@example.org", "gone@example.org"],
+                       "subject": "hi", "text": "x", "stream": "transactional"}  # fmt: skip
+            async with http.post("/v1/messages", json=message, headers=auth) as resp:
+                assert resp.status == 202
+                message_id = (await resp.json())["id"]
+            await wait_until(lambda: len(receiver.verified) >= 2, 15, what="two verified webhooks")
+            by_type = {r.payload["type"]: r.payload["data"] for r in receiver.verified}
+            assert set(by_type) == {"email.delivered", "email.bounced"}
+            assert by_type["email.bounced"]["recipient"] == "gone@example.org"
+            assert by_type["email.bounced"]["message_id"] == message_id
+            assert "5.1.1" in by_type["email.bounced"]["reply"]
+            async with http.get("/v1/stats", params={"group_by": "domain"}, headers=auth) as resp:
+                stats = await resp.json()
+            assert stats["totals"]["sent"] == 2 and stats["totals"]["delivered"] == 1
+            assert stats["totals"]["bounced"]["total"] == 1
+            assert stats["totals"]["latency_seconds"]["count"] == 1
