@@ -417,3 +417,16 @@ async def test_a_refused_recipient_becomes_a_signed_bounce_webhook_and_a_stat(tm
             assert stats["totals"]["sent"] == 2 and stats["totals"]["delivered"] == 1
             assert stats["totals"]["bounced"]["total"] == 1
             assert stats["totals"]["latency_seconds"]["count"] == 1
+
+
+async def test_an_endpoint_added_while_the_outbox_lags_gets_no_older_events(rig: Rig, clock: FakeClock) -> None:
+    await add_message(rig.engine, "BEFORE", clock.now(), "delivered")  # not consumed yet
+    clock.advance(10)
+    endpoint, _ = await rig.service.create("http://127.0.0.1:9/hook", ["delivered"])
+    clock.advance(10)
+    await add_message(rig.engine, "AFTER", clock.now(), "delivered")
+    await rig.consume(1)
+    await rig.outbox.drain()
+    rows = await rig.rows()
+    assert [r["payload"]["data"]["message_id"] for r in rows] == ["AFTER"]
+    assert await rig.service.replay(since=clock.now() - 60, endpoint_id=endpoint.id) == 2  # replay: both

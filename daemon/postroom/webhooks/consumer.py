@@ -1,8 +1,8 @@
 """`WebhookConsumer`: the event outbox consumer that turns each committed event into one pending
 delivery row per enabled endpoint subscribed to its type. It runs in the outbox's transaction,
 so a row is written exactly once per (event, endpoint); it makes no network call (the sender
-posts the rows). An endpoint subscribed later gets only later events (`webhooks replay` for
-older ones)."""
+posts the rows). An endpoint gets only events that happened after it was added, even when the
+consumer catches up on older ones after a pause (`webhooks replay` sends those)."""
 
 from __future__ import annotations
 
@@ -32,4 +32,4 @@ class WebhookConsumer:
             return
         targets = await subscribers(tx)
         if targets:
-            await enqueue(tx, await facts_of(tx, sent), targets, self._clock.now())
+            await enqueue(tx, await facts_of(tx, sent), targets, self._clock.now(), newer_only=True)

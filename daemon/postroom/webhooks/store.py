@@ -45,16 +45,17 @@ def _endpoint(row: Any, pending: int = 0) -> Endpoint:
 class Subscriber:
     id: str
     event_types: tuple[str, ...]
+    created_at: float
 
 
 async def subscribers(conn: AsyncConnection, endpoint_id: str | None = None) -> list[Subscriber]:
     """The enabled endpoints (or the one named, enabled or not)."""
-    query = sa.select(webhook_endpoints.c.id, webhook_endpoints.c.event_types)
+    query = sa.select(webhook_endpoints.c.id, webhook_endpoints.c.event_types, webhook_endpoints.c.created_at)
     if endpoint_id is None:
         query = query.where(webhook_endpoints.c.enabled.is_(True))
     else:
         query = query.where(webhook_endpoints.c.id == endpoint_id)
-    return [Subscriber(r.id, tuple(r.event_types)) for r in (await conn.execute(query)).all()]
+    return [Subscriber(r.id, tuple(r.event_types), float(r.created_at)) for r in (await conn.execute(query)).all()]
 
 
 async def message_facts(conn: AsyncConnection, message_ids: Sequence[str]) -> dict[str, tuple[str, str | None, tuple[str, ...]]]:
@@ -71,10 +72,12 @@ async def message_facts(conn: AsyncConnection, message_ids: Sequence[str]) -> di
 
 
 async def enqueue(
-    conn: AsyncConnection, found: Sequence[EventFacts], targets: Sequence[Subscriber], now: float
+    conn: AsyncConnection, found: Sequence[EventFacts], targets: Sequence[Subscriber], now: float,
+    *, newer_only: bool = False,
 ) -> int:
     """One pending delivery row per (event, subscribed endpoint), in the caller's transaction;
-    return how many."""
+    return how many. `newer_only`: not for events that happened before the endpoint was added
+    (the consumer catching up after a pause; replay sends older events on purpose)."""
     if not found or not targets:
         return 0
     rows = []
@@ -84,7 +87,7 @@ async def enqueue(
             continue
         body = payload(kind, facts)
         for target in targets:
-            if subscribed(target.event_types, kind):
+            if subscribed(target.event_types, kind) and not (newer_only and facts.at < target.created_at):
                 rows.append({"endpoint_id": target.id, "event_id": facts.event_id,
                              "webhook_id": webhook_id(facts.event_id), "type": kind.value, "payload": body,
                              "state": DeliveryState.PENDING.value, "attempts": 0, "created_at": now,
