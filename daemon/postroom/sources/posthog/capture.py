@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -158,7 +159,11 @@ class PostHogCapture:
                 self._client.capture(EVENT_PREFIX + event.type, **capture_of(event, stream, template))
             # The SDK's worker posts in its thread; wait for it there (bounded by its retries).
             budget = (self._settings.timeout + 2 ** self._settings.max_retries) * (self._settings.max_retries + 1)
+            started = time.monotonic()
             await asyncio.to_thread(self._client.flush, budget)
+            if time.monotonic() - started >= budget:  # still queued in the SDK: not known sent
+                self._metrics.posthog_captured.labels("failed").inc(len(chosen))
+                raise CaptureFailed(f"PostHog did not take {len(chosen)} events within {budget:.0f} s")
             if self._errors != errors_before:
                 self._metrics.posthog_captured.labels("failed").inc(len(chosen))
                 raise CaptureFailed(f"PostHog did not take {len(chosen)} events: {self._last_error}")
