@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import sqlalchemy as sa
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -60,7 +61,9 @@ from postroom.http.openapi_routes import OpenApiRoutes
 from postroom.http.operations import OperationsRoutes
 from postroom.http.server import HttpServer
 from postroom.http.suppressions import SuppressionRoutes, UnsubscribeRoutes
+from postroom.http.stats import StatsRoutes
 from postroom.http.templates import TemplateRoutes
+from postroom.http.webhooks import WebhookRoutes
 from postroom.loops.app import loops_api
 from postroom.loops.errors import over_quota as loops_over_quota
 from postroom.loops.sql_store import SqlTransactionalNames
@@ -75,6 +78,9 @@ from postroom.queue.sql_store import SqlQueueStore
 from postroom.queue.sqlite_store import SqliteQueueStore
 from postroom.queue.views import SqlQueueViews
 from postroom.service_notify import ServiceNotifier
+from postroom.stats.gauges import RateGauges
+from postroom.stats.sql_stats import SqlStats
+from postroom.sources.posthog.capture import PostHogCapture
 from postroom.smtp.handlers import Authenticator, MxHandler, SubmissionHandler
 from postroom.smtp.listeners import SmtpListeners, server_tls_context
 from postroom.smtp.postmaster import PostmasterForward, PostmasterMail, PostmasterMaildir
@@ -94,6 +100,10 @@ from postroom.suppression.sql_store import SqlSuppressionStore
 from postroom.suppression.unsubscribe import ListUnsubscribeHeaders
 from postroom.templates.service import TemplateService
 from postroom.templates.sql_store import SqlTemplateStore
+from postroom.webhooks.consumer import WebhookConsumer
+from postroom.webhooks.sender import WebhookSender, http_session
+from postroom.webhooks.service import WebhookService
+from postroom.webhooks.store import SqlWebhookStore
 
 logger = logging.getLogger(__name__)
 
@@ -180,9 +190,18 @@ class Daemon:
             soft = SoftPolicy(bounces.soft_failure_limit, bounces.soft_failure_window,
                               bounces.soft_suppression_days * 86400.0)  # fmt: skip
             consumers: list[EventConsumer] = [SuppressionConsumer(soft, self.metrics, reason_of_reply)]
+            webhook_store = SqlWebhookStore(storage.engine, storage.gate)
+            # The webhook sender's own HTTP session: its connection limits are its alone.
+            webhook_session = http_session(settings.webhooks)
+            stack.push_async_callback(webhook_session.close)
+            sender: WebhookSender | None = None
+            if settings.webhooks.enabled:
+                consumers.append(WebhookConsumer(self.clock))
+                sender = WebhookSender(webhook_store, webhook_session, settings.webhooks, self.clock, self.metrics)
             outbox = EventOutbox(storage.engine, storage.gate, self.clock, self.metrics, consumers)
             listeners = self._smtp_listeners(stack, storage, submissions, return_paths)
-            http = self._http_server(storage, submissions, lookup, stack)
+            webhooks = WebhookService(webhook_store, self.clock)
+            http = self._http_server(storage, submissions, lookup, stack, webhooks, webhook_session)
 
             stack.push_async_callback(listeners.close)
             await listeners.start()
@@ -201,8 +220,16 @@ class Daemon:
                     tasks.create_task(worker.run(stop), name="delivery")
                 if outbox.consumers:
                     tasks.create_task(outbox.run(stop), name="event-outbox")
+                if sender is not None:
+                    tasks.create_task(sender.run(stop), name="webhook-sender")
+                if settings.posthog_capture.enabled:
+                    capture = PostHogCapture(storage.engine, storage.gate, self.clock, self.metrics,
+                                             settings.posthog_capture)  # fmt: skip
+                    tasks.create_task(capture.run(stop), name="posthog-capture")
                 tasks.create_task(QueueGauges(storage.views, self.metrics, self.clock).run(stop), name="gauges")
                 tasks.create_task(key_monitor.run(stop), name="dkim-keys")
+                rates = RateGauges(SqlStats(storage.engine), settings.stats, self.clock, self.metrics)
+                tasks.create_task(rates.run(stop), name="rate-gauges")
                 tasks.create_task(self._reload_on_request(key_monitor, stop), name="reload")
                 tasks.create_task(self.notifier.run_watchdog(stop), name="watchdog")
                 await asyncio.sleep(0)  # let the committer start accepting before READY
@@ -323,7 +350,8 @@ class Daemon:
         return PostmasterMaildir(Path(settings.state_dir) / "postmaster", settings.smtp.hostname)
 
     def _http_server(self, storage: Storage, submissions: SubmissionService, lookup: DnsLookup,
-                     stack: contextlib.AsyncExitStack) -> HttpServer:  # fmt: skip
+                     stack: contextlib.AsyncExitStack, webhooks: WebhookService,
+                     webhook_session: aiohttp.ClientSession) -> HttpServer:  # fmt: skip
         settings = self.settings
         checker = DomainChecker(
             settings.domains, SqlDkimKeys(storage.engine), lookup, self.metrics,
@@ -338,6 +366,8 @@ class Daemon:
             TemplateRoutes(templates, submissions, self.clock, settings.smtp.hostname),
             DomainRoutes(checker),
             SuppressionRoutes(storage.suppressions, SqlBounceRecords(storage.engine)),
+            WebhookRoutes(webhooks, webhook_session),
+            StatsRoutes(SqlStats(storage.engine)),
         ]
         if settings.bounces.verp_keys:
             groups.append(UnsubscribeRoutes(storage.suppressions, settings.bounces.verp_keys, self.clock, self.metrics))

@@ -24,6 +24,9 @@ from postroom.config_sources import EnvironSource, SecretFileSource, TomlFileSou
 from postroom.contacts.settings import ContactsSettings
 from postroom.loops.settings import EventRule, LoopsSettings
 from postroom.ratelimit.settings import RateLimitSettings
+from postroom.sources.posthog.settings import PostHogCaptureSettings
+from postroom.stats.settings import StatsSettings
+from postroom.webhooks.settings import WebhookSettings
 from postroom.core.addresses import normalise_domain, valid_mailbox
 from postroom.core.errors import ConfigError
 
@@ -381,6 +384,9 @@ class Settings(BaseSettings):
     loops: LoopsSettings = Field(default_factory=LoopsSettings)
     events: dict[str, EventRule] = Field(default_factory=dict)
     bounces: BounceSettings = Field(default_factory=BounceSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    stats: StatsSettings = Field(default_factory=StatsSettings)
+    posthog_capture: PostHogCaptureSettings = Field(default_factory=PostHogCaptureSettings)
 
     @model_validator(mode="after")
     def _unique_domains(self) -> Settings:

@@ -304,3 +304,51 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        # Outbound webhooks (postroom.webhooks).
+        self.webhook_attempts = Counter(
+            "postroom_webhook_deliveries",
+            "Outbound webhook POSTs by result: delivered (2xx), retry (failed, due again), "
+            "failed (failed its last attempt)",
+            ["result"],
+            registry=registry,
+        )
+        self.webhook_endpoints_disabled = Counter(
+            "postroom_webhook_endpoints_disabled",
+            "Webhook endpoints disabled after failing webhooks.disable_after attempts in a row",
+            registry=registry,
+        )
+        self.webhook_queue_depth = Gauge(
+            "postroom_webhook_queue_depth",
+            "Outbound webhook deliveries by state",
+            ["state"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.webhook_queue_oldest_age = Gauge(
+            "postroom_webhook_queue_oldest_age_seconds",
+            "Age of the oldest outbound webhook delivery not yet delivered or failed",
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        # The rates mailbox providers judge senders by (postroom.stats), over [stats] rate_window.
+        self.bounce_rate = Gauge(
+            "postroom_bounce_rate",
+            "Bounced (hard and soft, expired included) / sent recipients over the rolling window, by stream",
+            ["stream"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.complaint_rate = Gauge(
+            "postroom_complaint_rate",
+            "Complaints / delivered recipients over the rolling window, by stream",
+            ["stream"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        # PostHog capture (postroom.sources.posthog).
+        self.posthog_captured = Counter(
+            "postroom_posthog_events",
+            "Lifecycle events sent to PostHog by result (sent, skipped: not a configured type, failed)",
+            ["result"],
+            registry=registry,
+        )

@@ -493,7 +493,8 @@ async def test_migration_0006_keeps_existing_events_ahead_of_new_ones(
         indexes = {index["name"] for index in found}
         assert [xact for _, xact in rows[:2]] == [0, 0]  # written before: read first, by id
         assert all(xact > 0 for _, xact in rows[2:]) == (engine.dialect.name == "postgresql")
-        assert indexes == {"ix_events_message_id", "ix_events_at", "ix_events_xact_id"}
+        # ix_events_type_at: added later (0012) for delivery analytics.
+        assert indexes == {"ix_events_message_id", "ix_events_at", "ix_events_xact_id", "ix_events_type_at"}
         assert await outbox(engine, gate, clock, Recorder()).drain() == 4
         assert await seen_ids(engine) == [rows[0][0], rows[1][0], *new]
         async with engine.connect() as conn:

@@ -8,6 +8,7 @@ usage or an invalid configuration. Every failure prints a one-line reason to std
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import sys
 import time
@@ -103,3 +104,18 @@ def domain_command(group: click.Group, name: str) -> Callable[[Callable[..., Any
         return group.command(name)(config_option(func))
 
     return decorate
+
+
+def parse_time(value: str) -> float:
+    """An ISO 8601 time ("2026-12-01", "2026-12-01T10:00:00Z"; UTC when no zone) or epoch seconds."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{value!r} is not a time (ISO 8601, e.g. 2026-12-01T10:00:00Z, or epoch seconds)", 2)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.timestamp()

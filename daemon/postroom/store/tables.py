@@ -91,6 +91,7 @@ deliveries = sa.Table(
     sa.Index(None, "state", "next_attempt_at"),
     sa.Index(None, "message_id"),
     sa.Index(None, "domain", "state"),
+    sa.Index(None, "created_at"),  # recipients sent per period (postroom.stats)
 )
 
 # Read in commit order by the event outbox (postroom.events), cursored by (xact, id). On
@@ -113,6 +114,7 @@ events = sa.Table(
     sa.Index(None, "message_id"),
     sa.Index(None, "at"),
     sa.Index(None, "xact", "id"),
+    sa.Index(None, "type", "at"),  # delivery analytics (postroom.stats) read by type and period
     sqlite_autoincrement=True,
 )
 
@@ -340,4 +342,51 @@ soft_failures = sa.Table(
     sa.Column("reason", sa.String(32), nullable=False),
     sa.Column("at", sa.Float, nullable=False),
     sa.Index(None, "address_key", "at"),
+)
+
+# Outbound webhooks (postroom.webhooks): the endpoints operators subscribe, and one delivery row per
+# (event, subscribed endpoint), written by the webhook consumer in the outbox transaction of the
+# event (so exactly once), posted and retried by the sender. The secret is kept as given
+# (`whsec_<base64>`): the sender signs with it, so it cannot be stored hashed.
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("event_types", sa.JSON, nullable=False),  # subscribed webhook types, or ["*"]
+    sa.Column("description", sa.String(255), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    # Failed attempts in a row (reset by a success); past `webhooks.disable_after` the endpoint is
+    # disabled, with the time and the reason.
+    sa.Column("failure_streak", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("disabled_at", sa.Float),
+    sa.Column("disabled_reason", sa.Text),
+    sa.Column("last_success_at", sa.Float),
+    sa.Column("last_failure_at", sa.Float),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("endpoint_id", sa.String(32), sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+              nullable=False),  # fmt: skip
+    sa.Column("event_id", sa.BigInteger, nullable=False),  # events.id (the event may be purged since)
+    sa.Column("webhook_id", sa.String(64), nullable=False),  # the `webhook-id` header: same on retries
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending, sending, delivered, failed
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("lease_expires_at", sa.Float),
+    sa.Column("delivered_at", sa.Float),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Index(None, "state", "next_attempt_at"),
+    sa.Index(None, "endpoint_id", "state"),
 )

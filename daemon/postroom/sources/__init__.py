@@ -1,0 +1,1 @@
+"""Data from outside services postroom reads or feeds (Stripe, PostHog)."""

@@ -1,0 +1,1 @@
+"""PostHog: capture of postroom's lifecycle events (and, later, queries for reports)."""
