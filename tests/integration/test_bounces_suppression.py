@@ -30,6 +30,7 @@ from postroom.suppression.sql_store import SqlSuppressionStore
 
 from tests.integration.test_http_api import Api, serving
 from tests.support import SinkHandler, smtp_sink, wait_until
+from tests.webhook_receiver import webhook_receiver
 
 KEY = "test-verp-key-0123456789abcdef"
 DOMAINS = [{"name": "postroom.test", "dkim": "off", "bounce_domain": "bounces.postroom.test"}]
@@ -91,7 +92,18 @@ async def delivery_states(api: Api, recipient: str) -> list[str]:
 async def test_a_late_dsn_bounces_the_delivery_suppresses_the_address_and_the_next_message_is_reported(
     tmp_path: Path, db_url: str
 ) -> None:
-    async with smtp_sink() as (sink, port), serving(tmp_path, db_url, **sections(port)) as api:
+    async with (
+        smtp_sink() as (sink, port),
+        serving(tmp_path, db_url, **sections(port)) as api,
+        webhook_receiver() as receiver,
+    ):
+        # A receiver subscribed to bounces and suppressions: it verifies every request with the
+        # standardwebhooks library.
+        auth = {"Authorization": f"Bearer {api.token(Role.ADMIN)}"}
+        async with api.session.post("/v1/webhook-endpoints", headers=auth,
+                                    json={"url": receiver.url, "event_types": ["bounced", "suppressed"]}) as made:
+            assert made.status == 201, await made.text()
+            receiver.secret = (await made.json())["secret"]
         status, body, _ = await api.send({"from": "app@postroom.test", "to": "dead@example.net", "subject": "Hello",
                                           "text": "hi", "stream": "transactional"})  # fmt: skip
         assert status == 202 and body["suppressed"] == []
@@ -114,6 +126,13 @@ async def test_a_late_dsn_bounces_the_delivery_suppresses_the_address_and_the_ne
         assert (event["reason"], event["bounce_class"], event["status"], event["late"]) == (
             "userunknown", "hard", "5.1.1", True)
         assert event["bounce_record_id"] == record.id
+
+        # The bounce reaches the webhook receiver, signed.
+        await wait_until(lambda: len(receiver.requests) >= 1, 15, what="the bounced webhook")
+        [hook] = receiver.requests
+        assert hook.verified, hook.headers
+        assert hook.payload["type"] == "email.bounced"
+        assert (hook.payload["data"]["recipient"], hook.payload["data"]["reason"]) == ("dead@example.net", "userunknown")
         assert (record.kind, record.reason, record.recipient, record.reply_code) == ("dsn", "userunknown",
                                                                                       "dead@example.net", 550)
         assert record.raw_size == len(dsn(verp, "dead@example.net")) and bytes(record.raw).startswith(b"From: Mail")
@@ -152,6 +171,9 @@ async def test_a_late_dsn_bounces_the_delivery_suppresses_the_address_and_the_ne
         [(event_delivery, delivery_id, why)] = skipped
         assert event_delivery == delivery_id and why == {"scope": "global", "reason": "userunknown", "source": "bounce"}
         assert api.daemon.metric("postroom_suppressed_total", {"stream": "transactional", "source": "bounce"}) == 1
+        await wait_until(lambda: len(receiver.requests) >= 2, 15, what="the suppressed webhook")
+        assert [r.payload["type"] for r in receiver.requests] == ["email.bounced", "email.suppressed"]
+        assert all(r.verified for r in receiver.requests)
         assert api.daemon.metric("postroom_bounces_received_total", {"kind": "dsn", "bounce_class": "hard"}) == 1
 
         # The same DSN again (a retried bounce) records a second bounce record, changes nothing else.
