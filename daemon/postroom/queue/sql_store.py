@@ -9,13 +9,12 @@ On SQLite the daemon uses `SqliteQueueStore`, which runs the hot paths on a writ
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postroom.core.errors import ConflictError, StoreError
 from postroom.core.ids import new_message_id
@@ -23,21 +22,11 @@ from postroom.core.types import DeliveryState, IdempotencyKey, Submission
 from postroom.queue import statements as q
 from postroom.queue.models import ClaimedDelivery, QueuedMessage, Release
 from postroom.queue.statements import IDEMPOTENCY_WINDOW, Lease
-from postroom.store.engine import WriteGate, read_only, translate_errors
+from postroom.store.engine import GatedStore, translate_errors
 from postroom.store.tables import deliveries, events, idempotency_keys, messages
 
 
-class SqlQueueStore:
-    def __init__(self, engine: AsyncEngine, gate: WriteGate | None = None):
-        self._engine = engine
-        self._reads = read_only(engine)
-        self._gate = gate or WriteGate(None)
-
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction, through the write gate (see WriteGate)."""
-        async with self._gate.hold(), self._engine.begin() as conn:
-            yield conn
+class SqlQueueStore(GatedStore):
 
     # -- submit ---------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from postroom.config import DatabaseSettings
@@ -151,3 +151,19 @@ class WriteGate:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class GatedStore:
+    """The base of a repository that reads through the read-only engine and writes one transaction
+    at a time through the write gate (see WriteGate)."""
+
+    def __init__(self, engine: AsyncEngine, gate: WriteGate | None = None):
+        self._engine = engine
+        self._reads = read_only(engine)
+        self._gate = gate or WriteGate(None)
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction, through the write gate."""
+        async with self._gate.hold(), self._engine.begin() as conn:
+            yield conn

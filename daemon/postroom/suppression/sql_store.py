@@ -8,15 +8,14 @@ caller's connection (`add_in`, `count_soft_failure_in`).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from postroom.store.engine import WriteGate, read_only, translate_errors
+from postroom.store.engine import GatedStore, translate_errors
 from postroom.store.tables import events, soft_failures, suppressions
 from postroom.suppression.model import Entry, NewEntry, address_key, hashed_key
 
@@ -36,16 +35,7 @@ def _live(now: float) -> sa.ColumnElement[bool]:
     return sa.or_(suppressions.c.expires_at.is_(None), suppressions.c.expires_at > now)
 
 
-class SqlSuppressionStore:
-    def __init__(self, engine: AsyncEngine, gate: WriteGate | None = None):
-        self._engine = engine
-        self._reads = read_only(engine)
-        self._gate = gate or WriteGate(None)
-
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._gate.hold(), self._engine.begin() as conn:
-            yield conn
+class SqlSuppressionStore(GatedStore):
 
     # -- reading --------------------------------------------------------------------------
 

@@ -7,16 +7,15 @@ failure streak. Driver errors become StoreError here.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postroom.core.errors import NotFoundError
-from postroom.store.engine import WriteGate, read_only, translate_errors
+from postroom.store.engine import GatedStore, translate_errors
 from postroom.store.tables import events, messages, webhook_deliveries, webhook_endpoints
 from postroom.webhooks.model import (
     Attempt,
@@ -97,16 +96,7 @@ async def enqueue(
     return len(rows)
 
 
-class SqlWebhookStore:
-    def __init__(self, engine: AsyncEngine, gate: WriteGate | None = None):
-        self._engine = engine
-        self._reads = read_only(engine)
-        self._gate = gate or WriteGate(None)
-
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._gate.hold(), self._engine.begin() as tx:
-            yield tx
+class SqlWebhookStore(GatedStore):
 
     # -- endpoints ------------------------------------------------------------------------
 
