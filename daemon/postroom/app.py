@@ -35,6 +35,7 @@ from postroom.core.clock import Clock, SystemClock
 from postroom.core.errors import PostroomError
 from postroom.core.types import INHOUSE_ROUTE, Submission
 from postroom.bounces.classify import reason_of_reply
+from postroom.bounces.dsn_notify import DsnConsumer
 from postroom.bounces.intake import SqlBounceIntake
 from postroom.bounces.parser import parse_bounce
 from postroom.bounces.records import SqlBounceRecords
@@ -51,7 +52,7 @@ from postroom.dkim.signing import Signer
 from postroom.domains.lookup import DnsLookup
 from postroom.domains.resolver import lookup_for
 from postroom.domains.service import DomainChecker
-from postroom.events.models import EventConsumer
+from postroom.events.models import EventConsumer, StartAt, Subscription
 from postroom.events.outbox import EventOutbox
 from postroom.http.app import Mount, RouteGroup, build_app
 from postroom.http.domains import DomainRoutes
@@ -189,7 +190,13 @@ class Daemon:
             bounces = settings.bounces
             soft = SoftPolicy(bounces.soft_failure_limit, bounces.soft_failure_window,
                               bounces.soft_suppression_days * 86400.0)  # fmt: skip
-            consumers: list[EventConsumer] = [SuppressionConsumer(soft, self.metrics, reason_of_reply)]
+            consumers: list[EventConsumer | Subscription] = [
+                SuppressionConsumer(soft, self.metrics, reason_of_reply)
+            ]
+            if settings.smtp.dsn == "failures":
+                # From the end when first turned on: no reports about failures from before.
+                dsn = DsnConsumer(settings.smtp.hostname, self.clock, self.metrics)
+                consumers.append(Subscription(dsn, StartAt.END))
             webhook_store = SqlWebhookStore(storage.engine, storage.gate)
             # The webhook sender's own HTTP session: its connection limits are its alone.
             webhook_session = http_session(settings.webhooks)

@@ -138,6 +138,10 @@ class SmtpSettings(_Section):
     login_user_failure_limit: int = Field(default=20, ge=1)
     login_backoff_max: float = Field(default=3600.0, gt=0)
     login_trust_period: float = Field(default=7 * 86400.0, ge=0)
+    # RFC 3464 delivery status notifications to the envelope sender of mail submitted over SMTP
+    # (postroom.bounces.dsn_notify): "failures" sends one when a recipient bounces or expires;
+    # "off" sends none. API submissions never get one (their channel is webhooks).
+    dsn: Literal["off", "failures"] = "off"
 
     @field_validator("submission_listen", "submissions_listen", "mx_listen")
     @classmethod

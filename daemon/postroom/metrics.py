@@ -98,6 +98,20 @@ class Metrics:
             ["kind", "bounce_class"],
             registry=registry,
         )
+        self.dsn_sent = Counter(
+            "postroom_dsn_sent",
+            "Recipients reported to the envelope sender of SMTP-submitted mail in a queued delivery "
+            "status notification (RFC 3464), by the failure (bounced, expired)",
+            ["failure"],
+            registry=registry,
+        )
+        self.dsn_skipped = Counter(
+            "postroom_dsn_skipped",
+            "Failed SMTP-submitted messages that got no delivery status notification, by why "
+            "(null_sender, automatic: a report or an auto-submitted message itself)",
+            ["why"],
+            registry=registry,
+        )
         self.unsubscribed = Counter(
             "postroom_unsubscribed",
             "One-click unsubscribes, by stream",

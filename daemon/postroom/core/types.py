@@ -42,7 +42,7 @@ class Submission:
     mail_from: str
     recipients: tuple[str, ...]
     content: bytes
-    source: str  # "smtp", "api", "cli"
+    source: str  # "smtp", "api", "cli", "mx" (postmaster forwards), "dsn" (reports to SMTP senders)
     submitted_by: str | None = None
     header_from: str | None = None
     subject: str | None = None

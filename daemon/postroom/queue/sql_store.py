@@ -124,10 +124,7 @@ class SqlQueueStore(GatedStore):
         now: float,
         lease: Lease | None = None,
     ) -> None:
-        for statement, rows in q.insert_statements(batch, now, lease):
-            await conn.execute(statement, rows)
-        if any(item.suppressed for _, item in batch):
-            await conn.execute(q.suppressed_events_statement(as_json=False), {"ids": [m for m, _ in batch]})
+        await insert_submissions(conn, batch, now, lease)
 
     # -- work -----------------------------------------------------------------------------
 
@@ -314,3 +311,18 @@ class SqlQueueStore(GatedStore):
                 await conn.execute(events.delete().where(events.c.message_id.in_(ids)))
                 result = await conn.execute(messages.delete().where(messages.c.id.in_(ids)))
         return int(result.rowcount)
+
+
+async def insert_submissions(
+    conn: AsyncConnection,
+    batch: list[tuple[str, Submission]],
+    now: float,
+    lease: Lease | None = None,
+) -> None:
+    """Write a batch of submissions (messages, deliveries, `accepted` events) in a transaction the
+    caller holds: the queue's own insert path, for writers that must commit a message together
+    with something else (an event consumer queueing a delivery report with its cursor)."""
+    for statement, rows in q.insert_statements(batch, now, lease):
+        await conn.execute(statement, rows)
+    if any(item.suppressed for _, item in batch):
+        await conn.execute(q.suppressed_events_statement(as_json=False), {"ids": [m for m, _ in batch]})
