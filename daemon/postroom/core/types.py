@@ -33,6 +33,10 @@ ACTIVE_STATES = (DeliveryState.QUEUED, DeliveryState.DEFERRED, DeliveryState.SEN
 
 # The route of mail postroom delivers itself (MX, smarthost or capture, as configured).
 INHOUSE_ROUTE = "inhouse"
+# The route of mail Loops delivers for postroom (its transactional API), during the migration.
+LOOPS_ROUTE = "loops"
+# The in-house copy of shadow mode: rendered, signed and sent, but only to the shadow sink.
+SHADOW_ROUTE = "shadow"
 
 
 @dataclass(frozen=True)
