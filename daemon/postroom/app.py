@@ -96,7 +96,7 @@ from postroom.submission.budget import ByteBudget
 from postroom.submission.service import SubmissionService
 from postroom.submission.steps import Step, standard_steps
 from postroom.suppression.rules import SoftPolicy
-from postroom.suppression.service import SuppressionCheck, SuppressionConsumer, SuppressionService
+from postroom.suppression.service import SuppressionConsumer, SuppressionScreen, SuppressionService
 from postroom.suppression.sql_store import SqlSuppressionStore
 from postroom.suppression.unsubscribe import ListUnsubscribeHeaders
 from postroom.templates.service import TemplateService
@@ -109,14 +109,12 @@ from postroom.webhooks.store import SqlWebhookStore
 logger = logging.getLogger(__name__)
 
 
-def submission_steps(
-    settings: Settings, signing_keys: SigningKeys, suppressions: SuppressionService, metrics: Metrics, clock: Clock
-) -> list[Step]:
+def submission_steps(settings: Settings, signing_keys: SigningKeys, clock: Clock) -> list[Step]:
     """The steps of the submission door, the same for the daemon and `postroom send`: policy and
-    size, then the suppression check, then (on non-transactional streams) the one-click
-    unsubscribe header, which must be in place before the message is stored and signed."""
+    size, then (on non-transactional streams) the one-click unsubscribe header, which must be in
+    place before the message is stored and signed. The suppression list is the queue's screen
+    (`SuppressionScreen`): it is applied in the transaction that queues the message."""
     steps = standard_steps(signing_keys, settings.smtp.max_message_size)
-    steps.append(SuppressionCheck(suppressions, metrics))
     if settings.http.public_url and settings.bounces.verp_keys:
         steps.append(ListUnsubscribeHeaders(settings.http.public_url, settings.bounces.verp_keys, clock))
     return steps
@@ -182,7 +180,7 @@ class Daemon:
             # commit itself (or, while the worker is full, stays queued until it has room).
             committer = GroupCommitter(storage.store, self.clock, on_commit=self._committed, handoff=worker)
             submissions = SubmissionService(
-                submission_steps(settings, signing_keys, storage.suppressions, self.metrics, self.clock),
+                submission_steps(settings, signing_keys, self.clock),
                 storage.store, self.clock, self.metrics, committer,
             )  # fmt: skip
             # Features that follow what happened (webhooks, suppression, capture, reports)
@@ -263,11 +261,12 @@ class Daemon:
         await require_current(engine)
         gate = WriteGate.for_database(settings)
         stack.callback(gate.close)
-        store: QueueStore = SqlQueueStore(engine, gate)
+        screen = SuppressionScreen()
+        store: QueueStore = SqlQueueStore(engine, gate, screen)
         if settings.is_sqlite:
             writer = SqliteBatchWriter(settings)
             stack.callback(writer.close)
-            store = SqliteQueueStore(engine, writer, gate)
+            store = SqliteQueueStore(engine, writer, gate, screen)
         suppressions = SuppressionService(SqlSuppressionStore(engine, gate), self.clock, self.metrics)
         return Storage(engine, gate, store, SqlQueueViews(engine), suppressions)
 

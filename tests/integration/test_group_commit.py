@@ -87,7 +87,7 @@ async def test_concurrent_submits_share_transactions_and_each_caller_gets_its_ow
 ) -> None:
     items = [submission(n) for n in range(50)]
     async with Running(engine) as running:
-        ids = await asyncio.gather(*(running.committer.submit(item) for item in items))
+        ids = [queued.message_id for queued in await asyncio.gather(*(running.committer.submit(item) for item in items))]
 
     assert len(set(ids)) == 50
     assert 1 <= len(running.batches) < 50
@@ -103,7 +103,7 @@ async def test_concurrent_submits_share_transactions_and_each_caller_gets_its_ow
 
 async def test_batches_never_exceed_max_batch(engine: AsyncEngine) -> None:
     async with Running(engine, max_batch=8) as running:
-        ids = await asyncio.gather(*(running.committer.submit(submission(n)) for n in range(50)))
+        ids = [q.message_id for q in await asyncio.gather(*(running.committer.submit(submission(n)) for n in range(50)))]
 
     assert len(set(ids)) == 50
     assert max(len(b) for b in running.batches) <= 8
@@ -132,7 +132,7 @@ async def test_a_failed_commit_fails_every_caller_in_the_batch_and_stores_nothin
         # The committer survives the failure: once the store works again, submissions commit.
         async with sqlite_engine.begin() as conn:
             await conn.exec_driver_sql("DROP TRIGGER refuse")
-        message_id = await running.committer.submit(submission(99))
+        message_id = (await running.committer.submit(submission(99))).message_id
     assert await stored_senders(sqlite_engine) == {message_id: "sender99@postroom.test"}
 
 
@@ -162,7 +162,7 @@ async def test_run_flushes_submissions_pending_when_stop_is_set(engine: AsyncEng
         await asyncio.wait_for(running.task, timeout=10)  # returns only after the drain
 
         assert all(task.done() for task in submits)
-        ids = [task.result() for task in submits]  # none was failed by the stop
+        ids = [task.result().message_id for task in submits]  # none was failed by the stop
 
     assert len(set(ids)) == 20
     assert set(await stored_senders(engine)) == set(ids)
@@ -207,7 +207,7 @@ async def test_committed_mail_is_leased_and_handed_to_a_worker_with_room(
     stop = asyncio.Event()
     task = asyncio.create_task(committer.run(stop))
     try:
-        ids = await asyncio.gather(*(committer.submit(submission(n)) for n in range(3)))
+        ids = [q.message_id for q in await asyncio.gather(*(committer.submit(submission(n)) for n in range(3)))]
     finally:
         stop.set()
         await task

@@ -24,7 +24,7 @@ from postroom.core.clock import FakeClock
 from postroom.core.errors import ConflictError, NotFoundError
 from postroom.core.types import DeliveryState, IdempotencyKey, Submission
 from postroom.queue.models import ClaimedDelivery, Release
-from postroom.queue.protocols import QueueStore
+from postroom.queue.protocols import QueueStore, RecipientScreen
 from postroom.queue.sql_store import SqlQueueStore
 from postroom.queue.sqlite_store import SqliteQueueStore
 from postroom.queue.statements import IDEMPOTENCY_WINDOW, request_hash
@@ -32,6 +32,9 @@ from postroom.queue.views import SqlQueueViews
 from postroom.store.engine import WriteGate
 from postroom.store.sqlite_writer import SqliteBatchWriter
 from postroom.store.tables import deliveries, events, idempotency_keys, messages
+from postroom.suppression.model import NewEntry
+from postroom.suppression.service import SuppressionScreen
+from postroom.suppression.sql_store import SqlSuppressionStore
 from tests.support import claim
 from tests.conftest import fresh_pg_database
 
@@ -67,13 +70,23 @@ async def db_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
 
 @pytest.fixture
 def store(engine: AsyncEngine, backend: str) -> Iterator[QueueStore]:
+    yield from stores(engine, backend)
+
+
+@pytest.fixture
+def screened_store(engine: AsyncEngine, backend: str) -> Iterator[QueueStore]:
+    """The store as the daemon builds it: the suppression list screens what it queues."""
+    yield from stores(engine, backend, SuppressionScreen())
+
+
+def stores(engine: AsyncEngine, backend: str, screen: RecipientScreen | None = None) -> Iterator[QueueStore]:
     settings = DatabaseSettings(url=str(engine.url))
     if backend != "sqlite-writer":
-        yield SqlQueueStore(engine, WriteGate.for_database(settings))
+        yield SqlQueueStore(engine, WriteGate.for_database(settings), screen)
         return
     writer = SqliteBatchWriter(settings)
     try:
-        yield SqliteQueueStore(engine, writer, WriteGate.for_database(settings))
+        yield SqliteQueueStore(engine, writer, WriteGate.for_database(settings), screen)
     finally:
         writer.close()
 
@@ -811,11 +824,11 @@ def key(
 async def test_insert_idempotent_same_key_and_hash_returns_the_original(
     engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
-    first, created = await store.insert_idempotent(submission(), key(), clock.now())
+    first, created, _ = await store.insert_idempotent(submission(), key(), clock.now())
     assert created is True
     clock.advance(IDEMPOTENCY_WINDOW - 60)
 
-    again, created_again = await store.insert_idempotent(submission(), key(), clock.now())
+    again, created_again, _ = await store.insert_idempotent(submission(), key(), clock.now())
 
     assert (again, created_again) == (first, False)
     assert await count(engine, messages) == 1
@@ -838,8 +851,8 @@ async def test_insert_idempotent_same_key_other_request_is_a_conflict(
 async def test_insert_idempotent_scopes_are_independent(
     engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
-    a, created_a = await store.insert_idempotent(submission(), key(scope="key:a"), clock.now())
-    b, created_b = await store.insert_idempotent(
+    a, created_a, _ = await store.insert_idempotent(submission(), key(scope="key:a"), clock.now())
+    b, created_b, _ = await store.insert_idempotent(
         submission(), key(scope="key:b", payload=b"other"), clock.now()
     )
 
@@ -851,10 +864,10 @@ async def test_insert_idempotent_scopes_are_independent(
 async def test_insert_idempotent_replaces_a_key_older_than_the_window(
     engine: AsyncEngine, store: QueueStore, clock: FakeClock
 ) -> None:
-    old, _ = await store.insert_idempotent(submission(), key(payload=b"request-1"), clock.now())
+    old, _, _ = await store.insert_idempotent(submission(), key(payload=b"request-1"), clock.now())
     clock.advance(IDEMPOTENCY_WINDOW + 1)
 
-    new, created = await store.insert_idempotent(
+    new, created, _ = await store.insert_idempotent(
         submission(), key(payload=b"request-2"), clock.now()
     )
 
@@ -866,7 +879,7 @@ async def test_insert_idempotent_replaces_a_key_older_than_the_window(
     assert row.created_at == clock.now()
     clock.advance(60)
     again = await store.insert_idempotent(submission(), key(payload=b"request-2"), clock.now())
-    assert again == (new, False)
+    assert again[:2] == (new, False)
 
 
 async def test_concurrent_insert_idempotent_with_the_same_key_makes_one_message(
@@ -876,8 +889,38 @@ async def test_concurrent_insert_idempotent_with_the_same_key_makes_one_message(
         *(store.insert_idempotent(submission(), key(), clock.now()) for _ in range(8))
     )
 
-    assert len({message_id for message_id, _ in results}) == 1
-    assert [created for _, created in results].count(True) == 1
+    assert len({message_id for message_id, _, _ in results}) == 1
+    assert [created for _, created, _ in results].count(True) == 1
     assert await count(engine, messages) == 1
     assert await count(engine, deliveries) == 1
     assert await count(engine, idempotency_keys) == 1
+
+
+async def test_the_screen_takes_suppressed_recipients_out_in_the_queueing_transaction(
+    engine: AsyncEngine, screened_store: QueueStore, clock: FakeClock
+) -> None:
+    suppressions = SqlSuppressionStore(engine)
+    await suppressions.add([
+        NewEntry("news@example.com", "stream:news", "unsubscribe", "one-click"),
+        NewEntry("All@Example.com", "global", "bounce", "userunknown"),
+        NewEntry("both@example.com", "stream:billing", "manual", "asked"),
+        NewEntry("old@example.com", "global", "bounce", "mailboxfull", expires_at=clock.now() - 1),
+    ], clock.now())  # fmt: skip
+    await suppressions.erase("both@example.com")  # kept as a hash, still blocking
+    everyone = ("news@example.com", "all@example.com", "both@example.com", "old@example.com")
+    batch = [submission(*everyone, stream=stream) for stream in ("news", "billing", "ops")]
+
+    inserted = await screened_store.insert_leased(batch, clock.now(), None)
+
+    expected = {"news": {"news@example.com", "all@example.com"}, "billing": {"all@example.com", "both@example.com"},
+                "ops": {"all@example.com"}}  # fmt: skip
+    for stream, message_id, queued in zip(("news", "billing", "ops"), inserted.ids, inserted.submissions):
+        assert set(queued.suppressed) == expected[stream], stream
+        assert set(queued.recipients) == set(everyone) - expected[stream]
+        states = {row.recipient: row.state for row in await select_rows(engine, deliveries)
+                  if row.message_id == message_id}  # fmt: skip
+        assert states == {r: "suppressed" if r in expected[stream] else "queued" for r in everyone}
+    assert inserted.submissions[0].suppressed["all@example.com"]["reason"] == "userunknown"
+    # Nothing suppressed: the submission is written as given.
+    [plain] = (await screened_store.insert_leased([submission("new@example.com")], clock.now(), None)).submissions
+    assert plain.suppressed == {} and plain.recipients == ("new@example.com",)

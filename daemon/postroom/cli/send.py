@@ -30,8 +30,7 @@ from postroom.submission.fields import MessageIn, build_submission
 from postroom.submission.outcome import Accepted, Caller, Outcome
 from postroom.submission.raw import Trace, raw_submission
 from postroom.submission.service import SubmissionService
-from postroom.suppression.service import SuppressionService
-from postroom.suppression.sql_store import SqlSuppressionStore
+from postroom.suppression.service import SuppressionScreen
 
 
 @click.command()
@@ -94,7 +93,6 @@ async def _submit(engine: AsyncEngine, settings: Settings, submission: Submissio
     keyring = await asyncio.to_thread(load_keyring, await SqlDkimKeys(engine).list())
     keys = SigningKeys(settings.domains, keyring)
     clock, metrics = SystemClock(), Metrics(CollectorRegistry())
-    suppressions = SuppressionService(SqlSuppressionStore(engine), clock, metrics)
-    door = SubmissionService(submission_steps(settings, keys, suppressions, metrics, clock), SqlQueueStore(engine),
+    door = SubmissionService(submission_steps(settings, keys, clock), SqlQueueStore(engine, screen=SuppressionScreen()),
                              clock, metrics)  # fmt: skip
     return await door.submit(submission, caller)

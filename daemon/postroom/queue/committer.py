@@ -21,7 +21,7 @@ from postroom.core.clock import Clock
 from postroom.core.errors import StoreError
 from postroom.core.types import Submission
 from postroom.queue.models import ClaimedDelivery, QueuedMessage
-from postroom.queue.protocols import QueueStore
+from postroom.queue.protocols import Queued, QueueStore
 from postroom.queue.statements import Lease
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Handoff(Protocol):
 @dataclass
 class _Pending:
     submission: Submission
-    done: asyncio.Future[str]
+    done: asyncio.Future[Queued]
 
 
 class GroupCommitter:
@@ -64,11 +64,12 @@ class GroupCommitter:
         self._wakeup = asyncio.Event()
         self._running = False
 
-    async def submit(self, submission: Submission) -> str:
-        """Return the message id once the message is committed; raise StoreError if it cannot be."""
+    async def submit(self, submission: Submission) -> Queued:
+        """The message as queued (its id, and its recipients as the queue's screen left them) once
+        it is committed; raise StoreError if it cannot be."""
         if not self._running:
             raise StoreError("the queue is not accepting messages (shutting down)")
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Queued] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(submission, future))
         self._wakeup.set()
         return await future
@@ -116,7 +117,7 @@ class GroupCommitter:
         if self._handoff is not None:
             lease = self._handoff.lease_for(sum(len(s.recipients) for s in submissions))
         try:
-            ids, claimed = await self._store.insert_leased(submissions, now, lease)
+            ids, claimed, submissions = await self._store.insert_leased(submissions, now, lease)
         except StoreError as exc:
             logger.error("group commit of %d messages failed: %s", len(live), exc)
             for item in live:
@@ -130,9 +131,9 @@ class GroupCommitter:
                 if not item.done.done():
                     item.done.set_exception(failure)
             return
-        for item, message_id in zip(live, ids):
+        for item, message_id, queued in zip(live, ids, submissions):
             if not item.done.done():
-                item.done.set_result(message_id)
+                item.done.set_result(Queued(message_id, True, queued))
         self._on_commit(submissions, time.perf_counter() - started)
         if self._handoff is not None and claimed:
             messages = [

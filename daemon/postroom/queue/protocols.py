@@ -10,7 +10,9 @@ Two implementations share one test suite (tests/integration/test_queue_store.py)
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
+
+import sqlalchemy as sa
 
 from postroom.core.types import DeliveryState, IdempotencyKey, Submission
 from postroom.queue.models import (
@@ -24,17 +26,40 @@ from postroom.queue.models import (
 from postroom.queue.statements import Lease
 
 
+class RecipientScreen(Protocol):
+    """Takes recipients out of submissions inside the transaction that queues them (the
+    suppression list): what it reads is decided with the batch in the same snapshot that writes
+    it, and costs the write path no extra round trip. `reads` are Core SELECTs the store runs on
+    its own connection, `apply` turns their rows into the submissions to write. Pure."""
+
+    def reads(self, batch: Sequence[Submission], now: float) -> Sequence[sa.Select[Any]]: ...
+
+    def apply(self, batch: Sequence[Submission], rows: Sequence[Sequence[Any]]) -> list[Submission]: ...
+
+
+class Queued(NamedTuple):
+    """A submission as the queue wrote it (screened), under its message id."""
+
+    message_id: str
+    created: bool  # False: an Idempotency-Key replay, nothing was written
+    submission: Submission
+
+
+class Inserted(NamedTuple):
+    ids: list[str]
+    claimed: list[ClaimedDelivery]  # the deliveries written leased (see `insert_leased`)
+    submissions: list[Submission]  # as written, after the screen
+
+
 class QueueStore(Protocol):
     # -- submit
     async def insert_many(self, batch: Sequence[Submission], now: float) -> list[str]: ...
 
     async def insert_leased(
         self, batch: Sequence[Submission], now: float, lease: Lease | None
-    ) -> tuple[list[str], list[ClaimedDelivery]]: ...
+    ) -> Inserted: ...
 
-    async def insert_idempotent(
-        self, submission: Submission, key: IdempotencyKey, now: float
-    ) -> tuple[str, bool]: ...
+    async def insert_idempotent(self, submission: Submission, key: IdempotencyKey, now: float) -> Queued: ...
 
     # -- work
     async def claim_with_messages(

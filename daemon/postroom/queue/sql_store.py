@@ -14,53 +14,62 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from postroom.core.errors import ConflictError, StoreError
 from postroom.core.ids import new_message_id
 from postroom.core.types import DeliveryState, IdempotencyKey, Submission
 from postroom.queue import statements as q
 from postroom.queue.models import ClaimedDelivery, QueuedMessage, Release
+from postroom.queue.protocols import Inserted, Queued, RecipientScreen
 from postroom.queue.statements import IDEMPOTENCY_WINDOW, Lease
-from postroom.store.engine import GatedStore, translate_errors
+from postroom.store.engine import GatedStore, WriteGate, translate_errors
 from postroom.store.tables import deliveries, events, idempotency_keys, messages
 
 
 class SqlQueueStore(GatedStore):
+    def __init__(self, engine: AsyncEngine, gate: WriteGate | None = None, screen: RecipientScreen | None = None):
+        """`screen` (the suppression list) takes recipients out in the transaction that queues."""
+        super().__init__(engine, gate)
+        self._screen = screen
 
     # -- submit ---------------------------------------------------------------------------
 
     async def insert_many(self, batch: Sequence[Submission], now: float) -> list[str]:
         """Write several submissions in one transaction (one fsync); return their ids in order."""
-        ids, _ = await self.insert_leased(batch, now, None)
-        return ids
+        return (await self.insert_leased(batch, now, None)).ids
 
-    async def insert_leased(
-        self, batch: Sequence[Submission], now: float, lease: Lease | None
-    ) -> tuple[list[str], list[ClaimedDelivery]]:
+    async def insert_leased(self, batch: Sequence[Submission], now: float, lease: Lease | None) -> Inserted:
         """`insert_many`; with `lease`, the deliveries are written leased to its owner and come
         back as claimed, so the local worker sends them without claiming them from the database
         (if it dies, the lease runs out and any worker takes them)."""
         ids = [item.message_id or new_message_id(now) for item in batch]
         with translate_errors("queueing messages"):
-            rows = await self._insert_rows(list(zip(ids, batch)), now, lease)
-        return ids, q.claimed_deliveries(rows)
+            screened, rows = await self._insert_rows(list(zip(ids, batch)), now, lease)
+        return Inserted(ids, q.claimed_deliveries(rows), screened)
 
     async def _insert_rows(
         self, batch: list[tuple[str, Submission]], now: float, lease: Lease | None
-    ) -> list[Any]:
-        """Write the batch; with a lease, return its deliveries' rows as `claimed_deliveries` reads them."""
+    ) -> tuple[list[Submission], list[Any]]:
+        """Screen and write the batch; the submissions as written and, with a lease, their
+        deliveries' rows as `claimed_deliveries` reads them."""
         async with self._write() as conn:
+            screened = await self._screened(conn, [item for _, item in batch], now)
+            batch = [(message_id, item) for (message_id, _), item in zip(batch, screened)]
             await self._insert(conn, batch, now, lease)
             if not lease:
-                return []
+                return screened, []
             ids = [message_id for message_id, _ in batch]
-            return list((await conn.execute(q.leased_statement(as_json=False), {"ids": ids})).all())
+            return screened, list((await conn.execute(q.leased_statement(as_json=False), {"ids": ids})).all())
 
-    async def insert_idempotent(
-        self, submission: Submission, key: IdempotencyKey, now: float
-    ) -> tuple[str, bool]:
-        """Queue unless the key was used in the last 24 h; return (message id, created).
+    async def _screened(self, conn: AsyncConnection, batch: list[Submission], now: float) -> list[Submission]:
+        if self._screen is None:
+            return batch
+        rows = [row for query in self._screen.reads(batch, now) for row in (await conn.execute(query)).all()]
+        return self._screen.apply(batch, rows)
+
+    async def insert_idempotent(self, submission: Submission, key: IdempotencyKey, now: float) -> Queued:
+        """Queue unless the key was used in the last 24 h; the message id and whether it was created.
 
         Same key and same request hash: the original id, created False. Same key, other request:
         ConflictError. The key row and the message commit together or not at all.
@@ -72,7 +81,7 @@ class SqlQueueStore(GatedStore):
                     async with self._write() as conn:
                         existing = await self._live_key(conn, key, now)
                         if existing is not None:
-                            return existing, False
+                            return Queued(existing, False, submission)
                         # Only an expired use of the key is replaced. (Deleting whatever is there
                         # let a request that looked before a concurrent one committed delete that
                         # one's fresh key and queue a second message.)
@@ -92,8 +101,9 @@ class SqlQueueStore(GatedStore):
                                 created_at=now,
                             )
                         )
-                        await self._insert(conn, [(message_id, submission)], now)
-                        return message_id, True
+                        [screened] = await self._screened(conn, [submission], now)
+                        await self._insert(conn, [(message_id, screened)], now)
+                        return Queued(message_id, True, screened)
                 except IntegrityError:
                     continue  # if a concurrent request stored this key, the next look finds it
         raise StoreError("queueing a message failed: a database constraint refused it twice")

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from postroom.core.types import Submission
 from postroom.queue import statements as q
 from postroom.queue.models import ClaimedDelivery, QueuedMessage, Release
+from postroom.queue.protocols import RecipientScreen
 from postroom.queue.sql_store import SqlQueueStore
 from postroom.queue.statements import Lease
 from postroom.store.engine import WriteGate
@@ -32,18 +33,33 @@ from postroom.store.tables import events
 
 
 class SqliteQueueStore(SqlQueueStore):
-    def __init__(self, engine: AsyncEngine, writer: SqliteBatchWriter, gate: WriteGate | None = None):
-        super().__init__(engine, gate)
+    def __init__(
+        self, engine: AsyncEngine, writer: SqliteBatchWriter, gate: WriteGate | None = None,
+        screen: RecipientScreen | None = None,
+    ):  # fmt: skip
+        super().__init__(engine, gate, screen)
         self._writer = writer
 
     async def _insert_rows(
         self, batch: list[tuple[str, Submission]], now: float, lease: Lease | None
-    ) -> list[Any]:
-        statements = q.insert_statements(batch, now, lease)
+    ) -> tuple[list[Submission], list[Any]]:
         params = {"ids": json.dumps([message_id for message_id, _ in batch])}
-        suppressed = any(item.suppressed for _, item in batch)
+        submissions = [item for _, item in batch]
+        screen = self._screen
+        # Compiled and built here, on the loop, not on the writer thread while it holds the lock.
+        reads = [compiled(query) for query in screen.reads(submissions, now)] if screen is not None else []
+        prepared = q.insert_statements(batch, now, lease)
 
-        def insert(connection: sqlite3.Connection) -> list[Any]:
+        def insert(connection: sqlite3.Connection) -> tuple[list[Submission], list[Any]]:
+            screened = submissions
+            statements = prepared
+            if screen is not None:
+                rows = [row for sql, values in reads for row in connection.execute(sql, values).fetchall()]
+                screened = screen.apply(submissions, rows)
+                if any(after is not before for after, before in zip(screened, submissions)):
+                    written = [(message_id, item) for (message_id, _), item in zip(batch, screened)]
+                    statements = q.insert_statements(written, now, lease)
+            suppressed = any(item.suppressed for item in screened)
             large: list[tuple[str, bytes]] = []
             for statement, rows in statements:
                 if rows and statement.table.name == "messages":
@@ -54,7 +70,8 @@ class SqliteQueueStore(SqlQueueStore):
                 _write_content(connection, message_id, content)
             if suppressed:
                 execute(connection, q.suppressed_events_statement(as_json=True), params, "suppressed-events")
-            return execute(connection, q.leased_statement(as_json=True), params, "leased") if lease else []
+            leased = execute(connection, q.leased_statement(as_json=True), params, "leased") if lease else []
+            return screened, leased
 
         return await self._writer.run(insert, durable=True)
 

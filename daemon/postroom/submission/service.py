@@ -16,7 +16,7 @@ from postroom.core.errors import ConflictError, StoreError
 from postroom.core.types import IdempotencyKey, Submission
 from postroom.metrics import Metrics
 from postroom.queue.committer import GroupCommitter
-from postroom.queue.protocols import QueueStore
+from postroom.queue.protocols import Queued, QueueStore
 from postroom.submission.outcome import Accepted, Caller, Outcome, Refusal
 from postroom.submission.steps import Step
 
@@ -51,22 +51,24 @@ class SubmissionService:
             submission = result
         try:
             if idempotency is not None:
-                message_id, created = await self._store.insert_idempotent(
-                    submission, idempotency, self._clock.now()
-                )
+                queued = await self._store.insert_idempotent(submission, idempotency, self._clock.now())
             elif self._committer is not None:
-                message_id, created = await self._committer.submit(submission), True
+                queued = await self._committer.submit(submission)
             else:
-                message_id, created = (await self._store.insert_many([submission], self._clock.now()))[0], True
+                inserted = await self._store.insert_leased([submission], self._clock.now(), None)
+                queued = Queued(inserted.ids[0], True, inserted.submissions[0])
         except ConflictError as exc:
             return self._refused(Refusal(True, "idempotency_conflict", str(exc)), caller)
         except StoreError as exc:
             logger.error("could not queue a message from %s: %s", caller.identity or caller.source, exc)
             return self._refused(STORE_UNAVAILABLE, caller)
-        if created:
+        queued_as = queued.submission
+        if queued.created:
             self._metrics.accepted.labels(caller.source, submission.stream, submission.route).inc()
-        suppressed = {address: dict(why) for address, why in submission.suppressed.items()}
-        return Accepted(message_id, len(submission.recipients), created, suppressed)
+            for why in queued_as.suppressed.values():
+                self._metrics.suppressed.labels(submission.stream, why.get("source", "")).inc()
+        suppressed = {address: dict(why) for address, why in queued_as.suppressed.items()}
+        return Accepted(queued.message_id, len(queued_as.recipients), queued.created, suppressed)
 
     def _refused(self, refusal: Refusal, caller: Caller) -> Refusal:
         self._metrics.rejected.labels(caller.source, refusal.code).inc()

@@ -1,8 +1,9 @@
 """`SuppressionService`: the suppression list as the rest of postroom uses it.
 
-- `SuppressionCheck` is the submission door's step: suppressed recipients are taken out of the
-  recipients to send to and recorded on the submission (`Submission.suppressed`), so the queue
-  writes them as `suppressed` deliveries with a `suppressed` event; never silently dropped.
+- `SuppressionScreen` is the queue's recipient screen: suppressed recipients are taken out of the
+  recipients to send to and recorded on the submission (`Submission.suppressed`) in the
+  transaction that queues it, so the queue writes them as `suppressed` deliveries with a
+  `suppressed` event; never silently dropped.
 - `SuppressionConsumer` reads `bounced` and `complained` events from the event outbox and applies
   `rules.decide`; its writes commit with the outbox cursor (exactly once).
 - The service itself serves the HTTP API, the CLI, the Loops-compatible contacts API
@@ -16,16 +17,16 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postroom.core.clock import Clock
 from postroom.core.types import Submission
 from postroom.events.models import Event
 from postroom.metrics import Metrics
-from postroom.submission.outcome import Caller, Refusal
-from postroom.suppression.model import Entry, NewEntry
+from postroom.suppression.model import Entry, NewEntry, first_matches, lookup_keys
 from postroom.suppression.rules import GLOBAL, Action, SoftPolicy, decide, soft_limit_reached, stream_scope
-from postroom.suppression.sql_store import SqlSuppressionStore
+from postroom.suppression.sql_store import SqlSuppressionStore, entry_of_row, live_entry_queries
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class SuppressionService:
         self._metrics = metrics
 
     async def check(self, recipients: Sequence[str], stream: str) -> dict[str, Entry]:
+        """The entry suppressing each of `recipients` for `stream`, if any."""
         return await self.store.matching(recipients, (GLOBAL, stream_scope(stream)), self._clock.now())
 
     async def add(self, entries: Sequence[NewEntry]) -> int:
@@ -76,24 +78,30 @@ class SuppressionService:
         return await self.remove(address, None, by) > 0
 
 
-class SuppressionCheck:
-    """The submission step: recipients suppressed globally or for the message's stream are not
-    sent to, and are reported."""
+class SuppressionScreen:
+    """The queue's recipient screen (`queue.protocols.RecipientScreen`): recipients suppressed
+    globally or for the message's stream are not sent to, and are reported. It runs inside the
+    transaction that queues the batch, so an entry committed before a message is queued is
+    always honoured, and the check costs one indexed read per batch."""
 
-    name = "suppression"
+    def reads(self, batch: Sequence[Submission], now: float) -> list[sa.Select[Any]]:
+        keys = lookup_keys(recipient for item in batch for recipient in item.recipients)
+        if not keys:
+            return []
+        return live_entry_queries(keys, {GLOBAL} | {stream_scope(item.stream) for item in batch}, now)
 
-    def __init__(self, service: SuppressionService, metrics: Metrics):
-        self._service = service
-        self._metrics = metrics
+    def apply(self, batch: Sequence[Submission], rows: Sequence[Sequence[Any]]) -> list[Submission]:
+        entries = [entry_of_row(row) for row in rows]
+        entries.sort(key=lambda item: item[1].id)
+        return [self._screened(item, entries) for item in batch]
 
-    async def __call__(self, submission: Submission, caller: Caller) -> Submission | Refusal:
-        found = await self._service.check(submission.recipients, submission.stream)
+    @staticmethod
+    def _screened(submission: Submission, entries: list[tuple[str, Entry]]) -> Submission:
+        found = first_matches(submission.recipients, (GLOBAL, stream_scope(submission.stream)), entries)
         if not found:
             return submission
-        skipped: dict[str, dict[str, str]] = {}
-        for recipient, entry in found.items():
-            skipped[recipient] = {"scope": entry.scope, "reason": entry.reason, "source": entry.source}
-            self._metrics.suppressed.labels(submission.stream, entry.source).inc()
+        skipped = {recipient: {"scope": entry.scope, "reason": entry.reason, "source": entry.source}
+                   for recipient, entry in found.items()}  # fmt: skip
         return dataclasses.replace(
             submission,
             recipients=tuple(r for r in submission.recipients if r not in skipped),

@@ -8,7 +8,7 @@ caller's connection (`add_in`, `count_soft_failure_in`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from postroom.store.engine import GatedStore, translate_errors
 from postroom.store.tables import events, soft_failures, suppressions
-from postroom.suppression.model import Entry, NewEntry, address_key, hashed_key
+from postroom.suppression.model import (
+    Entry, NewEntry, address_key, first_matches, hashed_key, lookup_keys,
+)  # fmt: skip
 
 _COLUMNS = (
     suppressions.c.id, suppressions.c.address, suppressions.c.scope, suppressions.c.source,
@@ -25,10 +27,31 @@ _COLUMNS = (
     suppressions.c.created_at, suppressions.c.expires_at,
 )  # fmt: skip
 
+# Bound on the keys of one query: SQLite takes at most 32,766 bound parameters.
+_KEYS_PER_QUERY = 2000
+
 
 def _entry(row: Any) -> Entry:
     return Entry(int(row[0]), row[1], row[2], row[3], row[4], row[5], row[6], float(row[7]),
                  None if row[8] is None else float(row[8]))  # fmt: skip
+
+
+def live_entry_queries(keys: Collection[str], scopes: Collection[str], now: float) -> list[sa.Select[Any]]:
+    """The reads of `live_entries`: (address key, entry columns) of live entries, in chunks of
+    keys."""
+    ordered = sorted(keys)
+    return [
+        sa.select(suppressions.c.address_key, *_COLUMNS).where(
+            suppressions.c.address_key.in_(ordered[start : start + _KEYS_PER_QUERY]),
+            suppressions.c.scope.in_(sorted(scopes)), _live(now),
+        )
+        for start in range(0, len(ordered), _KEYS_PER_QUERY)
+    ]  # fmt: skip
+
+
+def entry_of_row(row: Any) -> tuple[str, Entry]:
+    """An (address key, entry) row of `live_entry_queries`."""
+    return row[0], _entry(row[1:])
 
 
 def _live(now: float) -> sa.ColumnElement[bool]:
@@ -42,23 +65,20 @@ class SqlSuppressionStore(GatedStore):
     async def matching(self, addresses: Sequence[str], scopes: Sequence[str], now: float) -> dict[str, Entry]:
         """The live entry (if any) that suppresses each address for any of `scopes`, by address
         as given; an erased entry matches through the address's hash."""
-        if not addresses:
-            return {}
-        keys: dict[str, str] = {}
-        for address in addresses:
-            keys[address_key(address)] = address
-            keys[hashed_key(address)] = address
+        rows = await self.live_entries(lookup_keys(addresses), scopes, now)
+        return first_matches(addresses, scopes, rows)
+
+    async def live_entries(
+        self, keys: Collection[str], scopes: Collection[str], now: float
+    ) -> list[tuple[str, Entry]]:
+        """Every live entry under one of `keys` (see `lookup_keys`) in one of `scopes`, with its
+        key, oldest first."""
+        found: list[tuple[str, Entry]] = []
         with translate_errors("reading the suppression list"):
             async with self._reads.connect() as conn:
-                rows = (await conn.execute(
-                    sa.select(suppressions.c.address_key, *_COLUMNS).where(
-                        suppressions.c.address_key.in_(sorted(keys)),
-                        suppressions.c.scope.in_(list(scopes)), _live(now),
-                    ).order_by(suppressions.c.id)
-                )).all()  # fmt: skip
-        found: dict[str, Entry] = {}
-        for row in rows:
-            found.setdefault(keys[row[0]], _entry(row[1:]))
+                for query in live_entry_queries(keys, scopes, now):
+                    found.extend(entry_of_row(row) for row in (await conn.execute(query)).all())
+        found.sort(key=lambda item: item[1].id)
         return found
 
     async def search(
