@@ -20,6 +20,7 @@ says the address is invalid, else with Sisimai's reason "undefined", which suppr
 from __future__ import annotations
 
 import asyncio
+import email.errors
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -126,7 +127,12 @@ class LoopsTransport:
         if transactional_id is None:
             return unsendable(recipients, f"not sent through Loops: no Loops transactionalId for template "
                                           f"{message.template_id} ([loops.templates])")  # fmt: skip
-        attachments = await self._attachments(content)
+        try:
+            attachments = await self._attachments(content)
+        except (ValueError, IndexError, LookupError, email.errors.MessageError) as exc:
+            # The stored message's MIME structure is beyond the email package: the same on any retry.
+            return unsendable(recipients, f"not sent through Loops: its attachments could not be read "
+                                          f"({type(exc).__name__})")  # fmt: skip
         results: list[RecipientResult] = []
         unreachable: str | None = None
         for recipient in recipients:
