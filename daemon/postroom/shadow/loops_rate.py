@@ -42,22 +42,22 @@ class LoopsRateGate:
 
     async def acquire(self) -> float | None:
         """Take a token, sleeping until the bucket gives one; None once waiting any longer would
-        pass `max_wait` (the caller then tries later), else the seconds waited."""
-        started = self._clock.now()
-        counted = False
+        pass `max_wait` (the caller then tries later), else the seconds slept."""
+        slept = 0.0
         while True:
             verdict = self._table.spend(BUCKET, self._quota)
             if verdict.allowed:
-                return self._clock.now() - started
-            if not counted:
+                return slept
+            if slept == 0.0:
                 self._metrics.loops_rate_limited.inc()
-                counted = True
-            waited = self._clock.now() - started
-            if waited + verdict.retry_after > self._max_wait:
+            if slept + verdict.retry_after > self._max_wait:
                 return None
             # Another process may take the token we waited for: then we sleep again, each time
-            # for the bucket's own answer (at least a millisecond), never spinning.
-            await self._sleep(max(verdict.retry_after, 0.001))
+            # for the bucket's own answer (at least a millisecond), never spinning. The sleeps
+            # are summed, not read from the clock, so the bound holds whatever the clock does.
+            wait = max(verdict.retry_after, 0.001)
+            await self._sleep(wait)
+            slept += wait
 
     def hold(self, seconds: float) -> None:
         """No request to Loops from any process for `seconds` (Loops' Retry-After)."""
