@@ -45,6 +45,14 @@ from postroom.store.tables import messages
 from postroom.suppression.rules import SoftPolicy
 from postroom.suppression.service import SuppressionConsumer, SuppressionService
 from postroom.suppression.sql_store import SqlSuppressionStore
+from postroom.store import schema
+from postroom.store.credentials import Role, SqlApiKeys
+from postroom.store.engine import create_engine
+from postroom.templates.service import TemplateService
+from postroom.templates.sql_store import SqlTemplateStore
+from tests.conftest import running
+from tests.integration.test_loops_api import RECEIPT
+from tests.support import make_settings, wait_until
 from tests.loops_fake import DUPLICATE, SERVER_ERROR, FakeLoops, fake_loops, rate_limited, refused
 
 API_KEY = "loops-test-key"
@@ -303,3 +311,41 @@ async def test_the_committers_handoff_carries_the_template_data(store: QueueStor
     [message] = taken.messages
     assert (message.template_id, message.template_data) == ("welcome", {"code": 123456})
     assert json.loads(json.dumps(message.template_data)) == {"code": 123456}
+
+
+# -- the daemon -----------------------------------------------------------------------------
+
+async def test_the_daemon_keeps_template_data_and_sends_loops_mail_through_loops(
+    tmp_path: Path, loops: FakeLoops
+) -> None:
+    settings = make_settings(tmp_path, loops={"api_key": API_KEY, "base_url": loops.url,
+                                              "templates": {"receipt": "cltx-receipt"}})  # fmt: skip
+    engine = create_engine(settings.database)
+    await schema.upgrade(engine)
+    token = (await SqlApiKeys(engine).create("admin", Role.ADMIN, time.time()))[1]
+    templates = TemplateService(SqlTemplateStore(engine), SystemClock())
+    made = await templates.create("receipt", RECEIPT, "test")
+    await templates.publish("receipt", made.version)
+    data = {"name": "Ada", "order": "A-17"}
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        async with running(settings) as daemon, aiohttp.ClientSession(daemon.http) as session:
+            # Every path that renders a template stores the data it rendered with.
+            loops_compatible = {"transactionalId": "cltx-receipt", "email": "a@example.com", "dataVariables": data}
+            async with session.post("/api/v1/transactional", json=loops_compatible, headers=auth) as response:
+                assert response.status == 200
+            native = {"to": "b@example.com", "template": {"id": "receipt"}, "data": data}
+            async with session.post("/v1/messages", json=native, headers=auth) as response:
+                assert response.status == 202
+            async with engine.connect() as conn:
+                stored = (await conn.execute(sa.select(messages.c.template_id, messages.c.template_data))).all()
+            assert [tuple(row) for row in stored] == [("receipt", data), ("receipt", data)]
+            # Mail routed to Loops (the routing step's job; written here directly) goes to Loops.
+            [message_id] = await SqlQueueStore(engine).insert_many(
+                [templated(template="receipt", data=data)], time.time())
+            await wait_until(lambda: loops.requests, timeout=10, what="a request to Loops")
+            [sent] = loops.requests
+            assert (sent.body["transactionalId"], sent.body["dataVariables"]) == ("cltx-receipt", data)
+            assert sent.headers["Idempotency-Key"] == f"postroom-{message_id}-a@example.com"
+    finally:
+        await engine.dispose()
