@@ -53,7 +53,7 @@ from postroom.templates.sql_store import SqlTemplateStore
 from tests.conftest import running
 from tests.integration.test_loops_api import RECEIPT
 from tests.support import make_settings, wait_until
-from tests.loops_fake import DUPLICATE, SERVER_ERROR, FakeLoops, fake_loops, rate_limited, refused
+from tests.loops_fake import DUPLICATE, SERVER_ERROR, Answer, FakeLoops, fake_loops, rate_limited, refused
 
 API_KEY = "loops-test-key"
 TEMPLATES = {"welcome": "cltx-welcome", "report": "cltx-report"}
@@ -85,7 +85,7 @@ def templated(*recipients: str, template: str | None = "welcome", data: dict[str
 class LoopsRoute:
     """A worker whose only transport is Loops (the fake), on `engine`."""
 
-    def __init__(self, engine: AsyncEngine, url: str, clock: Clock, rate_limit: str = "10/s"):
+    def __init__(self, engine: AsyncEngine, url: str, clock: Clock, rate_limit: str = "10/s", timeout: float = 2.0):
         self.engine = engine
         self.clock = clock
         self.registry = CollectorRegistry()
@@ -93,7 +93,7 @@ class LoopsRoute:
         self.store = SqlQueueStore(engine)
         self.session = aiohttp.ClientSession()
         settings = LoopsSettings(api_key=API_KEY, base_url=url, templates=TEMPLATES, rate_limit=rate_limit,
-                                 timeout=2.0)  # fmt: skip
+                                 timeout=timeout)  # fmt: skip
         self.table = RateTable.in_memory(clock.now)
         transport = build_loops_transport(settings, self.session, self.table, clock, self.metrics)
         self.worker = DeliveryWorker(self.store, {LOOPS_ROUTE: transport}, RetryPolicy(), clock, self.metrics,
@@ -158,6 +158,26 @@ async def test_a_server_error_is_retried_with_the_same_key_and_sends_once(route:
     keys = [r.headers["Idempotency-Key"] for r in loops.requests]
     assert keys == [f"postroom-{message_id}-a@example.com"] * 2
     assert (route.requests("retry"), route.requests("sent")) == (1.0, 1.0)
+
+
+async def test_an_answer_lost_to_a_timeout_is_retried_and_loops_sends_once(engine: AsyncEngine,
+                                                                            loops: FakeLoops) -> None:
+    route = LoopsRoute(engine, loops.url, FakeClock(), timeout=0.3)
+    try:
+        # Loops takes the first request but answers too late; the retry is told the key was used.
+        loops.answer(Answer(delay=1.0), DUPLICATE)
+        [message_id] = await route.store.insert_many([templated()], route.clock.now())
+        await route.worker.drain()
+        state, reply, due = (await route.deliveries(message_id))["a@example.com"]
+        assert (state, reply) == ("deferred", "Loops: no answer from Loops in time")
+        assert isinstance(route.clock, FakeClock)
+        route.clock.advance(due - route.clock.now())
+        await route.worker.drain()
+        state, reply, _ = (await route.deliveries(message_id))["a@example.com"]
+        assert state == "delivered" and reply is not None and reply.startswith("Loops 409")
+        assert len({r.headers["Idempotency-Key"] for r in loops.requests}) == 1 and len(loops.requests) == 2
+    finally:
+        await route.close()
 
 
 async def test_a_used_idempotency_key_counts_as_delivered(route: LoopsRoute, loops: FakeLoops) -> None:

@@ -4,7 +4,9 @@ rate gate on a fake clock, and the settings."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from pathlib import Path
 from email.message import EmailMessage
 from email.utils import format_datetime
 import datetime
@@ -22,7 +24,7 @@ from postroom.metrics import Metrics
 from postroom.queue.models import ClaimedDelivery
 from postroom.queue.retry import RetryPolicy
 from postroom.ratelimit.quota import Quota
-from postroom.ratelimit.table import RateTable
+from postroom.ratelimit.table import RateTable, create_table_file
 from postroom.shadow.loops_attachments import attachments_of
 from postroom.shadow.loops_client import (
     LoopsAnswer,
@@ -33,7 +35,7 @@ from postroom.shadow.loops_client import (
     parse_retry_after,
     request_body,
 )
-from postroom.shadow.loops_rate import LoopsRateGate
+from postroom.shadow.loops_rate import BUCKET, LoopsRateGate
 from postroom.shadow.loops_transport import address_refused, idempotency_key, recipient_result
 from postroom.suppression.rules import Action, SoftPolicy
 from postroom.suppression.rules import decide as suppression_decision
@@ -301,6 +303,28 @@ async def test_a_hold_stops_every_request_until_retry_after() -> None:
     for _ in range(9):  # the bucket refills from the end of the hold, not all at once
         await limiter.acquire()
     assert clock.now() - NOW == pytest.approx(2.5 + 0.9, abs=1e-3)
+
+
+def test_processes_mapping_one_table_file_share_one_limit_and_one_hold(tmp_path: Path) -> None:
+    path = tmp_path / "buckets"
+    create_table_file(path)
+    clock = SleepingClock()
+    tables = [RateTable.shared(path, clock.now) for _ in range(2)]  # as two processes map it
+    try:
+        gates = [LoopsRateGate(t, Quota(5, 1.0), clock, Metrics(CollectorRegistry()), 30.0, clock.sleep)
+                 for t in tables]  # fmt: skip
+
+        async def alternate() -> None:
+            for n in range(10):
+                assert await gates[n % 2].acquire() is not None
+
+        asyncio.run(alternate())
+        assert clock.now() - NOW == pytest.approx(1.0, abs=1e-3)  # 10 at 5/s together, not 10/s
+        gates[0].hold(60.0)
+        assert not tables[1].spend(BUCKET, Quota(5, 1.0)).allowed  # the other process holds too
+    finally:
+        for table in tables:
+            table.close()
 
 
 # -- settings -------------------------------------------------------------------------------
