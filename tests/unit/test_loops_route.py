@@ -19,6 +19,8 @@ from postroom.core.clock import FakeClock
 from postroom.core.compose import Attachment, Draft, compose
 from postroom.core.types import DeliveryState, RecipientResult, Verdict
 from postroom.delivery.outcomes import decide
+from postroom.config import load_settings
+from postroom.core.errors import ConfigError
 from postroom.loops.settings import LoopsSettings
 from postroom.metrics import Metrics
 from postroom.queue.models import ClaimedDelivery
@@ -343,6 +345,18 @@ def test_the_route_settings_have_loops_defaults() -> None:
 def test_bad_route_settings_are_refused(key: str, value: object) -> None:
     with pytest.raises(ValidationError):
         LoopsSettings.model_validate({key: value})
+
+
+def test_the_api_key_is_read_from_its_file_and_checked_at_load(tmp_path: Path) -> None:
+    secret = tmp_path / "loops-key"
+    secret.write_text("key-from-a-credential\n")
+    config = tmp_path / "postroom.toml"
+    config.write_text(f'[loops]\napi_key_file = "{secret}"\nrate_limit = "600/min"\n')
+    settings = load_settings(config, {})
+    assert (settings.loops.api_key, settings.loops.rate_limit) == ("key-from-a-credential", "600/min")
+    config.write_text('[loops]\nrate_limit = "fast"\n')
+    with pytest.raises(ConfigError, match="loops.rate_limit"):
+        load_settings(config, {})
 
 
 def test_a_base_url_loses_its_trailing_slash() -> None:
