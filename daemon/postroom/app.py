@@ -33,7 +33,7 @@ from postroom import __version__
 from postroom.config import Settings
 from postroom.core.clock import Clock, SystemClock
 from postroom.core.errors import PostroomError
-from postroom.core.types import INHOUSE_ROUTE, Submission
+from postroom.core.types import INHOUSE_ROUTE, LOOPS_ROUTE, Submission
 from postroom.bounces.classify import reason_of_reply
 from postroom.bounces.dsn_notify import DsnConsumer
 from postroom.bounces.intake import SqlBounceIntake
@@ -43,7 +43,7 @@ from postroom.bounces.return_path import VerpReturnPaths
 from postroom.contacts.service import ContactService
 from postroom.contacts.sql_store import SqlContactStore
 from postroom.delivery.mx import counted_mx_cache
-from postroom.delivery.transport import build_transport
+from postroom.delivery.transport import Transport, build_transport
 from postroom.delivery.worker import DeliveryWorker, WorkerOptions
 from postroom.dkim.keyring import Keyring, SigningKeys
 from postroom.dkim.preparer import DkimPreparer
@@ -79,6 +79,7 @@ from postroom.queue.sql_store import SqlQueueStore
 from postroom.queue.sqlite_store import SqliteQueueStore
 from postroom.queue.views import SqlQueueViews
 from postroom.service_notify import ServiceNotifier
+from postroom.shadow.loops_transport import LoopsTransport, build_loops_transport
 from postroom.stats.gauges import RateGauges
 from postroom.stats.sql_stats import SqlStats
 from postroom.sources.posthog.capture import PostHogCapture
@@ -286,9 +287,12 @@ class Daemon:
         stack.callback(signing_pool.shutdown, wait=True)
         inhouse = build_transport(delivery, self.settings.smtp.hostname,
                                   counted_mx_cache(lookup, self.clock, self.metrics))  # fmt: skip
+        transports: dict[str, Transport] = {INHOUSE_ROUTE: inhouse}
+        if self.settings.loops.api_key:
+            transports[LOOPS_ROUTE] = self._loops_transport(stack)
         return DeliveryWorker(
             storage.store,
-            {INHOUSE_ROUTE: inhouse},
+            transports,
             RetryPolicy(base=delivery.retry_base, cap=delivery.retry_max, max_age=delivery.max_age),
             self.clock,
             self.metrics,
@@ -306,6 +310,18 @@ class Daemon:
             prepare=DkimPreparer(signing_keys, self.clock, self.metrics, signing_pool),
             return_path=return_paths if return_paths.enabled else None,
         )
+
+    def _loops_transport(self, stack: contextlib.AsyncExitStack) -> LoopsTransport:
+        """Loops as a delivery route: its own HTTP session, and its rate limit in the table every
+        process of the daemon shares (this process's own when it runs alone)."""
+        loops = self.settings.loops
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20))
+        stack.push_async_callback(session.close)
+        shared = self.environ.get(RATE_LIMIT_FILE_ENV)
+        table = (RateTable.shared(Path(shared), self.clock.now) if shared
+                 else RateTable.in_memory(self.clock.now))  # fmt: skip
+        stack.callback(table.close)
+        return build_loops_transport(loops, session, table, self.clock, self.metrics)
 
     def _committed(self, batch: list[Submission], seconds: float) -> None:
         self.metrics.commit_batch.observe(len(batch))

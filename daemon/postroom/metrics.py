@@ -318,6 +318,26 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        # Loops as a delivery route (postroom.shadow): requests to Loops' transactional API.
+        self.loops_requests = Counter(
+            "postroom_loops_requests",
+            "Requests to Loops' transactional API by outcome: sent (2xx), duplicate (409: the "
+            "Idempotency-Key was used, sent before), retry (429, 5xx, timeout, no connection), "
+            "failed (any other 4xx: final)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.loops_request_seconds = Histogram(
+            "postroom_loops_request_seconds",
+            "Time of one request to Loops' transactional API, from sending it to its answer",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.loops_rate_limited = Counter(
+            "postroom_loops_rate_limited",
+            "Requests to Loops that waited for the rate limit shared by the daemon's processes",
+            registry=registry,
+        )
         # Outbound webhooks (postroom.webhooks).
         self.webhook_attempts = Counter(
             "postroom_webhook_deliveries",

@@ -64,6 +64,8 @@ class Submission:
     # recorded as `suppressed` deliveries with a `suppressed` event, never sent.
     suppressed: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     template: tuple[str, int] | None = None  # (template id, version) it was rendered from
+    # The data variables it was rendered with: what a route that renders elsewhere (Loops) sends.
+    template_data: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,10 @@ def decide(
         state, when = DeliveryState.BOUNCED, None
     else:
         when = next_attempt_at(policy, claimed.attempts + 1, claimed.accepted_at, now, draw)
+        # A peer that said when to come back (an API's Retry-After) is not asked again before.
+        not_before = result.details.get("not_before")
+        if when is not None and isinstance(not_before, (int, float)) and not_before > when:
+            when = not_before if not_before - claimed.accepted_at <= policy.max_age else None
         state = DeliveryState.DEFERRED if when is not None else DeliveryState.EXPIRED
     reply = result.reply
     details = dict(result.details)
@@ -62,6 +66,10 @@ def failure_reason(state: DeliveryState, result: RecipientResult) -> dict[str, s
     later (postroom.bounces.classify), so a recipient's reason is the same either way."""
     if state is DeliveryState.EXPIRED:
         return {"reason": "expired", "bounce_class": BounceClass.SOFT.value}
+    given_reason, given_class = result.details.get("reason"), result.details.get("bounce_class")
+    if isinstance(given_reason, str) and isinstance(given_class, str):
+        # A transport whose peer is not an SMTP server (Loops' API) classifies its own answers.
+        return {"reason": given_reason, "bounce_class": given_class}
     code = result.details.get("code")
     if code is None and not result.details.get("local") and find_reply_code(result.reply) is None:
         # No SMTP reply at all: the connection failed (refused, timed out, TLS), whatever the words.

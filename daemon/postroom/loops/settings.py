@@ -1,10 +1,14 @@
-"""Settings of the Loops-compatible API (`[loops]`) and of the event rules (`[events.<name>]`)."""
+"""Settings of the Loops-compatible API and of Loops as a delivery route (`[loops]`), and of the
+event rules (`[events.<name>]`)."""
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from postroom.core.addresses import valid_mailbox
+from postroom.ratelimit.quota import parse_quota
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
@@ -21,6 +25,14 @@ class LoopsSettings(BaseModel):
     # Attachments of a transactional send, decoded: each file, and all of one message together.
     max_attachment_size: int = Field(default=5 * 1024 * 1024, ge=1024)
     max_attachments_size: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Loops as a delivery route (`postroom.shadow`): mail whose route is "loops" is sent with Loops'
+    # transactional API under this key. "" (the default): this daemon runs no Loops route.
+    # Also readable from `api_key_file`.
+    api_key: str = Field(default="", repr=False)
+    base_url: str = "https://app.loops.so/api/v1"
+    # Loops' limit for the team (10 requests per second), shared by every process of the daemon.
+    rate_limit: str = "10/s"
+    timeout: float = Field(default=10.0, gt=0, le=300)  # seconds per request, connecting included
 
     @field_validator("templates")
     @classmethod
@@ -33,6 +45,22 @@ class LoopsSettings(BaseModel):
                 raise ValueError(f"transactionalId {transactional_id!r} is mapped to both {seen[transactional_id]} "
                                  f"and {template_id}")  # fmt: skip
             seen[transactional_id] = template_id
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        if parts.query or parts.fragment:
+            raise ValueError("base_url takes no query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _quota(cls, value: str) -> str:
+        parse_quota(value)
         return value
 
     @field_validator("default_from")

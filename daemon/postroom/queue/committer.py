@@ -137,7 +137,9 @@ class GroupCommitter:
         self._on_commit(submissions, time.perf_counter() - started)
         if self._handoff is not None and claimed:
             messages = [
-                QueuedMessage(message_id, s.mail_from, s.content, s.stream, s.route, now, s.header_from)
+                QueuedMessage(message_id, s.mail_from, s.content, s.stream, s.route, now, s.header_from,
+                              template_id=s.template[0] if s.template else None,
+                              template_data=dict(s.template_data) if s.template_data is not None else None)
                 for message_id, s in zip(ids, submissions)
             ]
             try:

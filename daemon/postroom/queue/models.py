@@ -38,6 +38,10 @@ class QueuedMessage:
     created_at: float
     header_from: str | None = None  # the From header, whose domain signs the message
     signature: bytes | None = None  # DKIM-Signature fields kept from an earlier attempt
+    # The template it was rendered from and the data variables it was rendered with (None when
+    # its submitter composed it): what a route that renders elsewhere (Loops) sends instead.
+    template_id: str | None = None
+    template_data: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

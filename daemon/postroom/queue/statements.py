@@ -65,6 +65,7 @@ def insert_statements(
                     "error": None,
                     "template_id": item.template[0] if item.template else None,
                     "template_version": item.template[1] if item.template else None,
+                    "template_data": dict(item.template_data) if item.template_data is not None else None,
                 }
                 for message_id, item in batch
             ],
@@ -247,12 +248,18 @@ def messages_statement(as_json: bool) -> sa.Select[Any]:
         messages.c.created_at,
         messages.c.header_from,
         messages.c.signature,
+        messages.c.template_id,
+        messages.c.template_data,
     ).where(in_list(messages.c.id, "ids", as_json))
 
 
 def queued_message(row: Any) -> QueuedMessage:
     signature = bytes(row[7]) if row[7] is not None else None
-    return QueuedMessage(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], row[6], signature)
+    data = row[9]
+    if isinstance(data, str):  # the SQLite writer thread reads the JSON column's text as it is
+        data = json.loads(data)
+    return QueuedMessage(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], row[6], signature,
+                         row[8], data)  # fmt: skip
 
 
 @functools.cache

@@ -63,3 +63,9 @@ def spend(tat: float, now: float, quota: Quota) -> tuple[float, Verdict]:
         return tat, Verdict(False, quota.count, 0, wait)
     remaining = math.floor((horizon - (after - now)) / interval + 1e-9)
     return after, Verdict(True, quota.count, max(0, remaining), 0.0)
+
+
+def held(tat: float, until: float, quota: Quota) -> float:
+    """The TAT of a bucket that lets nothing through before `until` (a peer's Retry-After): the
+    bucket is empty at `until` and refills from there. A bucket held longer already stays so."""
+    return max(tat, until + quota.period - quota.interval)

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from postroom.ratelimit.quota import Quota, Verdict, spend
+from postroom.ratelimit.quota import Quota, Verdict, held, spend
 
 RATE_LIMIT_FILE_ENV = "POSTROOM_RATE_LIMIT_FILE"
 SLOTS = 8192
@@ -96,6 +96,14 @@ class RateTable:
             if verdict.allowed:
                 _SLOT.pack_into(self._memory, offset, wanted, new_tat)
             return verdict
+
+    def hold(self, key: str, quota: Quota, until: float) -> None:
+        """Let no request of bucket `key` through before `until`, in every process (`quota.held`)."""
+        wanted = bucket_hash(key)
+        with self._locked():
+            offset = self._slot_of(wanted, self._clock())
+            stored, tat = _SLOT.unpack_from(self._memory, offset)
+            _SLOT.pack_into(self._memory, offset, wanted, held(tat if stored == wanted else 0.0, until, quota))
 
     def _slot_of(self, wanted: int, now: float) -> int:
         """The slot of the bucket `wanted`, else a free one (empty or full again), else the

@@ -86,7 +86,10 @@ def sql_and_rows(statement: sa.Insert, rows: list[dict[str, Any]]) -> tuple[str,
     sql = _insert_sql(statement.table.name, columns, statement)
     json_columns = [name for name in columns if isinstance(statement.table.c[name].type, sa.JSON)]
     if json_columns:
-        rows = [{**row, **{name: json.dumps(row[name]) for name in json_columns}} for row in rows]
+        # As SQLAlchemy writes them: None is SQL NULL in a column declared `none_as_null`, else JSON null.
+        nulls = {name for name in json_columns if getattr(statement.table.c[name].type, "none_as_null", False)}
+        rows = [{**row, **{name: None if row[name] is None and name in nulls else json.dumps(row[name])
+                           for name in json_columns}} for row in rows]  # fmt: skip
     return sql, rows
 
 

@@ -61,6 +61,8 @@ messages = sa.Table(
     # The template and version it was rendered from (NULL: composed by its submitter).
     sa.Column("template_id", sa.String(64)),
     sa.Column("template_version", sa.Integer),
+    # The data variables it was rendered with (NULL: none), for routes that render elsewhere.
+    sa.Column("template_data", sa.JSON(none_as_null=True)),
     sa.Index(None, "created_at"),
 )
 

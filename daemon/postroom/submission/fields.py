@@ -177,4 +177,5 @@ def build_submission(
         tags=tuple(body.tags),
         message_id=message_id,
         template=(rendered.template_id, rendered.version) if rendered else None,
+        template_data=dict(body.data) if rendered else None,
     )
