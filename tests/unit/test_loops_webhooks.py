@@ -7,12 +7,15 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook
 
+from postroom.config import load_settings
+from postroom.core.errors import ConfigError
 from postroom.loops.settings import LoopsSettings
 from postroom.shadow.loops_webhooks import (
     InvalidSignature,
@@ -146,3 +149,18 @@ def test_settings_take_one_secret_a_list_or_a_text_list_and_refuse_a_broken_one(
     with pytest.raises(ValidationError, match="webhook_secret"):
         LoopsSettings(webhook_secret="whsec_a")
     assert SECRET not in repr(both)
+
+
+def test_the_secrets_come_from_files_as_systemd_credentials_do(tmp_path: Path) -> None:
+    (tmp_path / "one").write_text(SECRET + "\n")
+    (tmp_path / "rolled").write_text(f"{OLD_SECRET}\n")
+    config = tmp_path / "postroom.toml"
+    config.write_text('[[domains]]\nname = "example.com"\n\n[loops]\nwebhook_secret_file = "%d/one"\n')
+    environ = {"CREDENTIALS_DIRECTORY": str(tmp_path),
+               "POSTROOM_LOOPS__WEBHOOK_SECRETS_FILE": str(tmp_path / "rolled")}  # fmt: skip
+    settings = load_settings(config, environ)
+    assert settings.loops.webhook_signing_secrets == (SECRET, OLD_SECRET)
+    config.write_text('[[domains]]\nname = "example.com"\n\n[loops]\nwebhook_secret = "whsec_a"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, {})
+    assert "loops.webhook_secret" in dict(caught.value.problems)
