@@ -66,7 +66,7 @@ def test_any_configured_secret_verifies_while_one_is_rolled() -> None:
 
 
 @pytest.mark.parametrize("case", ["other secret", "body changed", "id changed", "stale", "future", "no signature",
-                                  "no id", "no timestamp", "bad timestamp", "unsigned v1"])  # fmt: skip
+                                  "no id", "no timestamp", "bad timestamp", "unsigned v1", "odd id", "odd signature"])  # fmt: skip
 def test_what_does_not_verify(case: str) -> None:
     body = loops_body()
     headers = signed(body)
@@ -89,6 +89,10 @@ def test_what_does_not_verify(case: str) -> None:
         del headers["webhook-timestamp"]
     elif case == "bad timestamp":
         headers["webhook-timestamp"] = "yesterday"
+    elif case == "odd id":
+        headers["webhook-id"] = "msg\udcff\x00"  # what undecodable header bytes read as
+    elif case == "odd signature":
+        headers["webhook-signature"] = "v1,\udcff\ud800"
     elif case == "unsigned v1":
         headers["webhook-signature"] = "v1,"
     with pytest.raises(InvalidSignature):
@@ -118,7 +122,7 @@ def test_campaign_mail_is_not_transactional_and_the_test_event_is_other() -> Non
 
 
 @pytest.mark.parametrize("body", [
-    b"not json", b"\xff\xfe", b"[1, 2]", b'"text"',
+    b"not json", b"\xff\xfe", b"[1, 2]", b'"text"', b"[" * 100_000 + b"]" * 100_000,
     json.dumps({"eventTime": 1}).encode(),
     json.dumps({"eventName": "", "eventTime": 1}).encode(),
     json.dumps({"eventName": "email.delivered"}).encode(),
@@ -128,6 +132,8 @@ def test_campaign_mail_is_not_transactional_and_the_test_event_is_other() -> Non
     json.dumps({"eventName": "email.delivered", "eventTime": 1}).encode(),  # an email event without its contact
     json.dumps({"eventName": "email.hardBounced", "eventTime": 1, "contactIdentity": {"email": "nobody"}}).encode(),
     json.dumps({"eventName": "email.hardBounced", "eventTime": 1, "contactIdentity": "ada@example.com"}).encode(),
+    loops_body(contactIdentity={"email": "ada\\u0000@example.com"}).replace(b"\\\\", b"\\"),  # NUL
+    loops_body(email={"subject": "\\ud800"}).replace(b"\\\\", b"\\"),  # a lone surrogate
 ])  # fmt: skip
 def test_malformed_bodies_are_refused(body: bytes) -> None:
     with pytest.raises(MalformedEvent):

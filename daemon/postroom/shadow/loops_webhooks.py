@@ -90,8 +90,8 @@ def verify_signature(
     offered = lowered.get("webhook-signature", "").split()
     if not (webhook_id and stamp and offered):
         raise InvalidSignature("missing webhook-id, webhook-timestamp or webhook-signature")
-    if len(webhook_id) > MAX_WEBHOOK_ID:
-        raise InvalidSignature("webhook-id is too long")
+    if len(webhook_id) > MAX_WEBHOOK_ID or not webhook_id.isprintable() or not webhook_id.isascii():
+        raise InvalidSignature("webhook-id is too long or not printable ASCII")
     try:
         sent_at = float(stamp)
     except ValueError:
@@ -101,9 +101,25 @@ def verify_signature(
     timestamp = datetime.datetime.fromtimestamp(sent_at, datetime.UTC)
     for secret in secrets:
         expected = Webhook(secret).sign(webhook_id, timestamp, body).encode()
-        if any(hmac.compare_digest(expected, item.encode()) for item in offered):
+        if any(hmac.compare_digest(expected, item.encode(errors="replace")) for item in offered):
             return webhook_id
     raise InvalidSignature("no signature matches a configured secret")
+
+
+def _storable(value: Any) -> bool:
+    if isinstance(value, str):
+        if "\x00" in value:
+            return False
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_storable(key) and _storable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_storable(item) for item in value)
+    return True
 
 
 def _text(value: Any, limit: int) -> str | None:
@@ -116,10 +132,15 @@ def parse_event(webhook_id: str, body: bytes) -> LoopsEvent:
     """The event a verified body carries; `MalformedEvent` when it cannot be read."""
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise MalformedEvent("the body is not JSON") from None
+        storable = _storable(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise MalformedEvent("the body is not JSON (or nested beyond reading)") from None
     if not isinstance(payload, dict):
         raise MalformedEvent("the body is not a JSON object")
+    if not storable:
+        # JSON escapes can spell what no database column holds: NUL (PostgreSQL text refuses it)
+        # and lone surrogates (not UTF-8). Refused here rather than failing the transaction.
+        raise MalformedEvent("the body holds a NUL character or a lone surrogate")
     name = _text(payload.get("eventName"), 64)
     if name is None:
         raise MalformedEvent("eventName is missing")
