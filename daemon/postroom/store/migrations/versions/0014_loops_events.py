@@ -1,12 +1,14 @@
 """Loops' webhooks in (postroom.shadow): one row per event, unique by its webhook id.
 
-Chained after 0013 (`0013_message_template_data.py`, the Loops delivery route's migration)."""
+Chained after 0013 (`0013_message_template_data.py`, the Loops delivery route's migration, built
+beside this one): `down_revision` below is the one line to check when both are merged; it must be
+0013's `revision`. Without 0013 in the tree, chain to "0012" (this migration needs nothing of 0013)."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
