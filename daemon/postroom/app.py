@@ -56,6 +56,7 @@ from postroom.events.models import EventConsumer, StartAt, Subscription
 from postroom.events.outbox import EventOutbox
 from postroom.http.app import Mount, RouteGroup, build_app
 from postroom.http.domains import DomainRoutes
+from postroom.http.loops_webhooks import LoopsWebhookRoutes
 from postroom.http.messages import MessageRoutes
 from postroom.http.ratelimit import rate_limit
 from postroom.http.openapi_routes import OpenApiRoutes
@@ -79,6 +80,7 @@ from postroom.queue.sql_store import SqlQueueStore
 from postroom.queue.sqlite_store import SqliteQueueStore
 from postroom.queue.views import SqlQueueViews
 from postroom.service_notify import ServiceNotifier
+from postroom.shadow.loops_events_store import SqlLoopsEvents
 from postroom.shadow.loops_transport import LoopsTransport, build_loops_transport
 from postroom.stats.gauges import RateGauges
 from postroom.stats.sql_stats import SqlStats
@@ -391,6 +393,10 @@ class Daemon:
             WebhookRoutes(webhooks, webhook_session),
             StatsRoutes(SqlStats(storage.engine)),
         ]
+        loops_events = SqlLoopsEvents(storage.engine, storage.gate, settings.loops.templates,
+                                      settings.loops.webhook_match_window, self.clock, self.metrics)  # fmt: skip
+        groups.append(LoopsWebhookRoutes(loops_events, settings.loops.webhook_signing_secrets, self.clock,
+                                         self.metrics))  # fmt: skip
         if settings.bounces.verp_keys:
             groups.append(UnsubscribeRoutes(storage.suppressions, settings.bounces.verp_keys, self.clock, self.metrics))
         api_keys = SqlApiKeys(storage.engine)

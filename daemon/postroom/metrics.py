@@ -364,6 +364,16 @@ class Metrics:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
+        # Loops' webhooks in (postroom.shadow), during the migration.
+        self.loops_webhook_events = Counter(
+            "postroom_loops_webhook_events",
+            "Loops webhooks received, by event (the Loops eventName it acts on, other, unknown: not "
+            "verified or not read) and result: applied (matched to a loops delivery), unmatched "
+            "(recorded; suppression still fed), duplicate (webhook id seen before), ignored (an event "
+            "postroom does not act on), invalid_signature, malformed",
+            ["event", "result"],
+            registry=registry,
+        )
         # The rates mailbox providers judge senders by (postroom.stats), over [stats] rate_window.
         self.bounce_rate = Gauge(
             "postroom_bounce_rate",

@@ -50,6 +50,37 @@ def is_failure(item: BounceRecipient) -> bool:
     return item.action in FAILED_ACTIONS and item.bounce_class is not BounceClass.NONE
 
 
+async def bounce_delivered(conn: AsyncConnection, delivery: Any, reply: str, detail: dict[str, Any], now: float) -> bool:
+    """A late failure: the delivery (`id`, `message_id`, `recipient`, `route`) moves from
+    `delivered` to `bounced` with a `bounced` event carrying `detail` (reason, bounce_class, ...),
+    which the suppression consumer reads. False, and nothing written, when it was no longer
+    `delivered` (bounced already, or still being tried). Shared with Loops' events in
+    (`shadow.loops_events_store`)."""
+    updated = await conn.execute(
+        deliveries.update()
+        .where(deliveries.c.id == delivery.id, deliveries.c.state == DeliveryState.DELIVERED.value)
+        .values(state=DeliveryState.BOUNCED.value, last_reply=f"bounced later: {reply}", updated_at=now,
+                finished_at=now)
+    )  # fmt: skip
+    if not updated.rowcount:
+        return False
+    release = Release(delivery.id, delivery.message_id, delivery.recipient, DeliveryState.BOUNCED, reply,
+                      detail=detail, route=delivery.route)  # fmt: skip
+    await conn.execute(events.insert(), q.event_rows([release], now))
+    return True
+
+
+async def record_complaint(
+    conn: AsyncConnection, delivery: Any, recipient: str, detail: dict[str, Any], now: float
+) -> None:
+    """A `complained` event about `delivery` (`id`, `message_id`; None: a delivery not known),
+    which the suppression consumer reads. Shared with Loops' events in."""
+    await conn.execute(events.insert().values(
+        at=now, type="complained", message_id=delivery.message_id if delivery is not None else "",
+        delivery_id=delivery.id if delivery is not None else None, recipient=recipient, detail=detail,
+    ))  # fmt: skip
+
+
 class SqlBounceIntake:
     def __init__(
         self, engine: AsyncEngine, gate: WriteGate, parse: Parse, clock: Clock, metrics: Metrics,
@@ -108,16 +139,7 @@ class SqlBounceIntake:
             return  # still being tried, or already failed: the record is kept, the state stands
         detail = self._detail(ours, record_of.get(ours.address), late=True)
         reply = (ours.diagnostic or ours.status or ours.reason)[:2000]
-        updated = await conn.execute(
-            deliveries.update()
-            .where(deliveries.c.id == delivery.id, deliveries.c.state == DeliveryState.DELIVERED.value)
-            .values(state=DeliveryState.BOUNCED.value, last_reply=f"bounced later: {reply}", updated_at=now,
-                    finished_at=now)
-        )  # fmt: skip
-        if updated.rowcount:
-            release = Release(delivery.id, delivery.message_id, delivery.recipient, DeliveryState.BOUNCED, reply,
-                              detail=detail, route=delivery.route)  # fmt: skip
-            await conn.execute(events.insert(), q.event_rows([release], now))
+        if await bounce_delivered(conn, delivery, reply, detail, now):
             self._metrics.bounced.labels(delivery.stream, delivery.route, ours.bounce_class.value, ours.reason).inc()
 
     async def _complaints(
@@ -125,11 +147,8 @@ class SqlBounceIntake:
     ) -> None:
         for item in parsed.recipients:
             recipient = delivery.recipient if delivery is not None else item.address
-            await conn.execute(events.insert().values(
-                at=now, type="complained", message_id=delivery.message_id if delivery is not None else "",
-                delivery_id=delivery.id if delivery is not None else None, recipient=recipient,
-                detail=self._detail(item, record_of.get(item.address), late=False),
-            ))  # fmt: skip
+            await record_complaint(conn, delivery, recipient, self._detail(item, record_of.get(item.address),
+                                                                           late=False), now)  # fmt: skip
 
     @staticmethod
     def _detail(item: BounceRecipient, record_id: int | None, *, late: bool) -> dict[str, Any]:

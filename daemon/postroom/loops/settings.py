@@ -3,9 +3,12 @@ event rules (`[events.<name>]`)."""
 
 from __future__ import annotations
 
+import binascii
+import re
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
 from postroom.core.addresses import valid_mailbox
 from postroom.ratelimit.quota import parse_quota
@@ -33,6 +36,38 @@ class LoopsSettings(BaseModel):
     # Loops' limit for the team (10 requests per second), shared by every process of the daemon.
     rate_limit: str = "10/s"
     timeout: float = Field(default=10.0, gt=0, le=300)  # seconds per request, connecting included
+    # The signing secret(s) of Loops' webhooks (`whsec_...`, Settings -> Webhooks) that
+    # `POST /webhooks/loops` accepts; both keys together while one is rolled. None: the endpoint is off.
+    webhook_secret: str = Field(default="", repr=False)
+    webhook_secrets: tuple[str, ...] = Field(default=(), repr=False)
+    # How far back a Loops event looks for the delivery it is about (postroom.shadow.loops_events_store).
+    webhook_match_window: float = Field(default=30 * 86400.0, gt=0)
+
+    @property
+    def webhook_signing_secrets(self) -> tuple[str, ...]:
+        """Every secret a Loops webhook may be signed with, the single key first."""
+        found = (self.webhook_secret, *self.webhook_secrets) if self.webhook_secret else self.webhook_secrets
+        return tuple(dict.fromkeys(found))
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _secret_list(cls, value: object) -> object:
+        """A TOML array, or text (an env variable, a `webhook_secrets_file`): one per line or comma-separated."""
+        if isinstance(value, str):
+            return tuple(part for part in re.split(r"[\s,]+", value) if part)
+        return value
+
+    @field_validator("webhook_secret", "webhook_secrets")
+    @classmethod
+    def _usable_secrets(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        for secret in (value,) if isinstance(value, str) else value:
+            if not secret:
+                continue
+            try:
+                Webhook(secret.strip())
+            except (binascii.Error, EmptyWebhookSecretError, ValueError):
+                raise ValueError("not a Standard Webhooks secret (`whsec_` and base64, as Loops shows it)") from None
+        return value.strip() if isinstance(value, str) else tuple(item.strip() for item in value)
 
     @field_validator("templates")
     @classmethod

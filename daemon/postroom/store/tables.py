@@ -392,3 +392,29 @@ webhook_deliveries = sa.Table(
     sa.Index(None, "state", "next_attempt_at"),
     sa.Index(None, "endpoint_id", "state"),
 )
+
+# Loops' webhooks in (postroom.shadow.loops_events_store), one row per event, unique by the
+# `webhook-id` Loops sends (the same on its retries), so a replay changes nothing. `email` is the
+# address key (lower-cased); `delivery_id` the `loops` delivery the event was matched to (NULL:
+# none); `outcome` what came of it (applied, unmatched, ignored) and `effect` what it changed
+# (confirmed, bounced, complained, unsubscribed, suppressed, none). Loops' `email.delivered` rows
+# are where its delivered count and time to delivered come from (no second `delivered` event).
+loops_events = sa.Table(
+    "loops_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("webhook_id", sa.String(255), nullable=False, unique=True),
+    sa.Column("event_name", sa.String(64), nullable=False),
+    sa.Column("event_time", sa.Float, nullable=False),
+    sa.Column("email", sa.String(320)),
+    sa.Column("source_type", sa.String(16)),
+    sa.Column("transactional_id", sa.String(64)),
+    sa.Column("delivery_id", BigId),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("effect", sa.String(16), nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Index(None, "event_name", "event_time"),
+    sa.Index(None, "delivery_id"),
+    sa.Index(None, "email"),
+)

@@ -139,11 +139,18 @@ class SqlSuppressionStore(GatedStore):
         """A one-click unsubscribe: the entry and an `unsubscribed` event, in one transaction."""
         with translate_errors("recording an unsubscribe"):
             async with self._write() as conn:
-                await self.add_in(conn, [entry], now)
-                await conn.execute(events.insert().values(
-                    at=now, type="unsubscribed", message_id=message_id[:26], delivery_id=None,
-                    recipient=entry.address, detail={"scope": entry.scope, "source": entry.source},
-                ))  # fmt: skip
+                await self.unsubscribe_in(conn, entry, message_id, now)
+
+    @classmethod
+    async def unsubscribe_in(
+        cls, conn: AsyncConnection, entry: NewEntry, message_id: str, now: float, delivery_id: int | None = None
+    ) -> None:
+        """`unsubscribe` in the caller's transaction (Loops' unsubscribes commit with their record)."""
+        await cls.add_in(conn, [entry], now)
+        await conn.execute(events.insert().values(
+            at=now, type="unsubscribed", message_id=message_id[:26], delivery_id=delivery_id,
+            recipient=entry.address, detail={"scope": entry.scope, "source": entry.source},
+        ))  # fmt: skip
 
     async def remove(self, address: str, scope: str | None = None) -> int:
         """Remove the entries of an address (in one scope, or all); return how many."""
