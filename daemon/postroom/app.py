@@ -33,7 +33,7 @@ from postroom import __version__
 from postroom.config import Settings
 from postroom.core.clock import Clock, SystemClock
 from postroom.core.errors import PostroomError
-from postroom.core.types import INHOUSE_ROUTE, LOOPS_ROUTE, Submission
+from postroom.core.types import INHOUSE_ROUTE, LOOPS_ROUTE, SHADOW_ROUTE, Submission
 from postroom.bounces.classify import reason_of_reply
 from postroom.bounces.dsn_notify import DsnConsumer
 from postroom.bounces.intake import SqlBounceIntake
@@ -57,6 +57,7 @@ from postroom.events.outbox import EventOutbox
 from postroom.http.app import Mount, RouteGroup, build_app
 from postroom.http.domains import DomainRoutes
 from postroom.http.loops_webhooks import LoopsWebhookRoutes
+from postroom.http.routes import RouteRoutes
 from postroom.http.messages import MessageRoutes
 from postroom.http.ratelimit import rate_limit
 from postroom.http.openapi_routes import OpenApiRoutes
@@ -80,8 +81,17 @@ from postroom.queue.sql_store import SqlQueueStore
 from postroom.queue.sqlite_store import SqliteQueueStore
 from postroom.queue.views import SqlQueueViews
 from postroom.service_notify import ServiceNotifier
+from postroom.shadow.announce import RouteEvents
+from postroom.shadow.compare import SqlComparison
+from postroom.shadow.fallback import FallbackConsumer
+from postroom.shadow.guard import Guard
 from postroom.shadow.loops_events_store import SqlLoopsEvents
 from postroom.shadow.loops_transport import LoopsTransport, build_loops_transport
+from postroom.shadow.route_store import SqlRouteStore
+from postroom.shadow.service import RouteService
+from postroom.shadow.settings import ShadowSettings
+from postroom.shadow.sink import CaptureSink, SeedSink
+from postroom.shadow.step import RoutingStep
 from postroom.stats.gauges import RateGauges
 from postroom.stats.sql_stats import SqlStats
 from postroom.sources.posthog.capture import PostHogCapture
@@ -112,15 +122,41 @@ from postroom.webhooks.store import SqlWebhookStore
 logger = logging.getLogger(__name__)
 
 
-def submission_steps(settings: Settings, signing_keys: SigningKeys, clock: Clock) -> list[Step]:
+def submission_steps(
+    settings: Settings, signing_keys: SigningKeys, clock: Clock, routing: Step | None = None
+) -> list[Step]:
     """The steps of the submission door, the same for the daemon and `postroom send`: policy and
     size, then (on non-transactional streams) the one-click unsubscribe header, which must be in
-    place before the message is stored and signed. The suppression list is the queue's screen
-    (`SuppressionScreen`): it is applied in the transaction that queues the message."""
+    place before the message is stored and signed, then shadow mode's routing (Loops or in-house
+    per recipient). The suppression list is the queue's screen (`SuppressionScreen`): it is
+    applied in the transaction that queues the message."""
     steps = standard_steps(signing_keys, settings.smtp.max_message_size)
     if settings.http.public_url and settings.bounces.verp_keys:
         steps.append(ListUnsubscribeHeaders(settings.http.public_url, settings.bounces.verp_keys, clock))
+    if routing is not None:
+        steps.append(routing)
     return steps
+
+
+def route_service(settings: Settings, engine: AsyncEngine, gate: WriteGate | None, clock: Clock,
+                  metrics: Metrics) -> RouteService:  # fmt: skip
+    return RouteService(SqlRouteStore(engine, gate), clock, metrics, loops_templates=settings.loops.templates,
+                        loops_configured=bool(settings.loops.api_key),
+                        refresh_interval=settings.shadow.refresh_interval)  # fmt: skip
+
+
+def routing_key(settings: ShadowSettings) -> bytes:
+    """The key of the split's hash; unset, a fixed one (anyone could then compute who goes where)."""
+    return (settings.routing_key or "postroom routing key (unset)").encode()
+
+
+def shadow_capture_dir(settings: Settings) -> Path:
+    if settings.shadow.capture_dir:
+        return Path(settings.shadow.capture_dir)
+    database = sa.make_url(settings.database.url).database
+    if settings.database.is_sqlite and database and database != ":memory:":
+        return Path(database).resolve().parent / "shadow"
+    return Path("/var/lib/postroom/shadow")
 
 
 def worker_owner() -> str:
@@ -178,12 +214,15 @@ class Daemon:
             )  # fmt: skip
             await key_monitor.reload()
             return_paths = VerpReturnPaths(settings.domains, settings.bounces, self.clock)
+            routes = route_service(settings, storage.engine, storage.gate, self.clock, self.metrics)
+            await routes.refresh()
             worker = self._delivery_worker(stack, storage, signing_keys, lookup, return_paths)
             # Mail this process accepts goes to its own worker in memory, leased to it in the
             # commit itself (or, while the worker is full, stays queued until it has room).
             committer = GroupCommitter(storage.store, self.clock, on_commit=self._committed, handoff=worker)
             submissions = SubmissionService(
-                submission_steps(settings, signing_keys, self.clock),
+                submission_steps(settings, signing_keys, self.clock,
+                                 RoutingStep(routes, routing_key(settings.shadow), self.metrics)),
                 storage.store, self.clock, self.metrics, committer,
             )  # fmt: skip
             # Features that follow what happened (webhooks, suppression, capture, reports)
@@ -192,7 +231,9 @@ class Daemon:
             soft = SoftPolicy(bounces.soft_failure_limit, bounces.soft_failure_window,
                               bounces.soft_suppression_days * 86400.0)  # fmt: skip
             consumers: list[EventConsumer | Subscription] = [
-                SuppressionConsumer(soft, self.metrics, reason_of_reply)
+                SuppressionConsumer(soft, self.metrics, reason_of_reply),
+                # From the end: fallbacks only for failures after it is first turned on.
+                Subscription(FallbackConsumer(routes, self.metrics), StartAt.END),
             ]
             if settings.smtp.dsn == "failures":
                 # From the end when first turned on: no reports about failures from before.
@@ -209,7 +250,7 @@ class Daemon:
             outbox = EventOutbox(storage.engine, storage.gate, self.clock, self.metrics, consumers)
             listeners = self._smtp_listeners(stack, storage, submissions, return_paths)
             webhooks = WebhookService(webhook_store, self.clock)
-            http = self._http_server(storage, submissions, lookup, stack, webhooks, webhook_session)
+            http = self._http_server(storage, submissions, lookup, stack, webhooks, webhook_session, routes)
 
             stack.push_async_callback(listeners.close)
             await listeners.start()
@@ -238,6 +279,11 @@ class Daemon:
                 tasks.create_task(key_monitor.run(stop), name="dkim-keys")
                 rates = RateGauges(SqlStats(storage.engine), settings.stats, self.clock, self.metrics)
                 tasks.create_task(rates.run(stop), name="rate-gauges")
+                tasks.create_task(routes.run(stop), name="routes")
+                if settings.shadow.guard.enabled:
+                    guard = Guard(routes, SqlComparison(storage.engine), self.clock, self.metrics, settings.shadow.guard,
+                                  settings.shadow.ramp, RouteEvents(storage.engine, storage.gate))  # fmt: skip
+                    tasks.create_task(guard.run(stop), name="route-guard")
                 tasks.create_task(self._reload_on_request(key_monitor, stop), name="reload")
                 tasks.create_task(self.notifier.run_watchdog(stop), name="watchdog")
                 await asyncio.sleep(0)  # let the committer start accepting before READY
@@ -292,6 +338,9 @@ class Daemon:
         transports: dict[str, Transport] = {INHOUSE_ROUTE: inhouse}
         if self.settings.loops.api_key:
             transports[LOOPS_ROUTE] = self._loops_transport(stack)
+        sink = self._shadow_sink(lookup)
+        if sink is not None:
+            transports[SHADOW_ROUTE] = sink
         return DeliveryWorker(
             storage.store,
             transports,
@@ -312,6 +361,22 @@ class Daemon:
             prepare=DkimPreparer(signing_keys, self.clock, self.metrics, signing_pool),
             return_path=return_paths if return_paths.enabled else None,
         )
+
+    def _shadow_sink(self, lookup: DnsLookup) -> Transport | None:
+        """Where shadow copies go (docs/shadow-mode.md); None (copies wait, deferred, and the
+        reason is logged) when the capture directory cannot be made."""
+        shadow = self.settings.shadow
+        if shadow.sink == "seeds":
+            # Its own transport (connections, lanes): copies never share a session with real mail.
+            seeds_via = build_transport(self.settings.delivery, self.settings.smtp.hostname,
+                                        counted_mx_cache(lookup, self.clock, self.metrics))  # fmt: skip
+            return SeedSink(seeds_via, shadow.seeds)
+        directory = shadow_capture_dir(self.settings)
+        try:
+            return CaptureSink(directory)
+        except OSError as exc:
+            logger.error("shadow copies cannot be captured to %s (%s): set [shadow] capture_dir", directory, exc)
+            return None
 
     def _loops_transport(self, stack: contextlib.AsyncExitStack) -> LoopsTransport:
         """Loops as a delivery route: its own HTTP session, and its rate limit in the table every
@@ -375,7 +440,7 @@ class Daemon:
 
     def _http_server(self, storage: Storage, submissions: SubmissionService, lookup: DnsLookup,
                      stack: contextlib.AsyncExitStack, webhooks: WebhookService,
-                     webhook_session: aiohttp.ClientSession) -> HttpServer:  # fmt: skip
+                     webhook_session: aiohttp.ClientSession, routes: RouteService) -> HttpServer:  # fmt: skip
         settings = self.settings
         checker = DomainChecker(
             settings.domains, SqlDkimKeys(storage.engine), lookup, self.metrics,
@@ -392,6 +457,7 @@ class Daemon:
             SuppressionRoutes(storage.suppressions, SqlBounceRecords(storage.engine)),
             WebhookRoutes(webhooks, webhook_session),
             StatsRoutes(SqlStats(storage.engine)),
+            RouteRoutes(routes, SqlComparison(storage.engine), self.clock),
         ]
         loops_events = SqlLoopsEvents(storage.engine, storage.gate, settings.loops.templates,
                                       settings.loops.webhook_match_window, self.clock, self.metrics)  # fmt: skip

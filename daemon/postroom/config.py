@@ -24,6 +24,7 @@ from postroom.config_sources import EnvironSource, SecretFileSource, TomlFileSou
 from postroom.contacts.settings import ContactsSettings
 from postroom.loops.settings import EventRule, LoopsSettings
 from postroom.ratelimit.settings import RateLimitSettings
+from postroom.shadow.settings import ShadowSettings
 from postroom.sources.posthog.settings import PostHogCaptureSettings
 from postroom.stats.settings import StatsSettings
 from postroom.webhooks.settings import WebhookSettings
@@ -391,6 +392,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
     posthog_capture: PostHogCaptureSettings = Field(default_factory=PostHogCaptureSettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
 
     @model_validator(mode="after")
     def _unique_domains(self) -> Settings:

@@ -396,3 +396,37 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        # Shadow mode (postroom.shadow): routes between Loops and the in-house path.
+        self.routed_recipients = Counter(
+            "postroom_routed_recipients",
+            "Recipients routed by shadow mode, by stream and route (loops, inhouse; shadow: copies to the sink)",
+            ["stream", "route"],
+            registry=registry,
+        )
+        self.route_inhouse_share = Gauge(
+            "postroom_route_inhouse_share",
+            "Percent of a route's recipients the in-house path delivers to, by stream and template "
+            "('' for the whole stream): 0 legacy and shadow, N split, 100 inhouse",
+            ["stream", "template"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.route_changes = Counter(
+            "postroom_route_changes",
+            "Route changes by source (manual, guard: a rollback, ramp: a step up)",
+            ["source"],
+            registry=registry,
+        )
+        self.route_guard_breaches = Counter(
+            "postroom_route_guard_breaches",
+            "Guard limits found breached by the in-house path against Loops, by stream and limit",
+            ["stream", "limit"],
+            registry=registry,
+        )
+        self.route_guard_state = Gauge(
+            "postroom_route_guard_state",
+            "1 while the guard's last check of a route found a breach, else 0",
+            ["stream", "template"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )

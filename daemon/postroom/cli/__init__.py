@@ -18,6 +18,7 @@ from postroom.cli.queue import queue
 from postroom.cli.send import send
 from postroom.cli.serve import serve
 from postroom.cli.setup import check_config, db, init
+from postroom.cli.route import route
 from postroom.cli.suppressions import suppressions
 from postroom.cli.stats import stats
 from postroom.cli.templates import templates
@@ -36,7 +37,7 @@ def main(ctx: click.Context, config: str | None) -> None:
 
 
 for command in (init, serve, check_config, db, send, queue, templates, contacts, dkim, domains, bounces,
-                suppressions, webhooks, stats, apikeys, smtp_users):  # fmt: skip
+                suppressions, webhooks, stats, route, apikeys, smtp_users):  # fmt: skip
     main.add_command(command)
 
 __all__ = ["main"]

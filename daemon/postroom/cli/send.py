@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postroom.app import submission_steps
+from postroom.app import route_service, routing_key, submission_steps
 from postroom.cli.common import config_option, fail, run_db, settings_from
 from postroom.config import Settings
 from postroom.core.addresses import valid_mailbox
@@ -30,6 +30,7 @@ from postroom.submission.fields import MessageIn, build_submission
 from postroom.submission.outcome import Accepted, Caller, Outcome
 from postroom.submission.raw import Trace, raw_submission
 from postroom.submission.service import SubmissionService
+from postroom.shadow.step import RoutingStep
 from postroom.suppression.service import SuppressionScreen
 
 
@@ -93,6 +94,8 @@ async def _submit(engine: AsyncEngine, settings: Settings, submission: Submissio
     keyring = await asyncio.to_thread(load_keyring, await SqlDkimKeys(engine).list())
     keys = SigningKeys(settings.domains, keyring)
     clock, metrics = SystemClock(), Metrics(CollectorRegistry())
-    door = SubmissionService(submission_steps(settings, keys, clock), SqlQueueStore(engine, screen=SuppressionScreen()),
-                             clock, metrics)  # fmt: skip
+    routes = route_service(settings, engine, None, clock, metrics)
+    await routes.refresh()
+    steps = submission_steps(settings, keys, clock, RoutingStep(routes, routing_key(settings.shadow), metrics))
+    door = SubmissionService(steps, SqlQueueStore(engine, screen=SuppressionScreen()), clock, metrics)
     return await door.submit(submission, caller)

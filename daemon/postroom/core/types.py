@@ -60,6 +60,9 @@ class Submission:
     # envelope is not part of what DKIM signs.
     recipient_routes: Mapping[str, str] = field(default_factory=dict)
     return_paths: Mapping[str, str] = field(default_factory=dict)
+    # Recipients whose mail also gets an in-house copy sent only to the shadow sink (shadow mode):
+    # a second delivery on SHADOW_ROUTE, never to the recipient.
+    shadow_copies: tuple[str, ...] = ()
     # Recipients skipped because they are suppressed, with why (the entry's scope and reason):
     # recorded as `suppressed` deliveries with a `suppressed` event, never sent.
     suppressed: Mapping[str, Mapping[str, str]] = field(default_factory=dict)

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from postroom.core.addresses import domain_of
-from postroom.core.types import DeliveryState, Submission
+from postroom.core.types import SHADOW_ROUTE, DeliveryState, Submission
 from postroom.queue.models import ClaimedDelivery, QueuedMessage, Release
 from postroom.store.tables import deliveries, events, messages
 
@@ -90,6 +90,27 @@ def insert_statements(
                 }
                 for message_id, item in batch
                 for recipient in item.recipients
+            ]
+            + [
+                {
+                    "message_id": message_id,
+                    "recipient": recipient,
+                    "domain": domain_of(recipient),
+                    "state": state,
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    "next_attempt_at": now,
+                    "route": SHADOW_ROUTE,
+                    "mail_from": item.return_paths.get(recipient),
+                    "last_reply": None,
+                    "finished_at": None,
+                    **leased,
+                }
+                for message_id, item in batch
+                if item.shadow_copies
+                for recipient in item.shadow_copies
+                if recipient in item.recipients  # not for a recipient the screen took out
             ]
             + [
                 {
@@ -326,10 +347,13 @@ def release_rows(kept: Sequence[Release], owner: str, now: float) -> list[dict[s
 
 
 def event_rows(kept: Sequence[Release], now: float) -> list[dict[str, Any]]:
+    """One event per outcome. A shadow copy's (shadow mode: sent only to the shadow sink) is typed
+    `shadow_<state>`: it is about the sink, not the recipient, so no consumer (suppression,
+    webhooks, DSNs, statistics) may take it for the recipient's."""
     return [
         {
             "at": now,
-            "type": o.state.value if o.tried else "held",
+            "type": ("shadow_" if o.route == SHADOW_ROUTE else "") + (o.state.value if o.tried else "held"),
             "message_id": o.message_id,
             "delivery_id": o.delivery_id,
             "recipient": o.recipient,

@@ -418,3 +418,39 @@ loops_events = sa.Table(
     sa.Index(None, "delivery_id"),
     sa.Index(None, "email"),
 )
+
+# Shadow mode (postroom.shadow): how each stream's mail (or one template's) is split between Loops
+# and the in-house path. No row: in-house, as before shadow mode existed.
+routes = sa.Table(
+    "routes",
+    metadata,
+    sa.Column("stream", sa.String(64), primary_key=True),
+    sa.Column("template", sa.String(64), primary_key=True),  # "": every template of the stream
+    sa.Column("mode", sa.String(16), nullable=False),  # legacy, shadow, split, inhouse
+    sa.Column("percent", sa.Integer, nullable=False),  # in-house share of `split` (0..100)
+    sa.Column("fallback", sa.Boolean, nullable=False),  # inhouse: to Loops on a sender-side failure
+    sa.Column("ramp", sa.Boolean, nullable=False),  # follows the ramp plan of [shadow.ramp]
+    sa.Column("changed_at", sa.Float, nullable=False),
+    sa.Column("changed_by", sa.String(255), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+)
+
+# Every change of a route: manual (API, CLI), guard (a rollback) or ramp (a step up).
+route_changes = sa.Table(
+    "route_changes",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("stream", sa.String(64), nullable=False),
+    sa.Column("template", sa.String(64), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("percent", sa.Integer, nullable=False),
+    sa.Column("fallback", sa.Boolean, nullable=False),
+    sa.Column("ramp", sa.Boolean, nullable=False),
+    sa.Column("previous_mode", sa.String(16)),
+    sa.Column("previous_percent", sa.Integer),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("changed_by", sa.String(255), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Index(None, "stream", "template", "at"),
+)

@@ -33,6 +33,7 @@ class WebhookType(enum.StrEnum):
     SUPPRESSED = "suppressed"
     FAILED = "failed"
     UNSUBSCRIBED = "unsubscribed"
+    ROUTE_CHANGED = "route_changed"  # shadow mode: the guard rolled a route back, or the ramp moved it
 
 
 # The event types the queue and its neighbours write (postroom.queue.statements, bounces,
@@ -51,6 +52,7 @@ EVENT_TYPES: Mapping[str, WebhookType] = {
     "dead": WebhookType.FAILED,
     "failed": WebhookType.FAILED,
     "unsubscribed": WebhookType.UNSUBSCRIBED,
+    "route_changed": WebhookType.ROUTE_CHANGED,
 }
 
 
@@ -130,6 +132,9 @@ class EventFacts:
 def payload(kind: WebhookType, facts: EventFacts) -> dict[str, Any]:
     """The JSON body of a webhook: Standard Webhooks' envelope around the event."""
     detail = dict(facts.detail)
+    if kind is WebhookType.ROUTE_CHANGED:  # about a route, not a message: `route.changed`
+        return {"type": "route.changed", "timestamp": iso_time(facts.at),
+                "data": {"event_id": facts.event_id, "at": iso_time(facts.at), **detail}}  # fmt: skip
     data: dict[str, Any] = {
         "event_id": facts.event_id,
         "event": facts.type,
