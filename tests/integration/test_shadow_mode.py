@@ -1,0 +1,251 @@
+"""Shadow mode end to end (issue 14): one daemon in this process, a fake Loops on 127.0.0.1, in-house
+delivery by smarthost to an aiosmtpd sink on 127.0.0.1 (its envelope says who got a copy), and the
+shadow sink capturing to a directory of its own.
+
+- `split 30` over 10,000 recipients: 30 % +/- 2 in-house, exactly the recipients whose keyed hash
+  says so, each recipient one copy (Loops' requests and the sink's envelopes together); `split 50`
+  keeps every earlier in-house recipient in-house.
+- `shadow`: Loops delivers every recipient once; nobody gets an in-house copy; the shadow sink gets
+  one copy per message; the copies' events are `shadow_delivered` and count nowhere else.
+- the guard: in-house 550 5.1.1 for a share of recipients steps `split 50` back to `split 25` with
+  the reason, a metric and a `route_changed` event; without failures it changes nothing.
+- `PUT /v1/routes` refuses settings that cannot apply (422 with the reason); `GET /v1/routes` lists
+  routes and changes with who and why.
+- `postroom route set|rollback|status --json` against a database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import sqlalchemy as sa
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from prometheus_client import CollectorRegistry
+
+from postroom.config import Settings
+from postroom.core.clock import SystemClock
+from postroom.core.types import INHOUSE_ROUTE, LOOPS_ROUTE, SHADOW_ROUTE
+from postroom.metrics import Metrics
+from postroom.app import route_service, routing_key
+from postroom.shadow.announce import RouteEvents
+from postroom.shadow.compare import SqlComparison
+from postroom.shadow.guard import Guard
+from postroom.shadow.routing import BUCKETS, bucket
+from postroom.shadow.settings import GuardSettings, RampSettings
+from postroom.store import schema
+from postroom.store.credentials import Role, SqlApiKeys
+from postroom.store.engine import WriteGate, create_engine
+from postroom.store.tables import deliveries, events, route_changes
+from postroom.templates.service import TemplateService
+from postroom.templates.sql_store import SqlTemplateStore
+from tests.conftest import RunningDaemon, running
+from tests.integration.test_loops_api import RECEIPT
+from tests.loops_fake import FakeLoops, fake_loops
+from tests.support import SinkHandler, make_settings, postroom_cli, smtp_sink, wait_until
+
+API_KEY = "loops-test-key"
+ROUTING_KEY = "shadow-mode-test-routing-key"
+LOOPS_TEMPLATES = {"receipt": "cltx-receipt"}
+DATA = {"name": "Ada", "order": "A-17"}
+STREAM = "transactional"
+
+
+@pytest.fixture
+async def loops() -> AsyncIterator[FakeLoops]:
+    async with fake_loops() as fake:
+        yield fake
+
+
+class FailingSink(SinkHandler):
+    """The in-house path's receiver: 550 5.1.1 at RCPT for every address whose local part ends in
+    one of `refused_digits`, 250 for the rest."""
+
+    def __init__(self, refused_digits: str = "") -> None:
+        super().__init__()
+        self.refused_digits = refused_digits
+        self.refused: list[str] = []
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        local = address.partition("@")[0]
+        if self.refused_digits and local[-1:] in self.refused_digits:
+            self.refused.append(address)
+            return f"550 5.1.1 <{address}>: user unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    def recipients(self) -> list[str]:
+        return [address for message in self.messages for address in message.recipients]
+
+
+def shadow_settings(tmp_path: Path, db_url: str | None, loops_url: str, sink_port: int,
+                    **sections: dict[str, Any]) -> Settings:  # fmt: skip
+    shadow = {"routing_key": ROUTING_KEY, "sink": "capture", "capture_dir": str(tmp_path / "shadow-sink"),
+              "refresh_interval": 0.2, "guard": {"enabled": False}}  # fmt: skip
+    return make_settings(
+        tmp_path, db_url,
+        loops={"api_key": API_KEY, "base_url": loops_url, "templates": LOOPS_TEMPLATES, "rate_limit": "10000/s"},
+        delivery={"mode": "smarthost", "smarthost": f"127.0.0.1:{sink_port}", "smarthost_tls": "none",
+                  "poll_interval": 0.05, "concurrency": 20},
+        shadow={**shadow, **sections.pop("shadow", {})},
+        **sections,
+    )  # fmt: skip
+
+
+async def prepare(settings: Settings) -> str:
+    """Migrate; an admin key (returned) and the published template `receipt` (mapped to Loops) and
+    `unmapped` (not)."""
+    engine = create_engine(settings.database)
+    try:
+        await schema.upgrade(engine)
+        token = (await SqlApiKeys(engine).create("admin", Role.ADMIN, time.time()))[1]
+        templates = TemplateService(SqlTemplateStore(engine), SystemClock())
+        for name in ("receipt", "unmapped"):
+            made = await templates.create(name, RECEIPT, "test")
+            await templates.publish(name, made.version)
+    finally:
+        await engine.dispose()
+    return token
+
+
+@dataclass
+class Client:
+    session: aiohttp.ClientSession
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def call(self, method: str, path: str, body: Any = None, **params: Any) -> tuple[int, Any]:
+        async with self.session.request(method, path, json=body, params=params or None, headers=self.auth) as resp:
+            return resp.status, await resp.json()
+
+    async def set_route(self, reason: str = "test", **route: Any) -> Any:
+        status, body = await self.call("PUT", "/v1/routes", {"stream": STREAM, **route, "reason": reason})
+        assert status == 200, body
+        return body
+
+    async def send(self, recipients: Sequence[str], template: str = "receipt") -> str:
+        message = {"to": list(recipients), "template": {"id": template}, "data": DATA, "stream": STREAM}
+        status, body = await self.call("POST", "/v1/messages", message)
+        assert status == 202, body
+        return str(body["id"])
+
+    async def send_all(self, batches: Sequence[Sequence[str]], parallel: int = 8) -> list[str]:
+        limit = asyncio.Semaphore(parallel)
+
+        async def one(batch: Sequence[str]) -> str:
+            async with limit:
+                return await self.send(batch)
+
+        return list(await asyncio.gather(*(one(batch) for batch in batches)))
+
+
+@dataclass
+class Rig:
+    daemon: RunningDaemon
+    client: Client
+    loops: FakeLoops
+    sink: FailingSink
+    settings: Settings
+    engine: Any
+
+    async def route_counts(self) -> dict[tuple[str, str], int]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(deliveries.c.route, deliveries.c.state, sa.func.count())
+                                       .group_by(deliveries.c.route, deliveries.c.state))).all()  # fmt: skip
+        return {(row[0], row[1]): int(row[2]) for row in rows}
+
+    async def all_final(self, expected: int) -> bool:
+        async with self.engine.connect() as conn:
+            total = (await conn.execute(sa.select(sa.func.count()).select_from(deliveries))).scalar_one()
+            pending = (await conn.execute(sa.select(sa.func.count()).select_from(deliveries)
+                                          .where(deliveries.c.finished_at.is_(None)))).scalar_one()  # fmt: skip
+        return int(total) == expected and int(pending) == 0
+
+    async def wait_final(self, expected: int, timeout: float = 60.0) -> None:
+        await wait_until(lambda: self.all_final(expected), timeout, interval=0.2,
+                         what=f"{expected} deliveries in a final state")  # fmt: skip
+
+    def shadow_files(self) -> list[Path]:
+        return sorted(Path(self.settings.shadow.capture_dir).glob("*.eml"))
+
+
+@pytest.fixture
+async def rig_factory(tmp_path: Path, loops: FakeLoops) -> AsyncIterator[Any]:
+    """Starts the daemon for a database URL with an in-house sink refusing `refused_digits`."""
+    import contextlib
+
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(db_url: str | None, refused_digits: str = "", **sections: Any) -> Rig:
+            sink, port = await stack.enter_async_context(smtp_sink(FailingSink(refused_digits)))
+            assert isinstance(sink, FailingSink)
+            settings = shadow_settings(tmp_path, db_url, loops.url, port, **sections)
+            token = await prepare(settings)
+            daemon = await stack.enter_async_context(running(settings))
+            session = await stack.enter_async_context(aiohttp.ClientSession(daemon.http))
+            engine = create_engine(settings.database)
+            stack.push_async_callback(engine.dispose)
+            return Rig(daemon, Client(session, token), loops, sink, settings, engine)
+
+        yield start
+
+
+def addresses(count: int, domains: int = 10) -> list[str]:
+    return [f"user{n}@d{n % domains}.example.org" for n in range(count)]
+
+
+def chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [items[n:n + size] for n in range(0, len(items), size)]
+
+
+# -- split N over 10,000 recipients -----------------------------------------------------------------
+
+async def _split_round(rig: Rig, recipients: list[str], percent: int, expected_total: int) -> set[str]:
+    """Send to every recipient at `split percent`; check one copy each; the in-house set."""
+    rig.loops.requests.clear()
+    rig.sink.messages.clear()
+    await rig.client.set_route(mode="split", percent=percent, reason=f"split {percent}")
+    await rig.client.send_all(chunks(recipients, 100))
+    await rig.wait_final(expected_total, timeout=90)
+    via_loops = [r.body["email"] for r in rig.loops.requests]
+    inhouse = rig.sink.recipients()
+    copies = Counter(via_loops) + Counter(inhouse)
+    assert set(copies) == set(recipients), "someone got nothing, or a stranger got something"
+    assert max(copies.values()) == 1, [a for a, n in copies.items() if n > 1][:5]
+    share = 100.0 * len(inhouse) / len(recipients)
+    print(f"split {percent}: {len(inhouse)} of {len(recipients)} in-house = {share:.2f} %")
+    assert percent - 2 <= share <= percent + 2, share
+    # Exactly those whose keyed hash falls below the share: the routing key decides, nothing else.
+    key = routing_key(rig.settings.shadow)
+    assert set(inhouse) == {r for r in recipients if bucket(key, r) < percent * BUCKETS // 100}
+    counts = await rig.route_counts()
+    assert counts.get((SHADOW_ROUTE, "delivered"), 0) == 0
+    return set(inhouse)
+
+
+@pytest.mark.slow
+async def test_split_30_then_50_over_10000_recipients(rig_factory: Any) -> None:
+    rig: Rig = await rig_factory(None)
+    recipients = addresses(10_000)
+    started = time.monotonic()
+    at_30 = await _split_round(rig, recipients, 30, 10_000)
+    at_50 = await _split_round(rig, recipients, 50, 20_000)
+    print(f"two rounds of 10,000 in {time.monotonic() - started:.1f} s")
+    assert at_30 < at_50, "raising the share moved somebody from in-house back to Loops"
+    counts = await rig.route_counts()
+    assert counts == {(INHOUSE_ROUTE, "delivered"): len(at_30) + len(at_50),
+                      (LOOPS_ROUTE, "delivered"): 20_000 - len(at_30) - len(at_50)}  # fmt: skip
+    assert rig.shadow_files() == []
