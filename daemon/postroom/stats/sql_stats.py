@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from postroom.core.types import SHADOW_ROUTE
 from postroom.stats.model import (
     COUNTED,
     PERCENTILES,
@@ -121,7 +122,8 @@ class SqlStats:
         statement = (
             sa.select(*dims, sa.func.count())
             .select_from(deliveries.join(messages, messages.c.id == deliveries.c.message_id))
-            .where(*self._window(query, deliveries.c.created_at))
+            # Shadow copies (shadow mode) went to the shadow sink, not to a recipient: not sent.
+            .where(*self._window(query, deliveries.c.created_at), deliveries.c.route != SHADOW_ROUTE)
             .group_by(*dims)
         )
         return list((await conn.execute(statement)).all())
