@@ -50,6 +50,7 @@ from postroom.templates.sql_store import SqlTemplateStore
 from tests.conftest import RunningDaemon, running
 from tests.integration.test_loops_api import RECEIPT
 from tests.loops_fake import FakeLoops, fake_loops
+from tests.webhook_receiver import webhook_receiver
 from tests.support import SinkHandler, make_settings, postroom_cli, smtp_sink, wait_until
 
 API_KEY = "loops-test-key"
@@ -249,3 +250,58 @@ async def test_split_30_then_50_over_10000_recipients(rig_factory: Any) -> None:
     assert counts == {(INHOUSE_ROUTE, "delivered"): len(at_30) + len(at_50),
                       (LOOPS_ROUTE, "delivered"): 20_000 - len(at_30) - len(at_50)}  # fmt: skip
     assert rig.shadow_files() == []
+
+
+# -- shadow -----------------------------------------------------------------------------------------
+
+async def test_shadow_loops_delivers_and_the_sink_gets_one_copy_per_message(rig_factory: Any, db_url: str) -> None:
+    async with webhook_receiver() as receiver:
+        rig: Rig = await rig_factory(db_url, webhooks={"poll_interval": 0.05})
+        status, endpoint = await rig.client.call("POST", "/v1/webhook-endpoints",
+                                                 {"url": receiver.url, "event_types": ["*"]})  # fmt: skip
+        assert status in (200, 201), endpoint
+        receiver.secret = endpoint["secret"]
+        changed = await rig.client.set_route(mode="shadow", reason="shadow before the ramp")
+        assert changed["changed"] is True and changed["route"]["mode"] == "shadow"
+        # 20 messages of 1 to 3 recipients: 40 recipients.
+        recipients = addresses(40)
+        batches = [recipients[0:1], *chunks(recipients[1:], 3)]  # 1 + 13 messages of 3
+        message_ids = await rig.client.send_all(batches)
+        await rig.wait_final(2 * len(recipients), timeout=30)
+
+        # Loops delivered every recipient, once; nobody got an in-house copy.
+        assert Counter(r.body["email"] for r in rig.loops.requests) == Counter(recipients)
+        assert rig.sink.messages == []
+        # The shadow sink: one copy per message, as it would go on the wire.
+        files = rig.shadow_files()
+        assert sorted(f.stem for f in files) == sorted(message_ids)
+        assert all(b"Subject: Receipt A-17" in f.read_bytes() for f in files)
+        assert await rig.route_counts() == {(LOOPS_ROUTE, "delivered"): len(recipients),
+                                            (SHADOW_ROUTE, "delivered"): len(recipients)}  # fmt: skip
+
+        # The copies' events are the sink's: shadow_delivered, never delivered.
+        async with rig.engine.connect() as conn:
+            rows = (await conn.execute(
+                sa.select(deliveries.c.route, events.c.type, sa.func.count())
+                .select_from(events.join(deliveries, deliveries.c.id == events.c.delivery_id))
+                .where(events.c.type != "accepted")
+                .group_by(deliveries.c.route, events.c.type)
+            )).all()  # fmt: skip
+        assert {(r[0], r[1]): int(r[2]) for r in rows} == {(LOOPS_ROUTE, "delivered"): len(recipients),
+                                                           (SHADOW_ROUTE, "shadow_delivered"): len(recipients)}  # fmt: skip
+        # ... and count nowhere: not in /v1/stats, not as webhooks, no suppressions.
+        status, stats = await rig.client.call("GET", "/v1/stats")
+        assert status == 200
+        assert (stats["totals"]["sent"], stats["totals"]["delivered"]) == (len(recipients), len(recipients))
+        # Webhooks: one email.queued per message, one email.delivered per recipient (Loops'), and
+        # nothing about the shadow copies.
+        expected = len(message_ids) + len(recipients)
+        await wait_until(lambda: len(receiver.verified) >= expected, 15, what="the webhooks")
+        types = Counter(r.payload["type"] for r in receiver.verified)
+        assert types == {"email.queued": len(message_ids), "email.delivered": len(recipients)}, types
+        delivered = [r.payload["data"] for r in receiver.verified if r.payload["type"] == "email.delivered"]
+        assert Counter(d["recipient"] for d in delivered) == Counter(recipients)
+        status, suppressed = await rig.client.call("GET", "/v1/suppressions")
+        assert status == 200 and suppressed["data"] == []
+        assert rig.daemon.metric("postroom_routed_recipients_total",
+                                 {"stream": STREAM, "route": SHADOW_ROUTE}) == len(recipients)  # fmt: skip
