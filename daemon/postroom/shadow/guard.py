@@ -125,8 +125,11 @@ class Guard:
     async def _check(self, route: StoredRoute) -> RouteChange | None:
         setting = route.setting
         now = self._clock.now()
-        groups = await self._comparison.figures(now - self._guard.window, now, setting.stream,
-                                                setting.template or None)  # fmt: skip
+        # Only mail sent since the route took its setting: the figures that tripped a step back
+        # must not trip the next one too (50 -> 25 -> 5 -> 1 -> legacy, one step a check, on
+        # failures from before the first), and a ramp step is judged on traffic at that step.
+        since = max(now - self._guard.window, route.changed_at)
+        groups = await self._comparison.figures(since, now, setting.stream, setting.template or None)
         inhouse, loops = merged(groups, INHOUSE_ROUTE), merged(groups, LOOPS_ROUTE)
         found = breaches(inhouse, loops, self._guard)
         self._metrics.route_guard_state.labels(setting.stream, setting.template).set(1 if found else 0)
