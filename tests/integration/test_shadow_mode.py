@@ -254,7 +254,7 @@ async def test_split_30_then_50_over_10000_recipients(rig_factory: Any) -> None:
 
 # -- shadow -----------------------------------------------------------------------------------------
 
-async def test_shadow_loops_delivers_and_the_sink_gets_one_copy_per_message(rig_factory: Any, db_url: str) -> None:
+async def test_shadow_loops_delivers_and_the_sink_gets_one_copy_per_message(db_url: str, rig_factory: Any) -> None:
     async with webhook_receiver() as receiver:
         rig: Rig = await rig_factory(db_url, webhooks={"poll_interval": 0.05})
         status, endpoint = await rig.client.call("POST", "/v1/webhook-endpoints",
@@ -305,3 +305,81 @@ async def test_shadow_loops_delivers_and_the_sink_gets_one_copy_per_message(rig_
         assert status == 200 and suppressed["data"] == []
         assert rig.daemon.metric("postroom_routed_recipients_total",
                                  {"stream": STREAM, "route": SHADOW_ROUTE}) == len(recipients)  # fmt: skip
+
+
+# -- the guard --------------------------------------------------------------------------------------
+
+def guard_for(rig: Rig, registry: CollectorRegistry, min_messages: int = 50) -> Guard:
+    """A guard on the daemon's database (as the daemon builds it), with its own metrics."""
+    metrics = Metrics(registry)
+    routes = route_service(rig.settings, rig.engine, None, SystemClock(), metrics)
+    return Guard(routes, SqlComparison(rig.engine), SystemClock(), metrics,
+                 GuardSettings(min_messages=min_messages, window=3600.0), RampSettings(),
+                 RouteEvents(rig.engine, WriteGate(None)))  # fmt: skip
+
+
+async def _split_50_traffic(rig: Rig) -> list[str]:
+    await rig.client.set_route(mode="split", percent=50, ramp=True, reason="ramp at 50")
+    recipients = addresses(400)
+    await rig.client.send_all(chunks(recipients, 100))
+    await rig.wait_final(len(recipients), timeout=30)
+    return recipients
+
+
+async def test_injected_inhouse_failures_trip_the_guard(db_url: str, rig_factory: Any) -> None:
+    # The in-house receiver refuses every address ending in 0..3: about 40 % of in-house recipients.
+    rig: Rig = await rig_factory(db_url, refused_digits="0123")
+    await _split_50_traffic(rig)
+    counts = await rig.route_counts()
+    assert counts[(INHOUSE_ROUTE, "bounced")] == len(rig.sink.refused) > 0
+    assert (LOOPS_ROUTE, "bounced") not in counts
+    registry = CollectorRegistry()
+    guard = guard_for(rig, registry)
+    [change] = await guard.check()
+
+    assert (change.setting.mode.value, change.setting.percent, change.source, change.changed_by) == (
+        "split", 25, "guard", "guard")
+    assert change.previous is not None and change.previous.percent == 50
+    assert change.reason.startswith("guard: hard_bounce rate in-house") and "vs Loops 0.00%" in change.reason
+    assert registry.get_sample_value("postroom_route_guard_breaches_total",
+                                     {"stream": STREAM, "limit": "hard_bounce"}) == 1.0  # fmt: skip
+    assert registry.get_sample_value("postroom_route_guard_state", {"stream": STREAM, "template": ""}) == 1.0
+    assert registry.get_sample_value("postroom_route_changes_total", {"source": "guard"}) == 1.0
+    async with rig.engine.connect() as conn:
+        recorded = (await conn.execute(sa.select(route_changes).order_by(route_changes.c.id))).all()
+        announced = (await conn.execute(sa.select(events.c.detail).where(events.c.type == "route_changed"))).all()
+    assert [(r.source, r.mode, r.percent, r.previous_percent) for r in recorded] == [
+        ("manual", "split", 50, None), ("guard", "split", 25, 50)]
+    assert "hard_bounce" in recorded[-1].reason
+    [(detail,)] = announced
+    assert (detail["from"], detail["to"], detail["source"]) == ("split 50%", "split 25%", "guard")
+    assert [b["limit"] for b in detail["breaches"]] == ["hard_bounce"]
+    # The daemon follows: its API shows the guard's setting, and routes new mail by it.
+    status, listed = await rig.client.call("GET", "/v1/routes")
+    assert status == 200
+    [route] = listed["routes"]
+    assert (route["mode"], route["percent"], route["changed_by"]) == ("split", 25, "guard")
+    assert listed["changes"][0]["source"] == "guard" and "hard_bounce" in listed["changes"][0]["reason"]
+
+    # The failures that tripped it were judged once: checking again without new traffic at the new
+    # share does not step the route back again (25 -> 5 -> 1 -> legacy on stale figures).
+    assert await guard.check() == []
+    status, listed = await rig.client.call("GET", "/v1/routes")
+    assert listed["routes"][0]["percent"] == 25
+
+
+async def test_the_guard_changes_nothing_without_failures(db_url: str, rig_factory: Any) -> None:
+    rig: Rig = await rig_factory(db_url)
+    await _split_50_traffic(rig)
+    counts = await rig.route_counts()
+    assert set(counts) == {(INHOUSE_ROUTE, "delivered"), (LOOPS_ROUTE, "delivered")}
+    assert counts[(INHOUSE_ROUTE, "delivered")] >= 50  # enough to be judged
+    registry = CollectorRegistry()
+    assert await guard_for(rig, registry).check() == []
+    assert registry.get_sample_value("postroom_route_guard_state", {"stream": STREAM, "template": ""}) == 0.0
+    assert registry.get_sample_value("postroom_route_guard_breaches_total",
+                                     {"stream": STREAM, "limit": "hard_bounce"}) is None  # fmt: skip
+    async with rig.engine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(route_changes))).scalar_one() == 1
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(events)
+                                   .where(events.c.type == "route_changed"))).scalar_one() == 0  # fmt: skip
