@@ -383,3 +383,54 @@ async def test_the_guard_changes_nothing_without_failures(db_url: str, rig_facto
         assert (await conn.execute(sa.select(sa.func.count()).select_from(route_changes))).scalar_one() == 1
         assert (await conn.execute(sa.select(sa.func.count()).select_from(events)
                                    .where(events.c.type == "route_changed"))).scalar_one() == 0  # fmt: skip
+
+
+# -- route settings through the API -----------------------------------------------------------------
+
+async def test_invalid_route_settings_are_refused_with_the_reason(db_url: str, rig_factory: Any) -> None:
+    rig: Rig = await rig_factory(db_url)
+    refused = [
+        ({"template": "unmapped", "mode": "legacy"}, "template 'unmapped' has no Loops transactionalId"),
+        ({"template": "unmapped", "mode": "split", "percent": 10}, "has no Loops transactionalId"),
+        ({"mode": "legacy", "percent": 30}, "percent applies to mode split only, not legacy"),
+        ({"mode": "split", "percent": 30, "fallback": True}, "fallback applies to mode inhouse only"),
+        ({"mode": "shadow", "ramp": True}, "a ramp plan moves a split route"),
+    ]
+    answers = []
+    for body, _ in refused:
+        status, answer = await rig.client.call("PUT", "/v1/routes", {"stream": STREAM, **body, "reason": "try"})
+        error = answer.get("error", answer)
+        answers.append((status, error.get("code"), error.get("message", str(answer))))
+    # Everything about each answer at once: the code and the reason, and the status (422).
+    assert [(status, code, why in message) for (status, code, message), (_, why) in zip(answers, refused)] == [
+        (422, "route_refused", True)] * len(refused), answers
+
+    status, listed = await rig.client.call("GET", "/v1/routes")
+    assert (status, listed) == (200, {"routes": [], "changes": []})  # nothing refused was recorded
+
+    # Settings that apply are listed with who set them and why, the latest change first.
+    key_id = await api_key_id(rig)
+    await rig.client.set_route(mode="split", percent=30, reason="first step of the migration")
+    await rig.client.set_route(template="receipt", mode="shadow", reason="receipts in shadow first")
+    await rig.client.set_route(template="unmapped", mode="inhouse", reason="Loops cannot send it anyway")
+    again = await rig.client.set_route(mode="split", percent=30, reason="the same again")
+    assert again["changed"] is False
+    status, listed = await rig.client.call("GET", "/v1/routes")
+    assert status == 200
+    routes = {(r["stream"], r["template"]): r for r in listed["routes"]}
+    assert {key: (r["mode"], r["inhouse_percent"], r["changed_by"], r["reason"]) for key, r in routes.items()} == {
+        (STREAM, None): ("split", 30, f"apikey:{key_id}", "first step of the migration"),
+        (STREAM, "receipt"): ("shadow", 0, f"apikey:{key_id}", "receipts in shadow first"),
+        (STREAM, "unmapped"): ("inhouse", 100, f"apikey:{key_id}", "Loops cannot send it anyway"),
+    }
+    assert [(c["route"]["template"], c["route"]["mode"], c["source"], c["changed_by"], c["reason"], c["previous"])
+            for c in listed["changes"]] == [
+        ("unmapped", "inhouse", "manual", f"apikey:{key_id}", "Loops cannot send it anyway", None),
+        ("receipt", "shadow", "manual", f"apikey:{key_id}", "receipts in shadow first", None),
+        (None, "split", "manual", f"apikey:{key_id}", "first step of the migration", None),
+    ]  # fmt: skip
+
+
+async def api_key_id(rig: Rig) -> str:
+    [key] = await SqlApiKeys(rig.engine).list()
+    return str(key.id)
