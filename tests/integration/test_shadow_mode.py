@@ -11,12 +11,14 @@ shadow sink capturing to a directory of its own.
   the reason, a metric and a `route_changed` event; without failures it changes nothing.
 - `PUT /v1/routes` refuses settings that cannot apply (422 with the reason); `GET /v1/routes` lists
   routes and changes with who and why.
-- `postroom route set|rollback|status --json` against a database.
+- `postroom route set|rollback|status --json` against the daemon's database (click's runner): the
+  daemon follows within `refresh_interval`; a rollback is legacy at once, listed as manual.
 """
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import time
 from collections import Counter
@@ -29,8 +31,10 @@ import aiohttp
 import pytest
 import sqlalchemy as sa
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 
+from postroom.cli import main
 from postroom.config import Settings
 from postroom.core.clock import SystemClock
 from postroom.core.types import INHOUSE_ROUTE, LOOPS_ROUTE, SHADOW_ROUTE
@@ -51,7 +55,7 @@ from tests.conftest import RunningDaemon, running
 from tests.integration.test_loops_api import RECEIPT
 from tests.loops_fake import FakeLoops, fake_loops
 from tests.webhook_receiver import webhook_receiver
-from tests.support import SinkHandler, make_settings, postroom_cli, smtp_sink, wait_until
+from tests.support import SinkHandler, make_settings, smtp_sink, wait_until
 
 API_KEY = "loops-test-key"
 ROUTING_KEY = "shadow-mode-test-routing-key"
@@ -434,3 +438,82 @@ async def test_invalid_route_settings_are_refused_with_the_reason(db_url: str, r
 async def api_key_id(rig: Rig) -> str:
     [key] = await SqlApiKeys(rig.engine).list()
     return str(key.id)
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+def cli_config(rig: Rig, directory: Path) -> Path:
+    """A config for `postroom route` on the daemon's database, with the same Loops mapping."""
+    path = directory / "cli.toml"
+    path.write_text(f"""state_dir = "{directory}"
+[database]
+url = "{rig.settings.database.url}"
+[http]
+listen = "127.0.0.1:0"
+[smtp]
+hostname = "mail.postroom.test"
+submission_listen = "127.0.0.1:0"
+mx_listen = "127.0.0.1:0"
+[delivery]
+mode = "capture"
+capture_dir = "{directory / "outbox"}"
+[loops]
+api_key = "{API_KEY}"
+base_url = "{rig.loops.url}"
+[loops.templates]
+receipt = "cltx-receipt"
+[shadow]
+routing_key = "{ROUTING_KEY}"
+[[domains]]
+name = "postroom.test"
+dkim = "off"
+""")  # fmt: skip
+    return path
+
+
+async def test_route_set_rollback_status_from_the_command(db_url: str, rig_factory: Any, tmp_path: Path) -> None:
+    rig: Rig = await rig_factory(db_url)
+    config = cli_config(rig, tmp_path)
+
+    async def route(*args: str, check: bool = True) -> Any:
+        """`postroom route ...` in-process (click's runner) on a thread of its own: the command
+        runs its own event loop, and the daemon keeps running in this one meanwhile."""
+        invoked = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(config), "route", *args])
+        if check:
+            assert invoked.exit_code == 0, (invoked.output, invoked.exception)
+        return invoked
+
+    def share() -> float | None:
+        return rig.daemon.registry.get_sample_value("postroom_route_inhouse_share", {"stream": STREAM, "template": ""})
+
+    result = await route("set", "--stream", STREAM, "--mode", "inhouse", "--reason", "all in-house", "--json")
+    assert json.loads(result.stdout) == {"changed": True, "stream": STREAM, "template": None, "route": "inhouse"}
+    refused = await route("set", "--stream", STREAM, "--template", "unmapped", "--mode", "legacy", "--reason", "no",
+                          check=False)  # fmt: skip
+    assert refused.exit_code == 2 and "has no Loops transactionalId" in refused.stderr, refused
+    # The daemon follows within [shadow] refresh_interval: in-house now.
+    await wait_until(lambda: share() == 100.0, 10, what="the daemon to follow the command")
+    recipients = addresses(5)
+    await rig.client.send(recipients)
+    await rig.wait_final(5)
+    assert sorted(rig.sink.recipients()) == sorted(recipients) and rig.loops.requests == []
+
+    result = await route("rollback", "--stream", STREAM, "--reason", "hard bounces up", "--json")
+    assert json.loads(result.stdout) == {"changed": True, "stream": STREAM, "template": None, "route": "legacy"}
+    await wait_until(lambda: share() == 0.0, 10, what="the daemon to follow the rollback")
+    again = addresses(10)[5:]
+    await rig.client.send(again)
+    await rig.wait_final(10)
+    assert sorted(r.body["email"] for r in rig.loops.requests) == sorted(again)
+    assert len(rig.sink.recipients()) == 5
+
+    status = json.loads((await route("status", "--json")).stdout)
+    user = getpass.getuser()
+    assert [(r["stream"], r["template"], r["mode"], r["inhouse_percent"], r["changed_by"], r["reason"])
+            for r in status["routes"]] == [(STREAM, None, "legacy", 0, f"cli:{user}", "hard bounces up")]  # fmt: skip
+    assert [(c["from"], c["to"], c["source"], c["changed_by"], c["reason"]) for c in status["changes"]] == [
+        ("inhouse", "legacy", "manual", f"cli:{user}", "hard bounces up"),
+        (None, "inhouse", "manual", f"cli:{user}", "all in-house"),
+    ]  # fmt: skip
+    text = (await route("status")).stdout
+    assert "legacy" in text and "hard bounces up" in text and "[manual" in text
