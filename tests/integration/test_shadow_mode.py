@@ -18,6 +18,7 @@ shadow sink capturing to a directory of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import time
@@ -113,7 +114,7 @@ async def prepare(settings: Settings) -> str:
     engine = create_engine(settings.database)
     try:
         await schema.upgrade(engine)
-        token = (await SqlApiKeys(engine).create("admin", Role.ADMIN, time.time()))[1]
+        token: str = (await SqlApiKeys(engine).create("admin", Role.ADMIN, time.time()))[1]
         templates = TemplateService(SqlTemplateStore(engine), SystemClock())
         for name in ("receipt", "unmapped"):
             made = await templates.create(name, RECEIPT, "test")
@@ -190,8 +191,6 @@ class Rig:
 @pytest.fixture
 async def rig_factory(tmp_path: Path, loops: FakeLoops) -> AsyncIterator[Any]:
     """Starts the daemon for a database URL with an in-house sink refusing `refused_digits`."""
-    import contextlib
-
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(db_url: str | None, refused_digits: str = "", **sections: Any) -> Rig:
@@ -393,7 +392,7 @@ async def test_the_guard_changes_nothing_without_failures(db_url: str, rig_facto
 
 async def test_invalid_route_settings_are_refused_with_the_reason(db_url: str, rig_factory: Any) -> None:
     rig: Rig = await rig_factory(db_url)
-    refused = [
+    refused: list[tuple[dict[str, Any], str]] = [
         ({"template": "unmapped", "mode": "legacy"}, "template 'unmapped' has no Loops transactionalId"),
         ({"template": "unmapped", "mode": "split", "percent": 10}, "has no Loops transactionalId"),
         ({"mode": "legacy", "percent": 30}, "percent applies to mode split only, not legacy"),
