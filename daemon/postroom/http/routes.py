@@ -3,7 +3,6 @@ paths (`/v1/routes/compare`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Annotated, Any
 
@@ -84,12 +83,9 @@ class RouteRoutes:
     @requires(Role.ADMIN)
     async def change(self, request: web.Request) -> web.Response:
         body = validated(RouteIn, await json_payload(request))
-        given = RouteSetting(body.stream, body.template or "", body.mode, body.percent, body.fallback, body.ramp)
-        # A percent with another mode than split is refused (`checked`), not dropped; stored as 0.
-        setting = given if given.mode is Mode.SPLIT else dataclasses.replace(given, percent=0)
+        setting = RouteSetting(body.stream, body.template or "", body.mode,
+                               body.percent if body.mode is Mode.SPLIT else 0, body.fallback, body.ramp)  # fmt: skip
         try:
-            if (refused := self._routes.refusal(given)) is not None:
-                raise RouteRefused(refused)
             change = await self._routes.change(setting, changed_by=f"apikey:{caller(request).id}", reason=body.reason)
         except RouteRefused as exc:
             raise ApiError(400, "route_refused", str(exc)) from exc
