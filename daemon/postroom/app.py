@@ -151,12 +151,7 @@ def routing_key(settings: ShadowSettings) -> bytes:
 
 
 def shadow_capture_dir(settings: Settings) -> Path:
-    if settings.shadow.capture_dir:
-        return Path(settings.shadow.capture_dir)
-    database = sa.make_url(settings.database.url).database
-    if settings.database.is_sqlite and database and database != ":memory:":
-        return Path(database).resolve().parent / "shadow"
-    return Path("/var/lib/postroom/shadow")
+    return Path(settings.shadow.capture_dir or Path(settings.state_dir) / "shadow")
 
 
 def worker_owner() -> str:

@@ -78,17 +78,16 @@ class RouteRoutes:
 
     @operation(summary="Set the route of a stream (or of one template of it); every process follows within seconds",
                body=RouteIn, responses={200: ("the change (`changed`: false when it was already so)", None),
-                                        400: ("a setting that cannot apply, and why", None)},
+                                        422: ("a setting that cannot apply, and why", None)},
                tags=("routes",))  # fmt: skip
     @requires(Role.ADMIN)
     async def change(self, request: web.Request) -> web.Response:
         body = validated(RouteIn, await json_payload(request))
-        setting = RouteSetting(body.stream, body.template or "", body.mode,
-                               body.percent if body.mode is Mode.SPLIT else 0, body.fallback, body.ramp)  # fmt: skip
+        setting = RouteSetting(body.stream, body.template or "", body.mode, body.percent, body.fallback, body.ramp)
         try:
             change = await self._routes.change(setting, changed_by=f"apikey:{caller(request).id}", reason=body.reason)
         except RouteRefused as exc:
-            raise ApiError(400, "route_refused", str(exc)) from exc
+            raise ApiError(422, "route_refused", str(exc)) from exc
         if change is None:
             return web.json_response({"changed": False, "route": setting_json(setting)})
         return web.json_response({"changed": True, **change_json(change)})

@@ -4,8 +4,10 @@ the time from acceptance to delivered (p50, p95). The figures come from the deli
 the window and the events about them; the rates are percentages of recipients sent.
 
 For the `loops` route "delivered" is Loops accepting the send (and a later Loops hard bounce or
-spam report moves it, like a late bounce does for in-house mail); for `shadow` it is the copy
-reaching the sink, and bounces are the sink's (`shadow_*` events)."""
+spam report moves it, like a late bounce does for in-house mail); `confirmed` counts the recipients
+Loops' webhook then reported delivered, and when there are any, the loops percentiles are the time to
+that report; for `shadow` it is the copy reaching the sink, and bounces are the sink's (`shadow_*`
+events)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import sqlalchemy as sa
 
 from postroom.core.types import DeliveryState
 from postroom.store.engine import read_only, translate_errors
-from postroom.store.tables import deliveries, events, messages
+from postroom.store.tables import deliveries, events, loops_events, messages
 
 MAX_LATENCIES = 100_000  # delivered recipients read for the percentiles of one group
 
@@ -36,6 +38,7 @@ class Figures:
     complained: int = 0
     deferred: int = 0
     failed: int = 0
+    confirmed: int = 0  # loops: recipients Loops reported delivered (its `email.delivered` webhook)
     size_bytes: int = 0  # average message size
     latencies: list[float] = field(default_factory=list, repr=False)
 
@@ -58,6 +61,7 @@ class Figures:
             "stream": self.stream, "template": self.template, "route": self.route, **counts,
             "rates": {name: self.rate(value) for name, value in counts.items() if name != "sent"},
             "delivered_seconds": {"p50": self.p50, "p95": self.p95}, "size_bytes": self.size_bytes,
+            "confirmed": self.confirmed,
         }  # fmt: skip
 
 
@@ -75,7 +79,8 @@ def merged(groups: Sequence[Figures], route: str, stream: str = "*", template: s
     for group in groups:
         if group.route != route:
             continue
-        for name in ("sent", "delivered", "bounced_hard", "bounced_soft", "complained", "deferred", "failed"):
+        for name in ("sent", "delivered", "bounced_hard", "bounced_soft", "complained", "deferred", "failed",
+                     "confirmed"):
             setattr(total, name, getattr(total, name) + getattr(group, name))
         total.latencies.extend(group.latencies)
     return total
@@ -149,6 +154,19 @@ class SqlComparison:
                 latencies: dict[tuple[str, str, str], list[float]] = defaultdict(list)
                 for row in delivered:
                     latencies[(row[0], row[1], row[2])].append(max(0.0, float(row[3])))
+                # Loops' own word: the time its `email.delivered` came, when it came.
+                confirmed = await conn.execute(
+                    sa.select(*dims, sa.func.min(loops_events.c.event_time) - deliveries.c.created_at)
+                    .select_from(joined.join(loops_events, loops_events.c.delivery_id == deliveries.c.id))
+                    .where(*where, loops_events.c.event_name == "email.delivered")
+                    .group_by(*dims, deliveries.c.id, deliveries.c.created_at)
+                    .limit(MAX_LATENCIES)
+                )  # fmt: skip
+                loops_latencies: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+                for row in confirmed:
+                    group(row).confirmed += 1
+                    loops_latencies[(row[0], row[1], row[2])].append(max(0.0, float(row[3])))
+                latencies.update(loops_latencies)
         for key, values in latencies.items():
             if key in groups:
                 groups[key].latencies = sorted(values)

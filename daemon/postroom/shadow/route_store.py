@@ -64,7 +64,7 @@ class SqlRouteStore(GatedStore):
         key = (routes.c.stream == setting.stream, routes.c.template == setting.template)
         with translate_errors("changing a route"):
             async with self._write() as conn:
-                row = (await conn.execute(sa.select(routes).where(*key))).first()
+                row = (await conn.execute(sa.select(routes).where(*key).with_for_update())).first()
                 previous = _setting(row) if row is not None else None
                 if only_if_expected and previous != expected:
                     return None

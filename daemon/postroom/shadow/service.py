@@ -11,6 +11,7 @@ transactionalId.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import contextlib
 import logging
 from collections.abc import Mapping
@@ -100,6 +101,8 @@ class RouteService:
         refused = self.refusal(setting)
         if refused is not None:
             raise RouteRefused(refused)
+        if setting.mode is not Mode.SPLIT:  # stored as 0: its share says itself
+            setting = dataclasses.replace(setting, percent=0)
         change = await self._store.change(setting, source=source, changed_by=changed_by, reason=reason,
                                           now=self._clock.now(), expected=expected,
                                           only_if_expected=only_if_expected)  # fmt: skip
