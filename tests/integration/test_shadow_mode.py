@@ -241,8 +241,8 @@ async def _split_round(rig: Rig, recipients: list[str], percent: int, expected_t
 
 
 @pytest.mark.slow
-async def test_split_30_then_50_over_10000_recipients(rig_factory: Any) -> None:
-    rig: Rig = await rig_factory(None)
+async def test_split_30_then_50_over_10000_recipients(db_url: str, rig_factory: Any) -> None:
+    rig: Rig = await rig_factory(db_url)
     recipients = addresses(10_000)
     started = time.monotonic()
     at_30 = await _split_round(rig, recipients, 30, 10_000)
