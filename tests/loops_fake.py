@@ -1,6 +1,12 @@
 """A fake of Loops' transactional API on 127.0.0.1 for tests: records every request it gets and
 answers from a programme of responses (200, 409, 429 with Retry-After, 500, 400 with Loops' error
-body, slow ones), then 200 `{"success": true}` once the programme is used up."""
+body, slow ones), then `default` (200 `{"success": true}`) once the programme is used up.
+
+`idempotent=True` makes it keep Idempotency-Keys as Loops does: a 2xx answer accepts the send and
+its key (recorded in `accepted` when the request arrives, before any delay: Loops has taken it even
+if the answer never reaches the client), and a request whose key was accepted before is answered
+409 instead (`reused`). `delay_of` gives each request its own delay; `hold()` keeps requests
+waiting, unanswered and not accepted, until `release()`."""
 
 from __future__ import annotations
 
@@ -8,8 +14,8 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -46,28 +52,68 @@ class Received:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """A send an idempotent fake accepted: Loops would deliver this email."""
+
+    at: float  # loop time it arrived
+    email: str
+    transactional_id: str
+    key: str | None  # its Idempotency-Key
+
+
 class FakeLoops:
-    def __init__(self) -> None:
+    def __init__(self, idempotent: bool = False) -> None:
         self.requests: list[Received] = []
         self.programme: deque[Answer] = deque()
+        self.default = OK
         self.url = ""
+        self.idempotent = idempotent
+        self.keys: set[str] = set()  # Idempotency-Keys of accepted sends
+        self.accepted: list[Accepted] = []
+        self.reused: list[str] = []  # keys answered 409, one entry per such answer
+        self.delay_of: Callable[[Received], float] | None = None
+        self._gate: asyncio.Event | None = None
 
     def answer(self, *answers: Answer) -> None:
         self.programme.extend(answers)
 
+    def hold(self) -> None:
+        self._gate = asyncio.Event()
+
+    def release(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
+            self._gate = None
+
     async def _transactional(self, request: web.Request) -> web.Response:
         body = json.loads(await request.read())
-        self.requests.append(Received(asyncio.get_running_loop().time(), dict(request.headers), body))
-        answer = self.programme.popleft() if self.programme else OK
+        received = Received(asyncio.get_running_loop().time(), dict(request.headers), body)
+        self.requests.append(received)
+        if self._gate is not None:
+            await self._gate.wait()
+        answer = self.programme.popleft() if self.programme else self.default
+        if self.delay_of is not None:
+            answer = replace(answer, delay=self.delay_of(received))
+        if self.idempotent and 200 <= answer.status < 300:
+            key = request.headers.get("Idempotency-Key")
+            if key is not None and key in self.keys:
+                answer = replace(DUPLICATE, delay=answer.delay)
+                self.reused.append(key)
+            else:
+                if key is not None:
+                    self.keys.add(key)
+                self.accepted.append(Accepted(asyncio.get_running_loop().time(), str(body.get("email")),
+                                              str(body.get("transactionalId")), key))  # fmt: skip
         if answer.delay:
             await asyncio.sleep(answer.delay)
         return web.json_response(answer.body, status=answer.status, headers=answer.headers)
 
 
 @contextlib.asynccontextmanager
-async def fake_loops() -> AsyncIterator[FakeLoops]:
+async def fake_loops(idempotent: bool = False) -> AsyncIterator[FakeLoops]:
     """The fake on a free port of 127.0.0.1; `fake.url` is its API root (the `base_url`)."""
-    fake = FakeLoops()
+    fake = FakeLoops(idempotent)
     app = web.Application()
     app.router.add_post("/api/v1/transactional", fake._transactional)
     runner = web.AppRunner(app, handle_signals=False)

@@ -164,3 +164,16 @@ async def test_inhouse_with_fallback_hands_sender_side_failures_to_loops(engine:
     await outbox.drain()  # exactly once
     async with engine.connect() as conn:
         assert await conn.scalar(sa.select(sa.func.count()).where(deliveries.c.route == LOOPS_ROUTE)) == 1
+
+
+async def test_a_complaint_about_a_shadow_copy_is_never_the_recipients(engine: AsyncEngine) -> None:
+    from types import SimpleNamespace
+
+    from postroom.bounces.intake import record_complaint
+
+    async with engine.begin() as conn:
+        for route in (SHADOW_ROUTE, INHOUSE_ROUTE):
+            copy = SimpleNamespace(id=1, message_id="m1", route=route)
+            await record_complaint(conn, copy, "ada@example.com", {"feedback_type": "abuse"}, 1.0)
+        found = (await conn.execute(sa.select(events.c.type).order_by(events.c.id))).scalars().all()
+    assert found == ["shadow_complained", "complained"]

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from postroom.bounces.model import BounceClass, BounceKind, BounceRecipient, ParsedBounce
 from postroom.core.clock import Clock
-from postroom.core.types import DeliveryState
+from postroom.core.types import SHADOW_ROUTE, DeliveryState
 from postroom.metrics import Metrics
 from postroom.queue import statements as q
 from postroom.queue.models import Release
@@ -74,9 +74,11 @@ async def record_complaint(
     conn: AsyncConnection, delivery: Any, recipient: str, detail: dict[str, Any], now: float
 ) -> None:
     """A `complained` event about `delivery` (`id`, `message_id`; None: a delivery not known),
-    which the suppression consumer reads. Shared with Loops' events in."""
+    which the suppression consumer reads. Shared with Loops' events in. About a shadow copy (shadow
+    mode: sent to a seed mailbox, not the recipient) it is `shadow_complained`, read by nobody."""
+    shadow = delivery is not None and getattr(delivery, "route", None) == SHADOW_ROUTE
     await conn.execute(events.insert().values(
-        at=now, type="complained", message_id=delivery.message_id if delivery is not None else "",
+        at=now, type="shadow_complained" if shadow else "complained", message_id=delivery.message_id if delivery is not None else "",
         delivery_id=delivery.id if delivery is not None else None, recipient=recipient, detail=detail,
     ))  # fmt: skip
 
