@@ -38,6 +38,17 @@ class Lease:
     expires_at: float
 
 
+def _copies_to_send(batch: list[tuple[str, Submission]]) -> list[tuple[str, Submission, str, str]]:
+    """(message id, submission, recipient, route) of every delivery to send: one per recipient on
+    its route, and one more on SHADOW_ROUTE per shadow copy (not for a recipient the screen took out)."""
+    copies = [(message_id, item, recipient, item.recipient_routes.get(recipient, item.route))
+              for message_id, item in batch for recipient in item.recipients]  # fmt: skip
+    copies += [(message_id, item, recipient, SHADOW_ROUTE)
+               for message_id, item in batch if item.shadow_copies
+               for recipient in item.shadow_copies if recipient in item.recipients]  # fmt: skip
+    return copies
+
+
 def insert_statements(
     batch: list[tuple[str, Submission]], now: float, lease: Lease | None = None
 ) -> list[tuple[sa.Insert, list[dict[str, Any]]]]:
@@ -82,35 +93,13 @@ def insert_statements(
                     "created_at": now,
                     "updated_at": now,
                     "next_attempt_at": now,
-                    "route": item.recipient_routes.get(recipient, item.route),
+                    "route": route,
                     "mail_from": item.return_paths.get(recipient),
                     "last_reply": None,
                     "finished_at": None,
                     **leased,
                 }
-                for message_id, item in batch
-                for recipient in item.recipients
-            ]
-            + [
-                {
-                    "message_id": message_id,
-                    "recipient": recipient,
-                    "domain": domain_of(recipient),
-                    "state": state,
-                    "attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                    "next_attempt_at": now,
-                    "route": SHADOW_ROUTE,
-                    "mail_from": item.return_paths.get(recipient),
-                    "last_reply": None,
-                    "finished_at": None,
-                    **leased,
-                }
-                for message_id, item in batch
-                if item.shadow_copies
-                for recipient in item.shadow_copies
-                if recipient in item.recipients  # not for a recipient the screen took out
+                for message_id, item, recipient, route in _copies_to_send(batch)
             ]
             + [
                 {
