@@ -440,3 +440,20 @@ async def claim(store: Any, owner: str, limit: int, now: float, lease_seconds: f
     """Lease due deliveries without loading their messages (what the store tests look at)."""
     claimed, _ = await store.claim_with_messages(owner, limit, now, lease_seconds, exclude_domains, load=False)
     return claimed
+
+
+def children_of(pid: int) -> set[int]:
+    """The live child processes of `pid` (Linux /proc), empty once it is gone."""
+    try:
+        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

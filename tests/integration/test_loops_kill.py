@@ -32,7 +32,7 @@ import aiohttp
 import pytest
 
 from tests.loops_fake import FakeLoops, Received, fake_loops
-from tests.support import Serving, postroom_cli, start_serving, wait_until
+from tests.support import Serving, alive, children_of, postroom_cli, start_serving, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -129,31 +129,16 @@ def final(database: Path) -> bool:
     )
 
 
-def _children_of(pid: int) -> set[int]:
-    try:
-        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-    except OSError:
-        return set()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 async def kill_daemon(serving: Serving) -> None:
     """SIGKILL to the supervisor and both its children at once, as a power cut would."""
-    children = _children_of(serving.pid)
+    children = children_of(serving.pid)
     assert len(children) == 2, f"children of the supervisor: {children}"
     for pid in (*children, serving.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     await asyncio.to_thread(serving.process.wait, 10)
     serving.close_notify_socket()
-    await wait_until(lambda: not any(_alive(pid) for pid in children), 10, what="the children to die")
+    await wait_until(lambda: not any(alive(pid) for pid in children), 10, what="the children to die")
 
 
 async def submit(serving: Serving, token: str) -> None:

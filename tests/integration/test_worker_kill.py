@@ -30,6 +30,8 @@ import pytest
 
 from tests.support import (
     SinkHandler,
+    alive,
+    children_of,
     free_port,
     postroom_cli,
     smtp_sink,
@@ -95,21 +97,6 @@ def _ready(http_port: int) -> bool:
         return False
 
 
-def _children_of(pid: int) -> set[int]:
-    try:
-        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-    except OSError:
-        return set()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _leased_to(database: Path, pid: int) -> int:
     """Deliveries leased to process `pid` (owner "host:pid:random"), read right after its death,
     before their lease runs out and the reaper hands them to a live process."""
@@ -166,18 +153,18 @@ async def test_killing_worker_processes_keeps_the_daemon_delivering(tmp_path: Pa
                 target = len(clients.acked) + 150
                 await wait_until(lambda: len(clients.acked) >= target, 60,
                                  what=f"150 more acknowledged messages before kill {kill + 1}")  # fmt: skip
-                before = _children_of(daemon.pid)
+                before = children_of(daemon.pid)
                 assert len(before) == 2, f"children before kill {kill + 1}: {before}"
                 victim = sorted(before)[kill % 2]
                 os.kill(victim, signal.SIGKILL)
                 killed.append(victim)
                 leased_to_killed += _leased_to(database, victim)
-                await wait_until(lambda: not _alive(victim), 10, what=f"pid {victim} to die")
+                await wait_until(lambda: not alive(victim), 10, what=f"pid {victim} to die")
                 # The survivor answers at once; the supervisor must still be there to restart.
                 await wait_until(lambda: _ready(http), 5, what=f"/readyz after kill {kill + 1}")
                 await wait_until(
-                    lambda: len(_children_of(daemon.pid) - before) == 1
-                    and len(_children_of(daemon.pid)) == 2,
+                    lambda: len(children_of(daemon.pid) - before) == 1
+                    and len(children_of(daemon.pid)) == 2,
                     15, what=f"a replacement for pid {victim}",
                 )  # fmt: skip
                 assert daemon.poll() is None, "the supervisor died"
