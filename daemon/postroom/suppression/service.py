@@ -26,7 +26,7 @@ from postroom.events.models import Event
 from postroom.metrics import Metrics
 from postroom.suppression.model import Entry, NewEntry, first_matches, lookup_keys
 from postroom.suppression.rules import GLOBAL, Action, SoftPolicy, decide, soft_limit_reached, stream_scope
-from postroom.suppression.sql_store import SqlSuppressionStore, entry_of_row, live_entry_queries
+from postroom.suppression.sql_store import SqlSuppressionStore, entries_of_rows, live_entry_queries
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ class SuppressionScreen:
         return live_entry_queries(keys, {GLOBAL} | {stream_scope(item.stream) for item in batch}, now)
 
     def apply(self, batch: Sequence[Submission], rows: Sequence[Sequence[Any]]) -> list[Submission]:
-        entries = [entry_of_row(row) for row in rows]
-        entries.sort(key=lambda item: item[1].id)
+        entries = entries_of_rows(rows)
         return [self._screened(item, entries) for item in batch]
 
     @staticmethod

@@ -8,7 +8,7 @@ caller's connection (`add_in`, `count_soft_failure_in`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,7 +37,7 @@ def _entry(row: Any) -> Entry:
 
 
 def live_entry_queries(keys: Collection[str], scopes: Collection[str], now: float) -> list[sa.Select[Any]]:
-    """The reads of `live_entries`: (address key, entry columns) of live entries, in chunks of
+    """The reads of a suppression check: (address key, entry columns) of live entries, in chunks of
     keys."""
     ordered = sorted(keys)
     return [
@@ -49,9 +49,9 @@ def live_entry_queries(keys: Collection[str], scopes: Collection[str], now: floa
     ]  # fmt: skip
 
 
-def entry_of_row(row: Any) -> tuple[str, Entry]:
-    """An (address key, entry) row of `live_entry_queries`."""
-    return row[0], _entry(row[1:])
+def entries_of_rows(rows: Iterable[Any]) -> list[tuple[str, Entry]]:
+    """The (address key, entry) rows of `live_entry_queries`, oldest entry first."""
+    return sorted(((row[0], _entry(row[1:])) for row in rows), key=lambda item: item[1].id)
 
 
 def _live(now: float) -> sa.ColumnElement[bool]:
@@ -64,22 +64,13 @@ class SqlSuppressionStore(GatedStore):
 
     async def matching(self, addresses: Sequence[str], scopes: Sequence[str], now: float) -> dict[str, Entry]:
         """The live entry (if any) that suppresses each address for any of `scopes`, by address
-        as given; an erased entry matches through the address's hash."""
-        rows = await self.live_entries(lookup_keys(addresses), scopes, now)
-        return first_matches(addresses, scopes, rows)
-
-    async def live_entries(
-        self, keys: Collection[str], scopes: Collection[str], now: float
-    ) -> list[tuple[str, Entry]]:
-        """Every live entry under one of `keys` (see `lookup_keys`) in one of `scopes`, with its
-        key, oldest first."""
-        found: list[tuple[str, Entry]] = []
+        as given; an erased entry matches through the address's hash. The reads and the choice
+        are the queue's screen's (`SuppressionScreen`), run here on their own."""
         with translate_errors("reading the suppression list"):
             async with self._reads.connect() as conn:
-                for query in live_entry_queries(keys, scopes, now):
-                    found.extend(entry_of_row(row) for row in (await conn.execute(query)).all())
-        found.sort(key=lambda item: item[1].id)
-        return found
+                rows = [row for query in live_entry_queries(lookup_keys(addresses), scopes, now)
+                        for row in (await conn.execute(query)).all()]  # fmt: skip
+        return first_matches(addresses, scopes, entries_of_rows(rows))
 
     async def search(
         self, *, now: float, address: str | None = None, scope: str | None = None, source: str | None = None,
