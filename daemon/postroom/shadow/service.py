@@ -67,14 +67,17 @@ class RouteService:
             self._metrics.route_inhouse_share.labels(setting.stream, setting.template).set(setting.inhouse_share)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Reload the settings every `refresh_interval` seconds until `stop`."""
-        while not stop.is_set():
+        """Reload the settings every `refresh_interval` seconds until `stop` (the daemon loaded
+        them once before serving)."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._refresh_interval)
+            if stop.is_set():
+                return
             try:
                 await self.refresh()
             except StoreError as exc:  # keep routing by the settings last read
                 logger.warning("routes not reloaded: %s", exc)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._refresh_interval)
 
     # -- changing -------------------------------------------------------------------------
 
