@@ -19,10 +19,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from postroom.billing.settings import StripeSettings
 from postroom.bounces.settings import BounceSettings
 from postroom.config_sources import EnvironSource, SecretFileSource, TomlFileSource
 from postroom.contacts.settings import ContactsSettings
 from postroom.loops.settings import EventRule, LoopsSettings
+from postroom.mrr.settings import MrrSettings
 from postroom.ratelimit.settings import RateLimitSettings
 from postroom.shadow.settings import ShadowSettings
 from postroom.sources.posthog.settings import PostHogCaptureSettings
@@ -393,6 +395,8 @@ class Settings(BaseSettings):
     stats: StatsSettings = Field(default_factory=StatsSettings)
     posthog_capture: PostHogCaptureSettings = Field(default_factory=PostHogCaptureSettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
+    stripe: StripeSettings = Field(default_factory=StripeSettings)
+    mrr: MrrSettings = Field(default_factory=MrrSettings)
 
     @model_validator(mode="after")
     def _unique_domains(self) -> Settings:

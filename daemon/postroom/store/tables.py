@@ -454,3 +454,161 @@ route_changes = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Index(None, "stream", "template", "at"),
 )
+
+# Stripe billing state mirrored locally (postroom.billing) and the MRR ledger (postroom.mrr).
+# Every Stripe event once, by its id, with the raw body as received: `status` pending (stored, not
+# yet applied), applied, ignored (a type postroom does not read), stale (older than the state it
+# would overwrite), flagged (malformed: `detail` says why).
+stripe_events = sa.Table(
+    "stripe_events",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("type", sa.String(128), nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("object_id", sa.String(255)),
+    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("applied_at", sa.Float),
+    sa.Index(None, "status", "received_at"),
+    sa.Index(None, "received_at"),
+)
+
+# `paid_before_at`: when a backfill learnt the customer had paid before the ledger began (so a
+# return is a reactivation, not new business).
+billing_customers = sa.Table(
+    "billing_customers",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("email", sa.String(320)),
+    sa.Column("name", sa.String(512)),
+    sa.Column("currency", sa.String(3)),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("discount", sa.JSON(none_as_null=True)),
+    sa.Column("paid_before_at", sa.Float),
+    sa.Column("created", sa.Float),
+    sa.Column("last_event_created", sa.Float, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# A subscription as Stripe last described it (`snapshot`) and what it is worth under the
+# configured policies (`mrr`, unrounded minor units as decimal text). `last_event_created` is the
+# newest state applied (MRR.md 1.3): an older snapshot never overwrites it. `dunning_since` the
+# first failed payment of the open invoice; `net_shares` net/gross of tax-inclusive items from the
+# latest invoice; `next_change_at` when time alone changes its value (a discount ending).
+billing_subscriptions = sa.Table(
+    "billing_subscriptions",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("customer", sa.String(255), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("snapshot", sa.JSON, nullable=False),
+    sa.Column("start_date", sa.Float),
+    sa.Column("canceled_at", sa.Float),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("cancel_at_period_end", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("mrr", sa.String(64), nullable=False, server_default="0"),
+    sa.Column("scheduled_churn", sa.String(64), nullable=False, server_default="0"),
+    sa.Column("dunning_since", sa.Float),
+    sa.Column("dunning_invoice", sa.String(255)),
+    sa.Column("net_shares", sa.JSON, nullable=False),
+    sa.Column("next_change_at", sa.Float),
+    sa.Column("last_event_created", sa.Float, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index(None, "customer"),
+    sa.Index(None, "next_change_at"),
+    sa.Index(None, "start_date"),
+)
+
+# Discount objects by id (webhook snapshots carry only their ids) and prices with their tiers
+# (webhooks never carry tiers), kept from customer.discount.* events and expanded fetches.
+billing_discounts = sa.Table(
+    "billing_discounts",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("customer", sa.String(255)),
+    sa.Column("subscription", sa.String(255)),
+    sa.Column("discount", sa.JSON, nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+billing_prices = sa.Table(
+    "billing_prices",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("price", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+billing_invoices = sa.Table(
+    "billing_invoices",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("customer", sa.String(255)),
+    sa.Column("subscription", sa.String(255)),
+    sa.Column("status", sa.String(32)),
+    sa.Column("billing_reason", sa.String(64)),
+    sa.Column("currency", sa.String(3)),
+    sa.Column("amount_due", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("amount_paid", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("total", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("attempt_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("paid_at", sa.Float),
+    sa.Column("failed_at", sa.Float),
+    sa.Column("last_event_created", sa.Float, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index(None, "created"),
+    sa.Index(None, "subscription"),
+)
+
+# The MRR ledger, append-only: one row per change of a customer's MRR in one currency (integer
+# minor units, rounded per customer), with what caused it (event, opening, schedule,
+# reconciliation) and the event. Movements are read from it per period (postroom.mrr.movements).
+# `mrr_positions` is the latest row's `after` per (customer, currency): the current state, and
+# the row locked while a customer's MRR is recomputed.
+mrr_ledger = sa.Table(
+    "mrr_ledger",
+    metadata,
+    sa.Column("seq", BigId, primary_key=True, autoincrement=True),
+    sa.Column("customer", sa.String(255), nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("occurred_at", sa.Float, nullable=False),
+    sa.Column("before_cents", sa.BigInteger, nullable=False),
+    sa.Column("before_free", sa.Boolean, nullable=False),
+    sa.Column("after_cents", sa.BigInteger, nullable=False),
+    sa.Column("after_free", sa.Boolean, nullable=False),
+    sa.Column("cause", sa.String(16), nullable=False),
+    sa.Column("event_id", sa.String(255)),
+    sa.Column("subscription", sa.String(255)),
+    sa.Column("recorded_at", sa.Float, nullable=False),
+    sa.Index(None, "occurred_at"),
+    sa.Index(None, "customer", "occurred_at"),
+)
+
+mrr_positions = sa.Table(
+    "mrr_positions",
+    metadata,
+    sa.Column("customer", sa.String(255), nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("cents", sa.BigInteger, nullable=False),
+    sa.Column("free", sa.Boolean, nullable=False),
+    sa.Column("scheduled_churn_cents", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("occurred_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("customer", "currency"),
+)
+
+# Dated exchange rates to the reporting currency (`postroom fx set|import`); a day's rate is the
+# latest on or before it, else the static `[mrr.fx_rates]`. `rate` is decimal text.
+fx_rates = sa.Table(
+    "fx_rates",
+    metadata,
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("day", sa.String(10), nullable=False),  # ISO date
+    sa.Column("rate", sa.String(40), nullable=False),
+    sa.Column("set_at", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("currency", "day"),
+)

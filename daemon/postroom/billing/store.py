@@ -1,0 +1,537 @@
+"""The billing state in the database: Stripe events once by id, the objects they describe, and the
+MRR ledger they move. Each event is applied in one write transaction that locks its customer, so
+two processes (or daemons) never interleave one customer's changes.
+
+Ordering (MRR.md 1.3): each subscription keeps the `created` of the newest state applied; an older
+snapshot is never applied over it. It is re-fetched from Stripe instead when postroom has an API
+key (`NeedsFetch`), else recorded as stale. A snapshot that references what postroom has no copy
+of (a discount id, an unexpanded tiered price) is re-fetched too, or flagged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from postroom.billing.events import Family, StripeEvent
+from postroom.mrr.movements import Cause, Change, Holding
+from postroom.mrr.policies import Policies
+from postroom.mrr.revalue import Held, Position, openings, revalue
+from postroom.mrr.valuation import Context, Malformed, NeedsExpansion
+from postroom.store.engine import GatedStore, WriteGate, translate_errors
+from postroom.store.tables import (
+    billing_customers,
+    billing_discounts,
+    billing_invoices,
+    billing_prices,
+    billing_subscriptions,
+    mrr_ledger,
+    mrr_positions,
+    stripe_events,
+)
+
+logger = logging.getLogger(__name__)
+
+Json = Mapping[str, Any]
+
+
+class EventStatus:
+    PENDING = "pending"
+    APPLIED = "applied"
+    IGNORED = "ignored"
+    STALE = "stale"
+    FLAGGED = "flagged"
+
+
+STATUSES = (EventStatus.PENDING, EventStatus.APPLIED, EventStatus.IGNORED, EventStatus.STALE, EventStatus.FLAGGED)
+
+
+class NeedsFetch(Exception):
+    """Apply the event again with the subscription as Stripe has it now."""
+
+    def __init__(self, subscription: str, reason: str):
+        super().__init__(f"subscription {subscription}: {reason}")
+        self.subscription = subscription
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Applied:
+    status: str
+    detail: str = ""
+    changes: Sequence[Change] = ()
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: str
+    type: str
+    created: float
+    object_id: str | None
+    received_at: float
+    status: str
+    detail: str
+
+
+def _id_of(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("id"), str):
+        return str(value["id"])
+    return None
+
+
+def _ts(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _upsert(conn: AsyncConnection, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table).values(**values)
+    changed = {k: v for k, v in values.items() if k not in keys}
+    return insert.on_conflict_do_update(index_elements=list(keys), set_=changed)
+
+
+def _checked_subscription(obj: Json) -> tuple[str, str]:
+    sub_id, customer = _id_of(obj), _id_of(obj.get("customer"))
+    if not sub_id or obj.get("object") not in (None, "subscription"):
+        raise Malformed("the event's object is not a subscription")
+    if not customer:
+        raise Malformed(f"subscription {sub_id} names no customer")
+    if not isinstance(obj.get("status"), str) or not isinstance(obj.get("currency"), str):
+        raise Malformed(f"subscription {sub_id} has no status or currency")
+    items = obj.get("items")
+    if not isinstance(items, Mapping) or not isinstance(items.get("data"), list):
+        raise Malformed(f"subscription {sub_id} has no items list")
+    for item in items["data"]:
+        if not isinstance(item, Mapping) or not isinstance(item.get("price"), Mapping):
+            raise Malformed(f"subscription {sub_id} has an item without a price object")
+    return sub_id, customer
+
+
+def _invoice_subscription(invoice: Json) -> str | None:
+    parent = invoice.get("parent")
+    if isinstance(parent, Mapping):
+        details = parent.get("subscription_details")
+        if isinstance(details, Mapping):
+            return _id_of(details.get("subscription"))
+    return _id_of(invoice.get("subscription"))  # API versions before basil
+
+
+def net_shares(invoice: Json) -> dict[str, str]:
+    """Net / gross of each tax-inclusive subscription item on an invoice's lines (MRR.md S-4)."""
+    shares: dict[str, str] = {}
+    lines = invoice.get("lines")
+    for line in (lines.get("data") if isinstance(lines, Mapping) else None) or []:
+        taxes = [t for t in line.get("taxes") or [] if t.get("tax_behavior") == "inclusive"]
+        parent = line.get("parent") or {}
+        details = parent.get("subscription_item_details") if isinstance(parent, Mapping) else None
+        item = _id_of(details.get("subscription_item")) if isinstance(details, Mapping) else None
+        amount = line.get("amount")
+        if taxes and item and isinstance(amount, int) and amount > 0:
+            taxable = sum(int(t.get("taxable_amount") or 0) for t in taxes)
+            shares[item] = str(Decimal(taxable) / Decimal(amount))
+    return shares
+
+
+class SqlBillingStore(GatedStore):
+    def __init__(self, engine: AsyncEngine, policies: Policies, gate: WriteGate | None = None):
+        super().__init__(engine, gate)
+        self._policies = policies
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def record(self, event: StripeEvent, now: float) -> bool:
+        """Store the event as pending; False when its id was stored before (nothing changes)."""
+        values = {"id": event.id, "type": event.type, "created": event.created, "object_id": event.object_id,
+                  "received_at": now, "body": event.body, "status": EventStatus.PENDING, "detail": ""}  # fmt: skip
+        with translate_errors("recording a Stripe event"):
+            try:
+                async with self._write() as conn:
+                    await conn.execute(stripe_events.insert().values(**values))
+            except IntegrityError:
+                return False
+        return True
+
+    async def pending(self, limit: int = 100) -> list[StripeEvent]:
+        """Events stored but not applied yet, oldest state first."""
+        query = (sa.select(stripe_events.c.id, stripe_events.c.type, stripe_events.c.created, stripe_events.c.body)
+                 .where(stripe_events.c.status == EventStatus.PENDING)
+                 .order_by(stripe_events.c.created, stripe_events.c.received_at).limit(limit))  # fmt: skip
+        with translate_errors("reading pending Stripe events"):
+            async with self._reads.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        out = []
+        for row in rows:
+            data = json.loads(row.body)
+            obj = (data.get("data") or {}).get("object")
+            out.append(StripeEvent(row.id, row.type, float(row.created), obj if isinstance(obj, dict) else {}, row.body))
+        return out
+
+    async def events(self, status: str | None = None, limit: int = 100) -> list[StoredEvent]:
+        query = sa.select(stripe_events).order_by(stripe_events.c.received_at.desc()).limit(limit)
+        if status:
+            query = query.where(stripe_events.c.status == status)
+        with translate_errors("reading Stripe events"):
+            async with self._reads.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        return [StoredEvent(r.id, r.type, float(r.created), r.object_id, float(r.received_at), r.status, r.detail)
+                for r in rows]  # fmt: skip
+
+    async def event_counts(self) -> dict[str, int]:
+        query = sa.select(stripe_events.c.status, sa.func.count()).group_by(stripe_events.c.status)
+        with translate_errors("counting Stripe events"):
+            async with self._reads.connect() as conn:
+                return {row[0]: int(row[1]) for row in (await conn.execute(query)).all()}
+
+    async def last_event_at(self) -> float | None:
+        with translate_errors("reading Stripe events"):
+            async with self._reads.connect() as conn:
+                found = (await conn.execute(sa.select(sa.func.max(stripe_events.c.received_at)))).scalar()
+        return float(found) if found is not None else None
+
+    async def mark(self, event_id: str, status: str, detail: str, now: float) -> None:
+        with translate_errors("marking a Stripe event"):
+            async with self._write() as conn:
+                await conn.execute(stripe_events.update().where(stripe_events.c.id == event_id)
+                                   .values(status=status, detail=detail[:2000], applied_at=now))  # fmt: skip
+
+    async def apply(self, event: StripeEvent, now: float, *, can_fetch: bool,
+                    fetched: Json | None = None) -> Applied:  # fmt: skip
+        """Apply a stored event in one transaction and mark it; raise NeedsFetch (with nothing
+        written) when the subscription must be re-fetched first. A malformed object is marked
+        flagged and logged; nothing else is written for it."""
+        try:
+            with translate_errors("applying a Stripe event"):
+                async with self._write() as conn:
+                    state = (await conn.execute(sa.select(stripe_events.c.status)
+                                                .where(stripe_events.c.id == event.id).with_for_update())).scalar()  # fmt: skip
+                    if state != EventStatus.PENDING:
+                        return Applied(state or EventStatus.IGNORED, "applied by another process")
+                    applied = await self._dispatch(conn, event, now, can_fetch, fetched)
+                    await conn.execute(stripe_events.update().where(stripe_events.c.id == event.id)
+                                       .values(status=applied.status, detail=applied.detail, applied_at=now))  # fmt: skip
+                    return applied
+        except (Malformed, NeedsExpansion, KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            logger.warning("Stripe event %s (%s) flagged: %s", event.id, event.type, detail)
+            await self.mark(event.id, EventStatus.FLAGGED, detail, now)
+            return Applied(EventStatus.FLAGGED, detail)
+
+    async def _dispatch(self, conn: AsyncConnection, event: StripeEvent, now: float, can_fetch: bool,
+                        fetched: Json | None) -> Applied:  # fmt: skip
+        obj = event.object
+        if event.family is Family.IGNORED:
+            return Applied(EventStatus.IGNORED, f"{event.type} does not move MRR")
+        if not obj:
+            raise Malformed("the event carries no data.object")
+        if event.family is Family.SUBSCRIPTION:
+            return await self._subscription_event(conn, event, now, can_fetch, fetched)
+        if event.family is Family.INVOICE:
+            return await self._invoice_event(conn, event, now)
+        if event.family is Family.CUSTOMER:
+            customer = _id_of(obj)
+            if not customer:
+                raise Malformed("the event's object is not a customer")
+            row = await self._lock_customer(conn, customer, now)
+            if event.created < row.last_event_created:
+                return Applied(EventStatus.STALE, "an older customer snapshot than the one applied")
+            await self._keep_customer(conn, obj, event.created, now, deleted=event.type == "customer.deleted")
+            changes = await self._revalue(conn, customer, event.created, now, Cause.EVENT, event.id, None)
+            return Applied(EventStatus.APPLIED, "", changes)
+        discount_id, customer = _id_of(obj), _id_of(obj.get("customer"))
+        if not discount_id or not customer:
+            raise Malformed("the event's object is not a discount with a customer")
+        await self._lock_customer(conn, customer, now)
+        deleted = event.type == "customer.discount.deleted"
+        await conn.execute(_upsert(conn, billing_discounts, {
+            "id": discount_id, "customer": customer, "subscription": _id_of(obj.get("subscription")),
+            "discount": dict(obj), "deleted": deleted, "updated_at": now}, ["id"]))  # fmt: skip
+        if not obj.get("subscription") and not obj.get("subscription_item"):
+            await conn.execute(billing_customers.update().where(billing_customers.c.id == customer)
+                               .values(discount=None if deleted else dict(obj)))  # fmt: skip
+        changes = await self._revalue(conn, customer, event.created, now, Cause.EVENT, event.id, None)
+        return Applied(EventStatus.APPLIED, "", changes)
+
+    async def _subscription_event(self, conn: AsyncConnection, event: StripeEvent, now: float, can_fetch: bool,
+                                  fetched: Json | None) -> Applied:  # fmt: skip
+        sub_id, customer = _checked_subscription(event.object)
+        await self._lock_customer(conn, customer, now)
+        last = (await conn.execute(sa.select(billing_subscriptions.c.last_event_created)
+                                   .where(billing_subscriptions.c.id == sub_id))).scalar()  # fmt: skip
+        snapshot: Json = event.object
+        if fetched is not None:
+            snapshot = fetched
+            _checked_subscription(snapshot)
+        elif last is not None and (event.created < last or (event.created == last and can_fetch)):
+            if can_fetch:
+                raise NeedsFetch(sub_id, "older than the state applied")
+            return Applied(EventStatus.STALE, "an older snapshot than the one applied (no API key to re-fetch)")
+        await self._keep_subscription(conn, snapshot, max(event.created, last or 0.0), now)
+        try:
+            changes = await self._revalue(conn, customer, event.created, now, Cause.EVENT, event.id, sub_id)
+        except NeedsExpansion as exc:
+            if can_fetch and fetched is None:
+                raise NeedsFetch(sub_id, str(exc)) from None
+            raise
+        return Applied(EventStatus.APPLIED, "re-fetched from Stripe" if fetched is not None else "", changes)
+
+    async def _invoice_event(self, conn: AsyncConnection, event: StripeEvent, now: float) -> Applied:
+        invoice = event.object
+        invoice_id, customer = _id_of(invoice), _id_of(invoice.get("customer"))
+        if not invoice_id or not customer:
+            raise Malformed("the event's object is not an invoice with a customer")
+        await self._lock_customer(conn, customer, now)
+        failed = event.type == "invoice.payment_failed"
+        await self._keep_invoice(conn, invoice, event.created, now, failed=failed, paid=not failed)
+        sub_id = _invoice_subscription(invoice)
+        if sub_id is None:
+            return Applied(EventStatus.APPLIED, "an invoice of no subscription")
+        row = (await conn.execute(sa.select(billing_subscriptions).where(billing_subscriptions.c.id == sub_id))).first()
+        if row is None:
+            return Applied(EventStatus.APPLIED, f"subscription {sub_id} is not known yet")
+        values: dict[str, Any] = {}
+        if failed and row.dunning_since is None:
+            values = {"dunning_since": event.created, "dunning_invoice": invoice_id}
+        elif not failed and row.dunning_invoice in (None, invoice_id):
+            values = {"dunning_since": None, "dunning_invoice": None}
+        shares = net_shares(invoice)
+        if shares and invoice.get("billing_reason") in ("subscription_create", "subscription_cycle", "subscription_update"):
+            values["net_shares"] = {**(row.net_shares or {}), **shares}
+        if values:
+            await conn.execute(billing_subscriptions.update().where(billing_subscriptions.c.id == sub_id).values(**values))
+        changes = await self._revalue(conn, customer, event.created, now, Cause.EVENT, event.id, sub_id)
+        return Applied(EventStatus.APPLIED, "", changes)
+
+    # -- objects ------------------------------------------------------------------------------
+
+    async def _lock_customer(self, conn: AsyncConnection, customer: str, now: float) -> Any:
+        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(billing_customers)
+        await conn.execute(insert.values(id=customer, updated_at=now).on_conflict_do_nothing(index_elements=["id"]))
+        return (await conn.execute(sa.select(billing_customers).where(billing_customers.c.id == customer)
+                                   .with_for_update())).one()  # fmt: skip
+
+    async def _keep_customer(self, conn: AsyncConnection, obj: Json, created: float, now: float,
+                             deleted: bool = False) -> None:  # fmt: skip
+        discount = obj.get("discount")
+        await conn.execute(billing_customers.update().where(billing_customers.c.id == _id_of(obj)).values(
+            email=obj.get("email"), name=obj.get("name"), currency=obj.get("currency"),
+            deleted=deleted or bool(obj.get("deleted")), discount=dict(discount) if isinstance(discount, Mapping) else None,
+            created=_ts(obj.get("created")), last_event_created=created, updated_at=now))  # fmt: skip
+
+    async def _keep_subscription(self, conn: AsyncConnection, snapshot: Json, created: float, now: float) -> None:
+        sub_id, customer = _checked_subscription(snapshot)
+        existing = (await conn.execute(sa.select(billing_subscriptions.c.net_shares)
+                                       .where(billing_subscriptions.c.id == sub_id))).first()  # fmt: skip
+        await conn.execute(_upsert(conn, billing_subscriptions, {
+            "id": sub_id, "customer": customer, "status": snapshot["status"], "currency": str(snapshot["currency"]).lower(),
+            "snapshot": dict(snapshot), "start_date": _ts(snapshot.get("start_date")),
+            "canceled_at": _ts(snapshot.get("canceled_at")), "ended_at": _ts(snapshot.get("ended_at")),
+            "cancel_at_period_end": bool(snapshot.get("cancel_at_period_end")),
+            "net_shares": existing.net_shares if existing is not None else {},
+            "last_event_created": created, "updated_at": now}, ["id"]))  # fmt: skip
+        for item in snapshot["items"]["data"]:
+            price = item["price"]
+            if price.get("tiers") and _id_of(price):
+                await conn.execute(_upsert(conn, billing_prices, {"id": price["id"], "price": dict(price), "updated_at": now}, ["id"]))
+            for discount in [*(item.get("discounts") or []), *(snapshot.get("discounts") or [])]:
+                if isinstance(discount, Mapping) and _id_of(discount):
+                    await conn.execute(_upsert(conn, billing_discounts, {
+                        "id": discount["id"], "customer": customer, "subscription": sub_id, "discount": dict(discount),
+                        "deleted": False, "updated_at": now}, ["id"]))  # fmt: skip
+
+    async def _keep_invoice(self, conn: AsyncConnection, invoice: Json, created: float, now: float,
+                            failed: bool = False, paid: bool = False) -> None:  # fmt: skip
+        invoice_id = _id_of(invoice)
+        last = (await conn.execute(sa.select(billing_invoices.c.last_event_created, billing_invoices.c.failed_at,
+                                             billing_invoices.c.paid_at)
+                                   .where(billing_invoices.c.id == invoice_id))).first()  # fmt: skip
+        if last is not None and created < last.last_event_created:
+            return
+        transitions = invoice.get("status_transitions") or {}
+        paid_at = _ts(transitions.get("paid_at")) or (created if paid and invoice.get("status") == "paid" else None)
+        await conn.execute(_upsert(conn, billing_invoices, {
+            "id": invoice_id, "customer": _id_of(invoice.get("customer")), "subscription": _invoice_subscription(invoice),
+            "status": invoice.get("status"), "billing_reason": invoice.get("billing_reason"),
+            "currency": str(invoice.get("currency") or "").lower() or None,
+            "amount_due": int(invoice.get("amount_due") or 0), "amount_paid": int(invoice.get("amount_paid") or 0),
+            "total": int(invoice.get("total") or 0), "attempt_count": int(invoice.get("attempt_count") or 0),
+            "created": _ts(invoice.get("created")) or created,
+            "paid_at": paid_at or (last.paid_at if last is not None else None),
+            "failed_at": created if failed else (last.failed_at if last is not None else None),
+            "last_event_created": created, "updated_at": now}, ["id"]))  # fmt: skip
+
+    # -- revaluation --------------------------------------------------------------------------
+
+    async def _held(self, conn: AsyncConnection, customer: str) -> list[Held]:
+        row = (await conn.execute(sa.select(billing_customers).where(billing_customers.c.id == customer))).first()
+        subs = (await conn.execute(sa.select(billing_subscriptions).where(billing_subscriptions.c.customer == customer)
+                                   .order_by(billing_subscriptions.c.id))).all()  # fmt: skip
+        if not subs:
+            return []
+        discounts = {r.id: r.discount for r in (await conn.execute(
+            sa.select(billing_discounts).where(billing_discounts.c.customer == customer,
+                                               billing_discounts.c.deleted == sa.false()))).all()}  # fmt: skip
+        price_ids = {str(item["price"].get("id")) for sub in subs for item in sub.snapshot["items"]["data"]
+                     if item["price"].get("billing_scheme") == "tiered" and not item["price"].get("tiers")}  # fmt: skip
+        prices = {}
+        if price_ids:
+            prices = {r.id: r.price for r in (await conn.execute(
+                sa.select(billing_prices).where(billing_prices.c.id.in_(price_ids)))).all()}  # fmt: skip
+        customer_discount = row.discount if row is not None and not row.deleted else None
+        held = []
+        for sub in subs:
+            dunning = dt.datetime.fromtimestamp(sub.dunning_since, dt.UTC) if sub.dunning_since else None
+            shares = {k: Decimal(v) for k, v in (sub.net_shares or {}).items()}
+            context = Context(discounts, prices, customer_discount, shares, dunning)
+            held.append(Held(sub.id, sub.snapshot, context, sub.start_date))
+        return held
+
+    async def _positions(self, conn: AsyncConnection, customer: str) -> dict[str, Position]:
+        rows = (await conn.execute(sa.select(mrr_positions).where(mrr_positions.c.customer == customer))).all()
+        return {r.currency: Position(Holding(int(r.cents), bool(r.free)), float(r.occurred_at)) for r in rows}
+
+    async def _revalue(self, conn: AsyncConnection, customer: str, at: float, now: float, cause: Cause,
+                       event_id: str | None, subscription: str | None) -> list[Change]:  # fmt: skip
+        held = await self._held(conn, customer)
+        result = revalue(customer, held, await self._positions(conn, customer), at, self._policies, cause,
+                         event_id, subscription)  # fmt: skip
+        for sub_id, v in result.values.items():
+            nxt = result.next_changes[sub_id]
+            await conn.execute(billing_subscriptions.update().where(billing_subscriptions.c.id == sub_id).values(
+                mrr=str(v.mrr), scheduled_churn=str(v.scheduled_churn),
+                next_change_at=nxt.timestamp() if nxt else None))  # fmt: skip
+        await self._write_changes(conn, result.changes, now)
+        for currency in set(result.holdings) | set(result.scheduled_churn):
+            await conn.execute(mrr_positions.update().where(mrr_positions.c.customer == customer,
+                                                            mrr_positions.c.currency == currency)
+                               .values(scheduled_churn_cents=result.scheduled_churn.get(currency, 0)))  # fmt: skip
+        return list(result.changes)
+
+    async def _write_changes(self, conn: AsyncConnection, changes: Iterable[Change], now: float) -> None:
+        rows: list[dict[str, Any]] = [{"customer": c.customer, "currency": c.currency, "occurred_at": c.occurred_at.timestamp(),
+                 "before_cents": c.before.cents, "before_free": c.before.free, "after_cents": c.after.cents,
+                 "after_free": c.after.free, "cause": c.cause.value, "event_id": c.event_id,
+                 "subscription": c.subscription, "recorded_at": now} for c in changes]  # fmt: skip
+        if not rows:
+            return
+        await conn.execute(mrr_ledger.insert(), rows)
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in rows:
+            latest[(row["customer"], row["currency"])] = row
+        for (customer, currency), row in latest.items():
+            await conn.execute(_upsert(conn, mrr_positions, {
+                "customer": customer, "currency": currency, "cents": row["after_cents"], "free": row["after_free"],
+                "occurred_at": row["occurred_at"]}, ["customer", "currency"]))  # fmt: skip
+
+    # -- time, backfill and reconciliation ----------------------------------------------------
+
+    async def due(self, now: float, limit: int = 500) -> list[tuple[str, float]]:
+        """Customers whose MRR changes with time alone by `now`, with the moment it changes."""
+        query = (sa.select(billing_subscriptions.c.customer, sa.func.min(billing_subscriptions.c.next_change_at))
+                 .where(billing_subscriptions.c.next_change_at <= now)
+                 .group_by(billing_subscriptions.c.customer).limit(limit))  # fmt: skip
+        with translate_errors("reading scheduled MRR changes"):
+            async with self._reads.connect() as conn:
+                return [(row[0], float(row[1])) for row in (await conn.execute(query)).all()]
+
+    async def apply_due(self, customer: str, at: float, now: float) -> list[Change]:
+        with translate_errors("applying a scheduled MRR change"):
+            async with self._write() as conn:
+                await self._lock_customer(conn, customer, now)
+                return await self._revalue(conn, customer, at, now, Cause.SCHEDULE, None, None)
+
+    async def keep(self, *, customers: Sequence[Json] = (), invoices: Sequence[Json] = (),
+                   subscriptions: Sequence[Json] = (), seen_at: float, now: float) -> None:  # fmt: skip
+        """Store objects read from Stripe's API (backfill, reconcile) as of `seen_at`: newer than
+        any event created before it."""
+        with translate_errors("storing Stripe objects"):
+            async with self._write() as conn:
+                for obj in customers:
+                    if _id_of(obj):
+                        await self._lock_customer(conn, str(obj["id"]), now)
+                        await self._keep_customer(conn, obj, seen_at, now)
+                for obj in invoices:
+                    if _id_of(obj) and _id_of(obj.get("customer")):
+                        await self._lock_customer(conn, str(_id_of(obj.get("customer"))), now)
+                        await self._keep_invoice(conn, obj, seen_at, now, paid=obj.get("status") == "paid")
+                        await self._take_shares(conn, obj)
+                for obj in subscriptions:
+                    _sub, customer = _checked_subscription(obj)
+                    await self._lock_customer(conn, customer, now)
+                    await self._keep_subscription(conn, obj, seen_at, now)
+
+    async def _take_shares(self, conn: AsyncConnection, invoice: Json) -> None:
+        sub_id, shares = _invoice_subscription(invoice), net_shares(invoice)
+        if not sub_id or not shares:
+            return
+        row = (await conn.execute(sa.select(billing_subscriptions.c.net_shares)
+                                  .where(billing_subscriptions.c.id == sub_id))).first()  # fmt: skip
+        if row is not None:
+            await conn.execute(billing_subscriptions.update().where(billing_subscriptions.c.id == sub_id)
+                               .values(net_shares={**(row.net_shares or {}), **shares}))  # fmt: skip
+
+    async def settle(self, customers: Sequence[str], at: float, now: float,
+                     paid_evidence: Collection[str] = ()) -> list[Change]:  # fmt: skip
+        """After `keep`: bring each customer's ledger to the state just stored. A customer the
+        ledger has never seen opens at its subscriptions' start dates (backfill); any other
+        difference is a `reconciliation` change at `at`. `paid_evidence`: customers known to have
+        paid before (so their return is a reactivation)."""
+        found: list[Change] = []
+        with translate_errors("settling the MRR ledger"):
+            async with self._write() as conn:
+                for customer in customers:
+                    await self._lock_customer(conn, customer, now)
+                    positions = await self._positions(conn, customer)
+                    seen = positions or (await conn.execute(sa.select(mrr_ledger.c.seq).where(
+                        mrr_ledger.c.customer == customer).limit(1))).first()  # fmt: skip
+                    if seen:
+                        found += await self._revalue(conn, customer, at, now, Cause.RECONCILIATION, None, None)
+                        continue
+                    held = await self._held(conn, customer)
+                    opened = openings(customer, held, at, self._policies)
+                    await self._write_changes(conn, opened, now)
+                    found += opened
+                    await self._revalue(conn, customer, at, now, Cause.RECONCILIATION, None, None)
+                    if not opened and customer in paid_evidence:
+                        await conn.execute(billing_customers.update().where(billing_customers.c.id == customer)
+                                           .values(paid_before_at=at))  # fmt: skip
+        return found
+
+    async def known_customers(self) -> list[str]:
+        with translate_errors("reading customers"):
+            async with self._reads.connect() as conn:
+                return [r[0] for r in (await conn.execute(sa.select(billing_customers.c.id)
+                                                          .order_by(billing_customers.c.id))).all()]  # fmt: skip
+
+
+@dataclass
+class PaidEvidence:
+    """What tells a backfill a customer paid before the ledger began: a subscription in a status
+    reached only after paying (past_due, unpaid), a canceled one that outlived its trial, or a
+    paid invoice with money in it."""
+
+    customers: set[str] = field(default_factory=set)
+
+    def see_subscription(self, sub: Json) -> None:
+        status, customer = sub.get("status"), _id_of(sub.get("customer"))
+        if not customer:
+            return
+        trial_end, ended = _ts(sub.get("trial_end")), _ts(sub.get("ended_at"))
+        if status in ("past_due", "unpaid", "active") or (
+                status == "canceled" and ended is not None and (trial_end is None or ended > trial_end)):  # fmt: skip
+            self.customers.add(customer)
+
+    def see_invoice(self, invoice: Json) -> None:
+        customer = _id_of(invoice.get("customer"))
+        if customer and invoice.get("status") == "paid" and int(invoice.get("amount_paid") or 0) > 0:
+            self.customers.add(customer)
