@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +55,8 @@ from postroom.domains.service import DomainChecker
 from postroom.events.models import EventConsumer, StartAt, Subscription
 from postroom.events.outbox import EventOutbox
 from postroom.http.app import Mount, RouteGroup, build_app
+from postroom.billing.feature import Revenue, revenue, stripe_reader
+from postroom.supervisor import CHILD_ENV
 from postroom.http.domains import DomainRoutes
 from postroom.http.loops_webhooks import LoopsWebhookRoutes
 from postroom.http.routes import RouteRoutes
@@ -245,7 +247,9 @@ class Daemon:
             outbox = EventOutbox(storage.engine, storage.gate, self.clock, self.metrics, consumers)
             listeners = self._smtp_listeners(stack, storage, submissions, return_paths)
             webhooks = WebhookService(webhook_store, self.clock)
-            http = self._http_server(storage, submissions, lookup, stack, webhooks, webhook_session, routes)
+            revenue = self._revenue(storage, stack)
+            http = self._http_server(storage, submissions, lookup, stack, webhooks, webhook_session, routes,
+                                     revenue.routes)  # fmt: skip
 
             stack.push_async_callback(listeners.close)
             await listeners.start()
@@ -275,6 +279,7 @@ class Daemon:
                 rates = RateGauges(SqlStats(storage.engine), settings.stats, self.clock, self.metrics)
                 tasks.create_task(rates.run(stop), name="rate-gauges")
                 tasks.create_task(routes.run(stop), name="routes")
+                tasks.create_task(revenue.applier.run(stop), name="billing")
                 if settings.shadow.guard.enabled:
                     guard = Guard(routes, SqlComparison(storage.engine), self.clock, self.metrics, settings.shadow.guard,
                                   settings.shadow.ramp, RouteEvents(storage.engine, storage.gate))  # fmt: skip
@@ -435,7 +440,8 @@ class Daemon:
 
     def _http_server(self, storage: Storage, submissions: SubmissionService, lookup: DnsLookup,
                      stack: contextlib.AsyncExitStack, webhooks: WebhookService,
-                     webhook_session: aiohttp.ClientSession, routes: RouteService) -> HttpServer:  # fmt: skip
+                     webhook_session: aiohttp.ClientSession, routes: RouteService,
+                     feature_routes: Sequence[RouteGroup] = ()) -> HttpServer:  # fmt: skip
         settings = self.settings
         checker = DomainChecker(
             settings.domains, SqlDkimKeys(storage.engine), lookup, self.metrics,
@@ -453,6 +459,7 @@ class Daemon:
             WebhookRoutes(webhooks, webhook_session),
             StatsRoutes(SqlStats(storage.engine)),
             RouteRoutes(routes, SqlComparison(storage.engine), self.clock),
+            *feature_routes,
         ]
         loops_events = SqlLoopsEvents(storage.engine, storage.gate, settings.loops.templates,
                                       settings.loops.webhook_match_window, self.clock, self.metrics)  # fmt: skip
@@ -476,6 +483,14 @@ class Daemon:
                         budget=self.budget, limiter=limiter)  # fmt: skip
         self.http_app = app
         return HttpServer(settings.http, app, sockets=self.listen_sockets, metrics=self.metrics)
+
+    def _revenue(self, storage: Storage, stack: contextlib.AsyncExitStack) -> Revenue:
+        """Stripe in and MRR out; only the first process of a daemon runs the nightly reconciliation."""
+        reader = stripe_reader(self.settings.stripe)
+        if reader is not None:
+            stack.push_async_callback(reader.aclose)
+        first = self.environ.get(CHILD_ENV, "0") == "0"
+        return revenue(self.settings, storage.engine, storage.gate, self.clock, self.metrics, reader, reconciles=first)
 
     def _rate_limiter(self, stack: contextlib.AsyncExitStack) -> RateLimiter | None:
         """The HTTP API's per-key quotas, in the table the supervisor shares between this daemon's

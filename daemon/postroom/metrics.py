@@ -430,3 +430,47 @@ class Metrics:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
+        self.stripe_events = Counter(
+            "postroom_stripe_events",
+            "Stripe webhooks received, by result: applied, duplicate (event id seen before), ignored (a "
+            "type that does not move MRR), stale (older than the state applied), flagged (malformed), "
+            "refetched (applied from the subscription re-read from Stripe), invalid_signature, malformed",
+            ["result"],
+            registry=registry,
+        )
+        self.stripe_event_apply_seconds = Histogram(
+            "postroom_stripe_event_apply_seconds",
+            "From a Stripe webhook's arrival to its MRR change committed",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5),
+            registry=registry,
+        )
+        self.mrr_cents = Gauge(
+            "postroom_mrr_cents",
+            "Monthly recurring revenue now, in minor units of the reporting currency (MRR.md policies)",
+            ["currency"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.paying_customers = Gauge(
+            "postroom_paying_customers",
+            "Customers with MRR above 0 now",
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.mrr_changes = Counter(
+            "postroom_mrr_changes",
+            "Changes written to the MRR ledger, by cause (event, opening, schedule, reconciliation)",
+            ["cause"],
+            registry=registry,
+        )
+        self.mrr_reconciliation_drift_cents = Counter(
+            "postroom_mrr_reconciliation_drift_cents",
+            "Absolute MRR drift found by reconciliations against Stripe, in native minor units",
+            registry=registry,
+        )
+        self.stripe_reconciliations = Counter(
+            "postroom_stripe_reconciliations",
+            "Reconciliations against Stripe's API, by outcome (ok, failed)",
+            ["outcome"],
+            registry=registry,
+        )

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import click
 
+from postroom.cli.billing import stripe_group
 from postroom.cli.bounces import bounces
 from postroom.cli.contacts import contacts
 from postroom.cli.credentials import apikeys, smtp_users
 from postroom.cli.dkim import dkim
+from postroom.cli.mrr import fx_group, mrr_group
 from postroom.cli.domains import domains
 from postroom.cli.queue import queue
 from postroom.cli.send import send
@@ -37,7 +39,7 @@ def main(ctx: click.Context, config: str | None) -> None:
 
 
 for command in (init, serve, check_config, db, send, queue, templates, contacts, dkim, domains, bounces,
-                suppressions, webhooks, stats, route, apikeys, smtp_users):  # fmt: skip
+                suppressions, webhooks, stats, route, apikeys, smtp_users, stripe_group, mrr_group, fx_group):  # fmt: skip
     main.add_command(command)
 
 __all__ = ["main"]

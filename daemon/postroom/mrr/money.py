@@ -7,7 +7,7 @@ import bisect
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 
 # ISO 4217 currencies Stripe treats as zero-decimal: an amount of 500 JPY is 500, not 5.00.
 ZERO_DECIMAL = frozenset({
@@ -25,9 +25,16 @@ def exponent(currency: str) -> int:
     return 3 if code in THREE_DECIMAL else 2
 
 
+_TIE = Decimal("1e-15")
+
+
 def round_minor(value: Decimal) -> int:
-    """Half-even to a whole minor unit."""
-    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    """Half-even to a whole minor unit. The monthly factors (1/12, 365/12, 1/n) have no exact
+    decimal form, so an exact tie such as 30 x 365/12 = 912.5 arrives as 912.50...01 and would
+    round up: snap to 15 places first (below any price's precision, above the 28-digit noise)."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        return int(value.quantize(_TIE, rounding=ROUND_HALF_EVEN).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
 class UnknownRate(LookupError):

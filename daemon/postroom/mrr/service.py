@@ -11,7 +11,7 @@ from typing import Any
 
 from postroom.mrr.ledger import SqlLedger
 from postroom.mrr.money import FxTable
-from postroom.mrr.movements import Movement, RollForward, customer_movements, snapshot
+from postroom.mrr.movements import Movement, RollForward, Snapshot, customer_movements, snapshot
 from postroom.mrr.settings import MrrSettings
 
 
@@ -111,6 +111,12 @@ class MrrService:
         fx = await self.fx()
         scheduled = sum(fx.convert(cents, currency, at) for currency, cents in await self._ledger.scheduled_churn())
         return PeriodReport(since, at, roll, self._policies.described(), self.currency, scheduled)
+
+    async def current(self, now: float) -> Snapshot:
+        """MRR this moment at today's rates (the gauges)."""
+        moment = dt.datetime.fromtimestamp(now, dt.UTC)
+        positions = await self._ledger.positions_at(moment + dt.timedelta(microseconds=1))
+        return snapshot(moment, positions, await self.fx(), moment.date())
 
     async def movements(self, since: dt.date, until: dt.date, customer: str | None = None) -> list[dict[str, Any]]:
         """Each movement of [since, until] (days, inclusive) with the events that caused it."""

@@ -1,0 +1,156 @@
+"""The daemon's side of billing: applies stored Stripe events as they arrive (woken by the webhook
+route, else every `sweep_interval`), applies changes that come with time alone, reconciles nightly,
+and keeps the MRR gauges. Events are stored first and applied after, so the webhook answers in
+milliseconds and an event survives a crash between the two (a pending event is applied by the
+next sweep, in this process or another)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from postroom.billing.events import StripeEvent
+from postroom.billing.settings import StripeSettings
+from postroom.billing.store import Applied, EventStatus, NeedsFetch, SqlBillingStore
+from postroom.billing.sync import StripeSource, SyncSummary, synchronise
+from postroom.core.clock import Clock
+from postroom.core.errors import StoreError
+from postroom.metrics import Metrics
+from postroom.mrr.movements import Change
+
+logger = logging.getLogger(__name__)
+
+
+class BillingApplier:
+    def __init__(self, store: SqlBillingStore, reader: StripeSource | None, clock: Clock, metrics: Metrics,
+                 settings: StripeSettings, refresh_gauges: Callable[[], Awaitable[None]],
+                 reconciles: bool = True):  # fmt: skip
+        self._store = store
+        self._reader = reader
+        self._clock = clock
+        self._metrics = metrics
+        self._settings = settings
+        self._refresh_gauges = refresh_gauges
+        self._reconciles = reconciles and reader is not None and bool(settings.reconcile_at)
+        self._wake = asyncio.Event()
+        self._arrivals: dict[str, float] = {}  # event id -> perf_counter at arrival, this process
+        self._last_reconcile_day: dt.date | None = None
+
+    async def take(self, event: StripeEvent) -> bool:
+        """Store a verified event (False: its id was seen before) and wake the applier."""
+        arrived = time.perf_counter()
+        fresh = await self._store.record(event, self._clock.now())
+        if fresh:
+            self._arrivals[event.id] = arrived
+            self._wake.set()
+        return fresh
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._refresh()
+        while not stop.is_set():
+            try:
+                changed = await self.drain()
+                changed += await self.apply_due()
+                if changed:
+                    await self._refresh()
+                await self._maybe_reconcile()
+            except StoreError as exc:
+                logger.error("billing: %s; retrying in %.0f s", exc, self._settings.sweep_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.sweep_interval):
+                    waiting = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+                    try:
+                        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for task in waiting:
+                            task.cancel()
+            self._wake.clear()
+
+    async def drain(self) -> int:
+        """Apply every pending event, oldest state first; the number of ledger changes."""
+        changed = 0
+        while True:
+            self._wake.clear()
+            events = await self._store.pending()
+            for event in events:
+                applied = await self.apply(event)
+                changed += len(applied.changes)
+            if len(events) < 100:
+                return changed
+
+    async def apply(self, event: StripeEvent) -> Applied:
+        now = self._clock.now()
+        try:
+            applied = await self._store.apply(event, now, can_fetch=self._reader is not None)
+            result = applied.status
+        except NeedsFetch as need:
+            assert self._reader is not None
+            try:
+                fetched = await self._reader.subscription(need.subscription)
+            except Exception as exc:  # noqa: BLE001 - any API failure: the event stays pending for the next sweep
+                logger.warning("Stripe event %s: re-fetching %s failed (%s); kept for the next sweep",
+                               event.id, need.subscription, exc)  # fmt: skip
+                return Applied(EventStatus.PENDING, str(exc))
+            applied = await self._store.apply(event, now, can_fetch=True, fetched=fetched)
+            result = "refetched" if applied.status == EventStatus.APPLIED else applied.status
+        self._metrics.stripe_events.labels(result).inc()
+        self._count(applied.changes)
+        arrived = self._arrivals.pop(event.id, None)
+        if arrived is not None:
+            self._metrics.stripe_event_apply_seconds.observe(time.perf_counter() - arrived)
+        return applied
+
+    async def apply_due(self) -> int:
+        changed = 0
+        for customer, at in await self._store.due(self._clock.now()):
+            changes = await self._store.apply_due(customer, at, self._clock.now())
+            self._count(changes)
+            changed += len(changes)
+        return changed
+
+    async def reconcile(self) -> SyncSummary:
+        """Read all of Stripe and record any drift (also what `postroom stripe reconcile` runs)."""
+        if self._reader is None:
+            raise RuntimeError("no [stripe] api_key: cannot read Stripe")
+        try:
+            summary = await synchronise(self._reader, self._store, self._clock.now())
+        except Exception:
+            self._metrics.stripe_reconciliations.labels("failed").inc()
+            raise
+        self._metrics.stripe_reconciliations.labels("ok").inc()
+        self._count(summary.drift)
+        for change in summary.drift:
+            self._metrics.mrr_reconciliation_drift_cents.inc(abs(change.after.cents - change.before.cents))
+        await self._refresh()
+        return summary
+
+    async def _maybe_reconcile(self) -> None:
+        if not self._reconciles:
+            return
+        now = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC)
+        hour, minute = (int(part) for part in self._settings.reconcile_at.split(":"))
+        due = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if self._last_reconcile_day is None:
+            self._last_reconcile_day = now.date() if now >= due else now.date() - dt.timedelta(days=1)
+        if now >= due and self._last_reconcile_day < now.date():
+            self._last_reconcile_day = now.date()
+            try:
+                summary = await self.reconcile()
+                logger.info("nightly Stripe reconciliation: %d subscriptions, %d drift changes",
+                            summary.subscriptions, len(summary.drift))  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - logged and counted; tomorrow's run tries again
+                logger.error("nightly Stripe reconciliation failed: %s", exc)
+
+    def _count(self, changes: Sequence[Change]) -> None:
+        for change in changes:
+            self._metrics.mrr_changes.labels(change.cause.value).inc()
+
+    async def _refresh(self) -> None:
+        try:
+            await self._refresh_gauges()
+        except (StoreError, LookupError) as exc:
+            logger.warning("MRR gauges not refreshed: %s", exc)
