@@ -336,8 +336,8 @@ def _from(order: list[str], start: int) -> Iterable[str]:
 
 
 def _created_within(created: int, bounds: dict[str, int]) -> bool:
-    return (("gt" not in bounds or created > bounds["gt"]) and ("gte" not in bounds or created >= bounds["gte"])
-            and ("lt" not in bounds or created < bounds["lt"]) and ("lte" not in bounds or created <= bounds["lte"]))  # fmt: skip
+    tests = {"gt": created.__gt__, "gte": created.__ge__, "lt": created.__lt__, "lte": created.__le__}
+    return all(tests[op](bound) for op, bound in bounds.items())
 
 
 def _expansions(request: web.Request, prefix: str, known: frozenset[str]) -> frozenset[str]:

@@ -49,16 +49,16 @@ def _price(price_id: str, currency: str, interval: str, count: int, *, unit: int
         "recurring": {"interval": interval, "interval_count": count, "meter": None, "trial_period_days": None,
                       "usage_type": usage},
         "tax_behavior": "exclusive", "tiers_mode": tiers_mode, "transform_quantity": None, "type": "recurring",
-        "unit_amount": unit, "unit_amount_decimal": decimal if decimal is not None else (None if unit is None else str(unit)),
+        "unit_amount": unit,
+        "unit_amount_decimal": decimal if decimal is not None else (None if unit is None else str(unit)),
     }  # fmt: skip
     if tiers:
         price["tiers"] = tiers
     return price
 
 
-def _tiers(currency: str) -> list[dict[str, Any]]:
-    scale = 1 if currency != "jpy" else 1  # amounts are minor units; yen has none, values stay plausible
-    rows = [(10, 1000 * scale, None), (50, 800 * scale, None), (None, 600 * scale, 5000 * scale)]
+def _tiers() -> list[dict[str, Any]]:
+    rows = [(10, 1000, None), (50, 800, None), (None, 600, 5000)]  # minor units; plausible in yen too
     return [{"flat_amount": flat, "flat_amount_decimal": None if flat is None else str(flat), "unit_amount": unit,
              "unit_amount_decimal": str(unit), "up_to": up_to} for up_to, unit, flat in rows]  # fmt: skip
 
@@ -72,7 +72,7 @@ def _catalogue() -> dict[tuple[str, str, int], dict[str, list[dict[str, Any]]]]:
             prices[key] = {
                 "flat": [_price(f"price_{tag}_{a}", currency, unit_name, count, unit=a) for a in _AMOUNTS[currency]],
                 "tiered": [_price(f"price_{tag}_{mode}", currency, unit_name, count, unit=None,
-                                  tiers=_tiers(currency), tiers_mode=mode) for mode in ("volume", "graduated")],
+                                  tiers=_tiers(), tiers_mode=mode) for mode in ("volume", "graduated")],
                 "metered": [_price(f"price_{tag}_metered", currency, unit_name, count, unit=None, usage="metered",
                                    decimal="0.25")],
             }  # fmt: skip
@@ -87,7 +87,7 @@ def _discount(discount_id: str, customer: str, subscription: str, start: int, cu
                   "id": "PCT20", "name": "PCT20", "percent_off": 20.0}  # fmt: skip
         end = None
     else:
-        amount = 1000 if currency != "jpy" else 1000
+        amount = 1000  # minor units: $10, 10 EUR, 1000 JPY
         coupon = {"amount_off": amount, "currency": currency, "duration": "repeating", "duration_in_months": 3,
                   "id": f"OFF{amount}{currency.upper()}", "name": "three months off", "percent_off": None}  # fmt: skip
         end = start + 3 * _SECONDS["month"]

@@ -15,6 +15,7 @@ shared/data/stripe/realistic, and the 9 signed events of MRR.md section 1.5 post
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import random
@@ -86,8 +87,8 @@ class Rig:
         await wait_until(nothing_pending, timeout=10, what="every Stripe event applied")
 
 
-@pytest.fixture
-async def rig(db_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
+@contextlib.asynccontextmanager
+async def rig_for(db_url: str, tmp_path: Path, clock: FakeClock | None = None, **mrr: Any) -> AsyncIterator[Rig]:
     stripe_data()  # skip without the data
     async with fake_stripe() as fake:
         fake.load_fixtures()
@@ -95,15 +96,21 @@ async def rig(db_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
         settings = make_settings(
             tmp_path, db_url,
             stripe={"api_key": API_KEY, "api_base": fake.url, "webhook_secrets": [SECRET], "max_network_retries": 0,
-                    "reconcile_at": ""},
-            mrr={"fx_rates": {"eur": "1.08"}},
+                    "reconcile_at": "", "sweep_interval": 0.1},
+            mrr={"fx_rates": {"eur": "1.08"}, **mrr},
         )  # fmt: skip
         engine = create_engine(settings.database)
         await schema.upgrade(engine)
         token = (await SqlApiKeys(engine).create("admin", Role.ADMIN, time.time()))[1]
         await engine.dispose()
-        async with running(settings, clock=FakeClock(FEB_1)) as daemon, aiohttp.ClientSession() as session:
+        async with running(settings, clock=clock or FakeClock(FEB_1)) as daemon, aiohttp.ClientSession() as session:
             yield Rig(daemon, fake, token, session)
+
+
+@pytest.fixture
+async def rig(db_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    async with rig_for(db_url, tmp_path) as made:
+        yield made
 
 
 async def test_backfill_gives_the_worked_examples_total(rig: Rig) -> None:
@@ -259,3 +266,37 @@ async def test_ledger_rows_carry_their_event(rig: Rig) -> None:
         await engine.dispose()
     assert [(r.cause, r.before_cents, r.after_cents, r.event_id) for r in rows] == [
         ("opening", 0, 14_700, None), ("event", 14_700, 24_500, "evt_02_expansion")]
+
+
+async def test_churn_at_request_moves_m_to_its_request(db_url: str, tmp_path: Path) -> None:
+    """MRR.md 1.5: under at_request, M's churn is recorded when it scheduled its cancellation (31
+    January), not when the subscription ended in February."""
+    async with rig_for(db_url, tmp_path, churn_recognition="at_request") as rig:
+        await rig.reconcile()
+        january = await rig.get("/v1/mrr", at="2026-01-31", since="2026-01-01")
+        assert (january["mrr_cents"], january["movements"]["churn"]) == (166_820 - 8_000, 8_000)
+        for body in _month_bodies():
+            await rig.post_event(body)
+        await rig.settled()
+        figures = await rig.get("/v1/mrr", **MONTH)
+        assert (figures["movements"]["churn"], figures["mrr_cents"]) == (15_000, 187_620)
+        assert figures["policies"]["churn_recognition"] == "at_request"
+
+
+async def test_all_active_discount_ending_is_an_expansion(db_url: str, tmp_path: Path) -> None:
+    """MRR.md 1.4-1.5: under all_active G's coupon counts (156,820 in all) until its end on day 90,
+    when time alone brings a +10,000 expansion."""
+    clock = FakeClock(FEB_1)
+    async with rig_for(db_url, tmp_path, clock, discounts="all_active") as rig:
+        await rig.reconcile()
+        assert (await rig.get("/v1/mrr", at="2026-01-31"))["mrr_cents"] == 156_820
+        clock.advance(dt.datetime(2026, 4, 2, tzinfo=dt.UTC).timestamp() - FEB_1)
+
+        async def expanded() -> bool:
+            return bool((await rig.get("/v1/mrr/movements", since="2026-04-01", until="2026-04-01"))["movements"])
+
+        await wait_until(expanded, timeout=10, what="the coupon's end applied")
+        listed = (await rig.get("/v1/mrr/movements", since="2026-04-01", until="2026-04-01"))["movements"]
+        assert [(m["customer"], m["kind"], m["amount_cents"], m["causes"]) for m in listed] == [
+            ("cus_G", "expansion", 10_000, ["schedule"])]
+        assert (await rig.get("/v1/mrr", at="2026-04-01"))["mrr_cents"] == 166_820

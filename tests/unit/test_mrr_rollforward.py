@@ -51,17 +51,18 @@ def subscription(sid: str, customer: str, currency: str, state: Mapping[str, Any
             "pause_collection": {"behavior": "void"} if state["paused"] else None}  # fmt: skip
 
 
+RARELY = st.sampled_from([False, False, False, False, False, True])
 STATES = st.fixed_dictionaries({
-    "status": st.sampled_from(["active", "active", "active", "past_due", "trialing", "unpaid", "canceled"]),
-    "amount": st.integers(0, 40_000),
+    "status": st.sampled_from(["active"] * 6 + ["past_due", "trialing", "unpaid", "canceled", "canceled"]),
+    "amount": st.integers(1, 40_000),
     "interval": st.sampled_from(["month", "month", "year", "week", "day"]),
-    "quantity": st.integers(0, 4),
-    "percent_off": st.sampled_from([None, None, None, 50, 100]),
-    "cancel_at_period_end": st.booleans(),
-    "paused": st.booleans(),
+    "quantity": st.sampled_from([0, 1, 1, 1, 2, 3]),
+    "percent_off": st.sampled_from([None, None, None, None, 50, 100]),
+    "cancel_at_period_end": RARELY,
+    "paused": RARELY,
 })  # fmt: skip
 GAPS = st.one_of(st.integers(0, 900), st.integers(0, 4 * 3_600), st.integers(0, 3 * DAY))
-EVENTS = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2), GAPS, STATES), min_size=1, max_size=30)
+EVENTS = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 1), GAPS, STATES), min_size=8, max_size=30)
 POLICIES = st.builds(
     Policies,
     discounts=st.sampled_from(list(DiscountPolicy)),
@@ -201,6 +202,10 @@ def check_period(ledger: Sequence[Change], since: dt.date, at: dt.date, fx: FxTa
     assert native_sums(roll.movements) == held_deltas(start, end)
     assert roll.end.paying_customers == len({who for (who, _), h in end.items() if h.cents > 0})
     check_kinds(roll, ledger, since, at, policies)
+    for m in roll.movements:  # valued at the rate of the day its group ended, in and out alike
+        chain = [c for c in ledger if (c.customer, c.currency) == (m.customer, m.currency) and c.occurred_at <= m.occurred_at]
+        after, day = chain[-1].after.cents, m.occurred_at.date()
+        assert m.cents == fx.convert(after, m.currency, day) - fx.convert(after - m.native_cents, m.currency, day)
     return roll
 
 
@@ -231,18 +236,3 @@ def test_roll_forward_holds_for_any_history_and_any_split(
         both[key] += cents
     assert {k: v for k, v in both.items() if v} == native_sums(whole.movements)
 
-
-@settings(max_examples=100, deadline=None)
-@given(events=EVENTS, policies=POLICIES, seed=st.integers(0, 2))
-def test_every_movement_is_valued_at_the_rate_of_its_day(events: list[tuple[int, int, int, dict[str, Any]]],
-                                                         policies: Policies, seed: int) -> None:  # fmt: skip
-    ledger = history(events, policies, False, seed)
-    fx = FxTable.of("usd", STATIC, [("eur", T0.date() + dt.timedelta(days=d), Decimal(100 + d) / 100)
-                                    for d in range(0, 90, 3)])  # fmt: skip
-    roll, _, _ = roll_forward(ledger, T0.date(), T0.date() + dt.timedelta(days=120), fx, policies)
-    for m in roll.movements:
-        day = m.occurred_at.date()
-        chain = [c for c in ledger if c.customer == m.customer and c.currency == m.currency and c.occurred_at <= m.occurred_at]
-        after = chain[-1].after.cents
-        before = after - m.native_cents
-        assert m.cents == fx.convert(after, m.currency, day) - fx.convert(before, m.currency, day)

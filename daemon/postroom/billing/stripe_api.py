@@ -1,29 +1,32 @@
 """Reading Stripe's billing state (subscriptions, customers, invoices) through the official SDK.
 
-`StripeReader` owns one `stripe.StripeClient` and one `requests.Session`; every call runs the
-synchronous SDK in a worker thread, so the event loop only waits, and every answer comes back as a
-plain JSON-like dict (no `StripeObject`). Decimal-encoded fields (`unit_amount_decimal`,
-`flat_amount_decimal`, `amount_decimal`, `quantity_decimal`) come back as **fixed-point strings**,
-exactly as Stripe's JSON and webhook payloads carry them (the SDK turns them into `Decimal`; we turn
-them back with `format(d, "f")`, never `str(d)`, which would give `"1E-7"`). Callers do
-`Decimal(value)`.
+`StripeReader` owns one `stripe.StripeClient` (auth, API version, parameter encoding, retries) over
+one `requests.Session`. Each GET runs the synchronous SDK in a worker thread so the event loop only
+waits; concurrent calls from several tasks are fine (the session's connection pool is thread-safe).
 
-Retries: the SDK retries connection errors, 409 and 5xx with its own backoff (`max_network_retries`),
-but retries a 429 only when Stripe sends `Stripe-Should-Retry: true` (lock timeouts), so plain rate
-limiting is retried here with exponential backoff (`rate_limit_retries`). A listing interrupted by a
-429 resumes after the last object it yielded. SDK errors are translated at this boundary: callers see
-only `StripeApiError` and its subclasses.
+Answers are the parsed JSON as Stripe sent it, not `StripeObject`s: we go through
+`StripeClient.raw_request` because building `StripeObject`s costs about 2 ms of CPU per expanded
+subscription: 100,000 took 216 s against a local fake, 40 s this way. So dicts (the SDK
+parses into `OrderedDict`, a dict subclass) and lists, and Decimal-encoded fields (`unit_amount_decimal`,
+`flat_amount_decimal`, `amount_decimal`, `quantity_decimal`) are **strings, exactly as on the wire**
+and in webhook payloads (the typed SDK would give `Decimal`). Callers do `Decimal(value)`.
+Listings follow Stripe's cursor (`starting_after` the last id while `has_more`), 100 a page.
+
+Retries: the SDK retries connection errors, timeouts, 409 and 5xx with its own backoff
+(`max_network_retries`; 0.5 s doubling to 5 s, jittered), but retries a 429 only when Stripe sends
+`Stripe-Should-Retry: true` (lock timeouts). Plain rate limiting is retried here with exponential
+backoff (`rate_limit_retries`, `rate_limit_backoff`); a listing retries the page it was on. SDK
+errors are translated at this boundary: callers see only `StripeApiError` and its subclasses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
-from decimal import Decimal
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
 
 import requests
 import stripe
@@ -31,8 +34,6 @@ import stripe
 from postroom.core.errors import PostroomError
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 DEFAULT_API_BASE = "https://api.stripe.com"
 SUBSCRIPTION_EXPAND = ["discounts", "items.data.discounts", "items.data.price.tiers"]
@@ -98,131 +99,76 @@ class StripeReader:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # --- subscriptions -------------------------------------------------------------------------
-
     def subscriptions(self) -> AsyncIterator[dict[str, Any]]:
         """Every subscription of the account, any status, with discounts and price tiers expanded."""
-        service = self._client.v1.subscriptions
         expand = [f"data.{path}" for path in SUBSCRIPTION_EXPAND]
-
-        def page(after: str | None) -> Iterator[Any]:
-            if after is None:
-                first = service.list({"status": "all", "limit": self._page_size, "expand": expand})
-            else:
-                first = service.list(
-                    {"status": "all", "limit": self._page_size, "expand": expand, "starting_after": after}
-                )
-            return iter(first.auto_paging_iter())
-
-        return self._listing(page)
+        return self._listing("/v1/subscriptions", {"status": "all", "expand": expand})
 
     async def subscription(self, subscription_id: str) -> dict[str, Any]:
         """One subscription, with discounts and price tiers expanded."""
-        service = self._client.v1.subscriptions
-        return await self._retrieve(lambda: service.retrieve(subscription_id, {"expand": SUBSCRIPTION_EXPAND}))
-
-    # --- customers -----------------------------------------------------------------------------
+        return await self._get(f"/v1/subscriptions/{_segment(subscription_id)}", {"expand": SUBSCRIPTION_EXPAND})
 
     def customers(self) -> AsyncIterator[dict[str, Any]]:
         """Every customer of the account (Stripe's listing leaves deleted customers out).
-
-        `customer.discount` is always a full Discount object (it is not expandable)."""
-        service = self._client.v1.customers
-
-        def page(after: str | None) -> Iterator[Any]:
-            if after is None:
-                first = service.list({"limit": self._page_size})
-            else:
-                first = service.list({"limit": self._page_size, "starting_after": after})
-            return iter(first.auto_paging_iter())
-
-        return self._listing(page)
+        `customer.discount` is always a full Discount object: it is not expandable."""
+        return self._listing("/v1/customers", {})
 
     async def customer(self, customer_id: str) -> dict[str, Any]:
         """One customer; a deleted one comes back as `{"id", "object": "customer", "deleted": True}`."""
-        service = self._client.v1.customers
-        return await self._retrieve(lambda: service.retrieve(customer_id))
-
-    # --- invoices ------------------------------------------------------------------------------
+        return await self._get(f"/v1/customers/{_segment(customer_id)}", {})
 
     def invoices(self, since: int | None = None) -> AsyncIterator[dict[str, Any]]:
         """Every invoice, or those created at or after `since` (unix seconds), newest first."""
-        service = self._client.v1.invoices
-
-        def page(after: str | None) -> Iterator[Any]:
-            params: stripe.params.InvoiceListParams = {"limit": self._page_size}
-            if since is not None:
-                params["created"] = {"gte": since}
-            if after is not None:
-                params["starting_after"] = after
-            return iter(service.list(params).auto_paging_iter())
-
-        return self._listing(page)
+        return self._listing("/v1/invoices", {} if since is None else {"created": {"gte": since}})
 
     async def invoice(self, invoice_id: str) -> dict[str, Any]:
-        service = self._client.v1.invoices
-        return await self._retrieve(lambda: service.retrieve(invoice_id))
+        return await self._get(f"/v1/invoices/{_segment(invoice_id)}", {})
 
-    # --- the machinery -------------------------------------------------------------------------
-
-    async def _retrieve(self, fetch: Callable[[], stripe.StripeObject]) -> dict[str, Any]:
-        return await self._call(lambda: plain(fetch()))
-
-    async def _listing(self, page: Callable[[str | None], Iterator[Any]]) -> AsyncIterator[dict[str, Any]]:
-        """Drain an auto-paging iterator a page at a time in a worker thread (one thread hop per
-        page, not per object). After a 429 outlasting the SDK, restart after the last yielded id."""
-        last_id: str | None = None
-        pages: Iterator[Any] | None = None
-        rate_limited = 0
+    async def _listing(self, path: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stripe's cursor pagination: `starting_after` the last id while `has_more`."""
+        after: str | None = None
         while True:
-            try:
-                if pages is None:
-                    after = last_id
-                    pages = await self._in_thread(lambda: page(after))
-                pending = pages
-                chunk = await self._in_thread(lambda: [plain(obj) for obj in itertools.islice(pending, self._page_size)])
-            except stripe.RateLimitError as exc:
-                rate_limited += 1
-                await self._wait_out_rate_limit(rate_limited, exc)
-                pages = None
-                continue
-            rate_limited = 0
-            if not chunk:
-                return
-            for obj in chunk:
+            query = {**params, "limit": self._page_size}
+            if after is not None:
+                query["starting_after"] = after
+            page = await self._get(path, query)
+            data: list[dict[str, Any]] = page["data"]
+            for obj in data:
                 yield obj
-            last_id = str(chunk[-1]["id"])
+            if not page.get("has_more") or not data:
+                return
+            after = str(data[-1]["id"])
 
-    async def _call(self, fn: Callable[[], T]) -> T:
+    async def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One GET through the SDK (auth, API version, encoding, retries), in a worker thread,
+        retrying 429s the SDK gives up on. The answer is the parsed JSON, not a `StripeObject`."""
         rate_limited = 0
         while True:
             try:
-                return await self._in_thread(fn)
+                return await asyncio.to_thread(self._request, path, params)
             except stripe.RateLimitError as exc:
                 rate_limited += 1
-                await self._wait_out_rate_limit(rate_limited, exc)
+                if rate_limited > self._rate_limit_retries:
+                    raise StripeUnavailable(f"rate limited (429) after {rate_limited - 1} retries") from exc
+                # Exponential backoff with jitter in [d/2, d], as the SDK backs off from 5xx.
+                delay = min(self._rate_limit_backoff * 2 ** (rate_limited - 1), _MAX_RATE_LIMIT_DELAY)
+                delay *= 0.5 * (1 + random.random())
+                logger.warning("stripe rate limited (429) on %s; retry %d in %.2fs", path, rate_limited, delay)
+                await asyncio.sleep(delay)
+            except stripe.StripeError as exc:
+                raise translate_error(exc) from exc
 
-    async def _in_thread(self, fn: Callable[[], T]) -> T:
-        try:
-            return await asyncio.to_thread(fn)
-        except stripe.RateLimitError:
-            raise  # retried by the caller, which knows where to resume
-        except stripe.StripeError as exc:
-            raise translate_error(exc) from exc
-
-    async def _wait_out_rate_limit(self, attempt: int, exc: stripe.RateLimitError) -> None:
-        if attempt > self._rate_limit_retries:
-            raise StripeUnavailable(f"rate limited (429) after {attempt - 1} retries") from exc
-        # Full exponential backoff with jitter in [d/2, d], as the SDK does for 5xx.
-        delay = min(self._rate_limit_backoff * 2 ** (attempt - 1), _MAX_RATE_LIMIT_DELAY)
-        delay *= 0.5 * (1 + random.random())
-        logger.warning("stripe rate limited (429); retry %d in %.2fs", attempt, delay)
-        await asyncio.sleep(delay)
+    def _request(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        response = self._client.raw_request("get", path, **params)
+        data = response.data
+        if not isinstance(data, dict):
+            raise StripeUnavailable(f"Stripe answered {path} with JSON that is not an object")
+        return data
 
 
 def translate_error(exc: stripe.StripeError) -> StripeApiError:
-    """An SDK error as ours. The reason carries Stripe's error type/code, not its message, for
-    401/403 (which may echo part of the key)."""
+    """An SDK error as ours. For 401/403 the reason leaves out Stripe's message, which echoes part
+    of the key."""
     status = exc.http_status
     code = f" ({exc.code})" if exc.code else ""
     if isinstance(exc, stripe.APIConnectionError):
@@ -233,23 +179,13 @@ def translate_error(exc: stripe.StripeError) -> StripeApiError:
         return StripeAuthFailed(f"the API key may not read this resource (HTTP {status}){code}")
     if isinstance(exc, stripe.RateLimitError):
         return StripeUnavailable(f"rate limited (HTTP {status}){code}")
-    if status is not None and status >= 500 or isinstance(exc, stripe.APIError) and status is None:
+    if (status is not None and status >= 500) or (isinstance(exc, stripe.APIError) and status is None):
         return StripeUnavailable(f"Stripe answered HTTP {status}{code} after retries")
     if status == 404:
         return StripeNotFound(f"not found (HTTP 404){code}: {exc.user_message or ''}".rstrip(": "))
     return StripeRefused(f"Stripe refused the request (HTTP {status}){code}: {exc.user_message or ''}".rstrip(": "))
 
 
-def plain(obj: stripe.StripeObject) -> dict[str, Any]:
-    """A `StripeObject` as plain dicts and lists, Decimals as fixed-point strings."""
-    return _undecimal(obj.to_dict(recursive=True))  # type: ignore[no-any-return]
-
-
-def _undecimal(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _undecimal(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_undecimal(item) for item in value]
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    return value
+def _segment(object_id: str) -> str:
+    """An object id as one URL path segment (ids come from webhooks and config, not only Stripe)."""
+    return quote(object_id, safe="")

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
 from postroom.mrr.money import round_minor
 from postroom.mrr.movements import Cause, Change, Holding, holdings
-from postroom.mrr.policies import Policies
+from postroom.mrr.policies import ChurnRecognition, Policies
 from postroom.mrr.valuation import Context, Value, next_change, value
 
 
@@ -73,20 +73,30 @@ def revalue(customer: str, subscriptions: Sequence[Held], positions: Mapping[str
 def openings(customer: str, subscriptions: Sequence[Held], at: float, policies: Policies) -> list[Change]:
     """A backfilled customer's history as far as its current subscriptions tell it: each one that
     counts opens at its `start_date` with its value today (MRR.md 1.3; the limits are in
-    docs/mrr.md). The last change ends at the customer's holdings today."""
+    docs/mrr.md). Under `churn_recognition = at_request` a scheduled cancellation also leaves at
+    its request (`canceled_at`). The last change ends at the customer's holdings today."""
     moment = _stamp(at)
-    counted = sorted(((held, value(held.snapshot, moment, held.context, policies)) for held in subscriptions),
-                     key=lambda pair: (pair[0].start_date or at, pair[0].id))  # fmt: skip
+    at_end = replace(policies, churn_recognition=ChurnRecognition.AT_END)
+    steps: list[tuple[float, str, Value]] = []  # (when, subscription, its value from then on)
+    for held in subscriptions:
+        now = value(held.snapshot, moment, held.context, policies)
+        opened = value(held.snapshot, moment, held.context, at_end)
+        requested = held.snapshot.get("canceled_at")
+        start = min(held.start_date or at, at)
+        if not now.counting and opened.counting and isinstance(requested, int | float):
+            steps += [(start, held.id, opened), (min(float(requested), at), held.id, now)]
+        elif now.counting or now.mrr:
+            steps.append((start, held.id, now))
+    steps.sort(key=lambda step: (step[0], step[1]))
     changes: list[Change] = []
+    values: dict[str, Value] = {}
     current: dict[str, Holding] = {}
-    for i, (held, v) in enumerate(counted):
-        if not (v.mrr or v.counting):
-            continue
-        after = holdings(worth for _, worth in counted[: i + 1])
-        when = _stamp(min(held.start_date or at, at))
+    for when, sub_id, worth in steps:
+        values[sub_id] = worth
+        after = holdings(values.values())
         for currency in sorted(set(after) | set(current)):
             old, new = current.get(currency, Holding()), after.get(currency, Holding())
             if old != new:
-                changes.append(Change(customer, currency, when, old, new, Cause.OPENING, None, held.id))
-        current = dict(after)
+                changes.append(Change(customer, currency, _stamp(when), old, new, Cause.OPENING, None, sub_id))
+        current = after
     return changes
