@@ -610,3 +610,18 @@ def test_a_customer_in_two_currencies_moves_in_each() -> None:
     assert [(m.kind, m.currency, m.native_cents, m.cents) for m in moves] == [
         (Kind.NEW, "usd", 10_000, 10_000), (Kind.EXPANSION, "eur", 9_000, 9_720),
         (Kind.CONTRACTION, "usd", -10_000, -10_000)]  # fmt: skip
+
+
+def test_a_customer_is_rounded_once_not_per_subscription() -> None:
+    weekly = [value(sub([item(price(1_000, interval="week"))], sid=sid), AT, Context(), Policies()) for sid in "ab"]
+    assert holdings(weekly) == {"usd": Holding(half_even(2 * Fraction(1_000 * 52, 12)))}  # 8 666.67 -> 8 667
+    assert half_even(Fraction(1_000 * 52, 12)) * 2 == 8_666  # what rounding each would have given
+
+
+def test_a_late_revaluation_is_dated_after_the_customers_latest_change() -> None:
+    book = Book()
+    book.put(T + DAY, monthly(10_000))
+    r = book.put(T, monthly(12_000))  # valued at an earlier moment than the ledger's latest row
+    (change,) = r.changes
+    assert change.occurred_at == AT + dt.timedelta(days=1)
+    assert (change.before, change.after) == (Holding(10_000), Holding(12_000))

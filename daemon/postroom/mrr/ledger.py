@@ -33,10 +33,11 @@ class Period:
 class SqlLedger(GatedStore):
     async def positions_at(self, at: dt.datetime, customer: str | None = None) -> dict[tuple[str, str], Holding]:
         """Every (customer, currency) holding as of just before `at`."""
-        latest = sa.select(sa.func.max(mrr_ledger.c.seq)).where(mrr_ledger.c.occurred_at < at.timestamp())
+        inner = mrr_ledger.alias("latest")  # not correlated with the outer query's rows
+        latest = sa.select(sa.func.max(inner.c.seq)).where(inner.c.occurred_at < at.timestamp())
         if customer is not None:
-            latest = latest.where(mrr_ledger.c.customer == customer)
-        latest = latest.group_by(mrr_ledger.c.customer, mrr_ledger.c.currency)
+            latest = latest.where(inner.c.customer == customer)
+        latest = latest.group_by(inner.c.customer, inner.c.currency)
         query = (sa.select(mrr_ledger.c.customer, mrr_ledger.c.currency, mrr_ledger.c.after_cents, mrr_ledger.c.after_free)
                  .where(mrr_ledger.c.seq.in_(latest)))  # fmt: skip
         with translate_errors("reading the MRR ledger"):

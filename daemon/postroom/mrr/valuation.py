@@ -221,6 +221,7 @@ def value(subscription: Json, at: dt.datetime, context: Context, policies: Polic
         return Value(currency, ZERO, False, reason=reason)
 
     values = [item_value(item, subscription, context, policies) for item in items]
+    gross = sum(values, ZERO)
     licensed = [item for item in items if (item.get("price") or {}).get("recurring")]
     recurring: Json = licensed[0]["price"]["recurring"] if licensed else {"interval": "month", "interval_count": 1}
     month_factor = factor(str(recurring.get("interval")), int(recurring.get("interval_count") or 1), policies)
@@ -238,6 +239,8 @@ def value(subscription: Json, at: dt.datetime, context: Context, policies: Polic
             _reduce(values, chosen, coupon, currency, month_factor)
     total = sum(values, ZERO)
     scheduled_churn = total if scheduled else ZERO
+    if gross <= 0:  # nothing licensed (metered only): not a free customer, just no recurring revenue
+        return Value(currency, ZERO, False, reason="no licensed items")
     return Value(currency, total, True, scheduled_churn, "" if total else "discounted to 0")
 
 
