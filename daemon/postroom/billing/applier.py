@@ -24,6 +24,8 @@ from postroom.mrr.movements import Change
 
 logger = logging.getLogger(__name__)
 
+GAUGE_INTERVAL = 1.0  # seconds between refreshes of the MRR gauges while changes come
+
 
 class BillingApplier:
     def __init__(self, store: SqlBillingStore, reader: StripeSource | None, clock: Clock, metrics: Metrics,
@@ -39,6 +41,7 @@ class BillingApplier:
         self._wake = asyncio.Event()
         self._arrivals: dict[str, float] = {}  # event id -> perf_counter at arrival, this process
         self._last_reconcile_day: dt.date | None = None
+        self._refreshed_at = 0.0
 
     async def take(self, event: StripeEvent) -> bool:
         """Store a verified event (False: its id was seen before) and wake the applier."""
@@ -51,17 +54,22 @@ class BillingApplier:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._refresh()
+        stale_gauges = False
         while not stop.is_set():
             try:
                 changed = await self.drain()
                 changed += await self.apply_due()
-                if changed:
+                stale_gauges = stale_gauges or bool(changed)
+                # The gauges sum every customer: at most once a second while events keep coming.
+                if stale_gauges and time.monotonic() - self._refreshed_at >= GAUGE_INTERVAL:
                     await self._refresh()
+                    stale_gauges = False
                 await self._maybe_reconcile()
             except StoreError as exc:
                 logger.error("billing: %s; retrying in %.0f s", exc, self._settings.sweep_interval)
+            wait = min(self._settings.sweep_interval, GAUGE_INTERVAL) if stale_gauges else self._settings.sweep_interval
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._settings.sweep_interval):
+                async with asyncio.timeout(wait):
                     waiting = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
                     try:
                         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -76,10 +84,12 @@ class BillingApplier:
         while True:
             self._wake.clear()
             events = await self._store.pending()
+            progressed = False
             for event in events:
                 applied = await self.apply(event)
                 changed += len(applied.changes)
-            if len(events) < 100:
+                progressed = progressed or applied.status != EventStatus.PENDING
+            if len(events) < 100 or not progressed:  # the rest waits for Stripe to answer again
                 return changed
 
     async def apply(self, event: StripeEvent) -> Applied:
@@ -150,6 +160,7 @@ class BillingApplier:
             self._metrics.mrr_changes.labels(change.cause.value).inc()
 
     async def _refresh(self) -> None:
+        self._refreshed_at = time.monotonic()
         try:
             await self._refresh_gauges()
         except (StoreError, LookupError) as exc:

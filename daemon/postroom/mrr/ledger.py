@@ -46,6 +46,14 @@ class SqlLedger(GatedStore):
         return {(r.customer, r.currency): Holding(int(r.after_cents), bool(r.after_free))
                 for r in rows if r.after_cents or r.after_free}  # fmt: skip
 
+    async def current_positions(self) -> dict[tuple[str, str], Holding]:
+        """Every (customer, currency) holding now (the latest change of each)."""
+        query = sa.select(mrr_positions).where(sa.or_(mrr_positions.c.cents != 0, mrr_positions.c.free))
+        with translate_errors("reading the MRR positions"):
+            async with self._reads.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        return {(r.customer, r.currency): Holding(int(r.cents), bool(r.free)) for r in rows}
+
     async def scheduled_churn(self) -> list[tuple[str, int]]:
         """(currency, cents) of every customer's value that leaves at its period end, now."""
         query = sa.select(mrr_positions.c.currency, mrr_positions.c.scheduled_churn_cents).where(

@@ -115,8 +115,7 @@ class MrrService:
     async def current(self, now: float) -> Snapshot:
         """MRR this moment at today's rates (the gauges)."""
         moment = dt.datetime.fromtimestamp(now, dt.UTC)
-        positions = await self._ledger.positions_at(moment + dt.timedelta(microseconds=1))
-        return snapshot(moment, positions, await self.fx(), moment.date())
+        return snapshot(moment, await self._ledger.current_positions(), await self.fx(), moment.date())
 
     async def movements(self, since: dt.date, until: dt.date, customer: str | None = None) -> list[dict[str, Any]]:
         """Each movement of [since, until] (days, inclusive) with the events that caused it."""
