@@ -14,6 +14,7 @@ from postroom.cli.contacts import contacts
 from postroom.cli.credentials import apikeys, smtp_users
 from postroom.cli.dkim import dkim
 from postroom.cli.domains import domains
+from postroom.cli.exports import export
 from postroom.cli.queue import queue
 from postroom.cli.send import send
 from postroom.cli.serve import serve
@@ -37,7 +38,7 @@ def main(ctx: click.Context, config: str | None) -> None:
 
 
 for command in (init, serve, check_config, db, send, queue, templates, contacts, dkim, domains, bounces,
-                suppressions, webhooks, stats, route, apikeys, smtp_users):  # fmt: skip
+                suppressions, webhooks, stats, route, export, apikeys, smtp_users):  # fmt: skip
     main.add_command(command)
 
 __all__ = ["main"]
