@@ -8,6 +8,7 @@ formats, 404/400/401 in the house error shape, metrics, 20,000 rows streamed in 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime
 import io
@@ -21,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 import sqlalchemy as sa
+from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -30,15 +32,19 @@ from postroom.contacts.model import MailingList
 from postroom.contacts.service import ContactService
 from postroom.contacts.sql_store import SqlContactStore
 from postroom.core.clock import FakeClock
+from postroom.config import HttpSettings
+from postroom.core.errors import StoreError
 from postroom.core.types import DeliveryState, Submission
-from postroom.exports.model import DateRange, ExportKind
+from postroom.exports.model import DateRange, ExportColumn, ExportKind, ExportRegistry, Row
 from postroom.exports.range import date_range
 from postroom.exports.sql_kinds import standard_kinds
+from postroom.http.app import build_app
+from postroom.http.exports import ExportRoutes
 from postroom.metrics import Metrics
 from postroom.queue.models import Release
 from postroom.queue.sql_store import SqlQueueStore
 from postroom.store import schema
-from postroom.store.credentials import Role, SqlApiKeys
+from postroom.store.credentials import ApiKey, Role, SqlApiKeys
 from postroom.store.engine import WriteGate, create_engine
 from postroom.suppression.model import NewEntry
 from postroom.suppression.service import SuppressionService
@@ -384,3 +390,64 @@ async def test_http_export_of_20000_deliveries_streams(tmp_path: Path, db_url: s
     lines = body.decode().splitlines()
     assert len(lines) == 20_000 and len({json.loads(line)["recipient"] for line in lines}) == 20_000
     assert daemon.metric("postroom_export_rows_total", {"kind": "deliveries"}) == 20_000
+
+
+# -- a kind another package plugs in ------------------------------------------------------------
+
+class OneKey:
+    async def authenticate(self, token: str) -> ApiKey | None:
+        return ApiKey("k1", "test", Role.VIEWER, 0.0, None) if token == "good" else None
+
+
+def plugged_in(release: asyncio.Event) -> ExportRegistry:
+    """A registry of three kinds, registered as another package would add its own: one that
+    holds its second page until the test lets it go, one whose database fails at once, and one
+    whose database fails after its first page."""
+
+    async def held(span: DateRange) -> AsyncIterator[Row]:
+        for n in range(1000):
+            yield (n, datetime.datetime.fromtimestamp(NOV_30 + n, UTC))
+        await release.wait()  # only once the client has the first rows
+        yield (1000, datetime.datetime.fromtimestamp(NOV_30 + 1000, UTC))
+
+    async def down(span: DateRange) -> AsyncIterator[Row]:
+        raise StoreError("reading runs failed: ConnectionRefusedError")
+        yield ()
+
+    async def breaks(span: DateRange) -> AsyncIterator[Row]:
+        for n in range(600):
+            yield (n, None)
+        raise StoreError("reading runs failed: connection lost")
+
+    registry = ExportRegistry()
+    columns = (ExportColumn("n", "a number"), ExportColumn("at", "a time"))
+    for name, source in (("held", held), ("down", down), ("breaks", breaks)):
+        registry.register(ExportKind(name, f"{name} rows", columns, "at", source))
+    return registry
+
+
+async def test_a_plugged_in_kind_streams_before_its_end(aiohttp_client: Any) -> None:
+    release = asyncio.Event()
+    metrics = Metrics(CollectorRegistry())
+    app = build_app(HttpSettings(listen="127.0.0.1:0"), OneKey(), metrics,
+                    [ExportRoutes(plugged_in(release), metrics, FakeClock(DEC_1))])  # fmt: skip
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    auth = {"Authorization": "Bearer good"}
+    async with client.get("/v1/exports", headers=auth) as resp:
+        assert [k["name"] for k in (await resp.json())["data"]] == ["breaks", "down", "held"]
+    async with client.get("/v1/exports/held", headers=auth) as resp:
+        assert resp.headers["Content-Disposition"] == 'attachment; filename="postroom-held-20261201T100000Z.csv"'
+        received = b""
+        while received.count(b"\r\n") < 1001:  # the header and the first 1000 rows, with the export not done
+            received += await asyncio.wait_for(resp.content.readany(), timeout=10)
+        release.set()
+        received += await resp.content.read()
+    assert received.count(b"\r\n") == 1002 and received.endswith(b"1000,2026-11-30T10:16:40.000Z\r\n")
+
+    async with client.get("/v1/exports/down", headers=auth) as resp:
+        assert resp.status == 503 and resp.headers["Retry-After"] == "5"
+        assert (await resp.json())["error"]["code"] == "unavailable"
+    async with client.get("/v1/exports/breaks", params={"format": "jsonl"}, headers=auth) as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()  # the body ends without its last chunk: the client knows it is cut short
