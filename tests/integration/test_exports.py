@@ -50,7 +50,8 @@ from postroom.suppression.model import NewEntry
 from postroom.suppression.service import SuppressionService
 from postroom.suppression.sql_store import SqlSuppressionStore
 from tests.conftest import running
-from tests.integration.test_cli import write_cli_config
+from tests.integration.test_cli import Cli, write_cli_config
+from tests.integration.test_contacts_cli import on_terminal
 from tests.support import claim, make_settings, postroom_cli
 
 UTC = datetime.UTC
@@ -278,6 +279,10 @@ async def test_export_command(exporting: Path, tmp_path: Path) -> None:
     as_file = tmp_path / "deliveries.csv"
     export_cli(exporting, "deliveries", "-o", str(as_file))
     assert as_file.read_bytes().count(b"\r\n") == 5 and as_file.read_bytes().decode() == out.stdout.replace("\n", "\r\n")
+
+    # With stderr on a terminal (and the rows going elsewhere): the rows written, on stderr only.
+    code, stdout, shown = on_terminal(Cli(exporting, ""), "export", "deliveries", "--format", "jsonl")
+    assert code == 0 and len(stdout.splitlines()) == 4 and "\rexporting 4 rows" in shown and "carol" not in shown
 
     listed = json.loads(export_cli(exporting, "--list", "--json").stdout)
     assert [k["name"] for k in listed] == ["bounces", "contacts", "deliveries", "suppressions"]
