@@ -7,6 +7,7 @@ can show as they are. Pure: a kind's source is a function bound by whoever build
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -16,8 +17,11 @@ from postroom.core.errors import PostroomError
 
 # A cell: what a row source may yield. Writers know how to show each (writers.py); a list or a
 # mapping is written as JSON (text in a CSV cell, a value in JSON lines).
-Value = str | int | float | Decimal | bool | datetime.datetime | datetime.date | Sequence[Any] | Mapping[str, Any] | None
+Value = (str | int | float | Decimal | bool | datetime.datetime | datetime.date | Sequence[Any] | Mapping[str, Any]
+         | None)
 Row = Sequence[Value]
+# A kind's name is a path segment of `/v1/exports/{kind}` and a CLI argument: keep it plain.
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class ExportKind:
     rows: RowSource
 
     def __post_init__(self) -> None:
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum() or self.name != self.name.lower():
+        if not _NAME.fullmatch(self.name):
             raise ValueError(f"export kind name {self.name!r}: lower-case letters, digits, - and _ only")
         names = [c.name for c in self.columns]
         if len(set(names)) != len(names):

@@ -200,7 +200,8 @@ async def _erased_addresses(conn: AsyncConnection, page: Sequence[Any]) -> set[s
     by_hash = {hashed_key(r.recipient): r.recipient for r in page if r.recipient}
     if not by_hash:
         return set()
-    result = await conn.execute(sa.select(suppressions.c.address_key).where(suppressions.c.address_key.in_(list(by_hash))))
+    keys = sa.select(suppressions.c.address_key).where(suppressions.c.address_key.in_(list(by_hash)))
+    result = await conn.execute(keys)
     return {by_hash[key] for key in result.scalars()}
 
 
