@@ -54,10 +54,16 @@ from postroom.domains.resolver import lookup_for
 from postroom.domains.service import DomainChecker
 from postroom.events.models import EventConsumer, StartAt, Subscription
 from postroom.events.outbox import EventOutbox
+from postroom.exports.model import ExportRegistry
+from postroom.exports.sql_kinds import standard_kinds
 from postroom.http.app import Mount, RouteGroup, build_app
+from postroom.billing.export_kinds import revenue_kinds
 from postroom.billing.feature import Revenue, revenue, stripe_reader
+from postroom.mrr.ledger import SqlLedger
+from postroom.mrr.service import MrrService
 from postroom.supervisor import CHILD_ENV
 from postroom.http.domains import DomainRoutes
+from postroom.http.exports import ExportRoutes
 from postroom.http.loops_webhooks import LoopsWebhookRoutes
 from postroom.http.routes import RouteRoutes
 from postroom.http.messages import MessageRoutes
@@ -145,6 +151,12 @@ def route_service(settings: Settings, engine: AsyncEngine, gate: WriteGate | Non
     return RouteService(SqlRouteStore(engine, gate), clock, metrics, loops_templates=settings.loops.templates,
                         loops_configured=bool(settings.loops.api_key),
                         refresh_interval=settings.shadow.refresh_interval)  # fmt: skip
+
+
+def export_registry(engine: AsyncEngine, clock: Clock, settings: Settings) -> ExportRegistry:
+    """The kinds `postroom export` and `GET /v1/exports/{kind}` offer; a package adds its own here."""
+    mrr = MrrService(SqlLedger(engine), settings.mrr)
+    return ExportRegistry([*standard_kinds(engine, clock), *revenue_kinds(engine, mrr)])
 
 
 def routing_key(settings: ShadowSettings) -> bytes:
@@ -459,6 +471,7 @@ class Daemon:
             WebhookRoutes(webhooks, webhook_session),
             StatsRoutes(SqlStats(storage.engine)),
             RouteRoutes(routes, SqlComparison(storage.engine), self.clock),
+            ExportRoutes(export_registry(storage.engine, self.clock, settings), self.metrics, self.clock),
             *feature_routes,
         ]
         loops_events = SqlLoopsEvents(storage.engine, storage.gate, settings.loops.templates,

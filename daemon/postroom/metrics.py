@@ -396,6 +396,19 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        # On-demand exports (postroom.exports).
+        self.exports = Counter(
+            "postroom_exports",
+            "On-demand exports begun, by kind, format (csv, jsonl) and surface (cli, http)",
+            ["kind", "format", "surface"],
+            registry=registry,
+        )
+        self.export_rows = Counter(
+            "postroom_export_rows",
+            "Rows written by on-demand exports, by kind",
+            ["kind"],
+            registry=registry,
+        )
         # Shadow mode (postroom.shadow): routes between Loops and the in-house path.
         self.routed_recipients = Counter(
             "postroom_routed_recipients",

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import datetime as dt
+import io
 import json
 import random
 import time
@@ -300,3 +302,34 @@ async def test_all_active_discount_ending_is_an_expansion(db_url: str, tmp_path:
         assert [(m["customer"], m["kind"], m["amount_cents"], m["causes"]) for m in listed] == [
             ("cus_G", "expansion", 10_000, ["schedule"])]
         assert (await rig.get("/v1/mrr", at="2026-04-01"))["mrr_cents"] == 166_820
+
+
+async def test_revenue_exports(rig: Rig) -> None:
+    await rig.reconcile()
+    for body in _month_bodies():
+        await rig.post_event(body)
+    await rig.settled()
+    url = rig.daemon.http + "/v1/exports/mrr-movements"
+    params = {"since": "2026-02-01", "until": "2026-03-01", "format": "jsonl"}
+    async with rig.session.get(url, params=params, headers=rig.auth) as response:
+        assert response.status == 200, await response.text()
+        lines = [json.loads(line) for line in (await response.text()).splitlines()]
+    assert [(r["customer"], r["kind"], r["amount_cents"]) for r in lines] == WORKED_MONTH
+    assert lines[1]["event_ids"] == ["evt_02_expansion"]
+
+    config = _cli_config(rig)
+    subs = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(config), "export", "subscriptions"])
+    assert subs.exit_code == 0, subs.output
+    rows = list(csv.DictReader(io.StringIO(subs.output)))
+    by_id = {r["id"]: r for r in rows}
+    assert len(rows) == 16 and by_id["sub_A"]["status"] == "active"
+    assert json.loads(by_id["sub_A"]["items"])[0]["quantity"] == 5
+    assert by_id["sub_M"]["status"] == "canceled"
+    customers = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(config), "export", "customers",
+                                                                   "--format", "jsonl"])  # fmt: skip
+    mrr = {r["id"]: r["mrr"] for r in map(json.loads, customers.output.splitlines())}
+    assert mrr["cus_K"] == {"eur": 9_000} and mrr["cus_I"] == {} and mrr["cus_A"] == {"usd": 24_500}
+    invoices = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(config), "export", "invoices",
+                                                                  "--format", "jsonl"])  # fmt: skip
+    statuses = {r["id"]: r["status"] for r in map(json.loads, invoices.output.splitlines())}
+    assert statuses["in_I_fail"] == "open" and statuses["in_J_ok"] == "paid" and statuses["in_N"] == "paid"

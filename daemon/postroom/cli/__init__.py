@@ -16,6 +16,7 @@ from postroom.cli.credentials import apikeys, smtp_users
 from postroom.cli.dkim import dkim
 from postroom.cli.mrr import fx_group, mrr_group
 from postroom.cli.domains import domains
+from postroom.cli.exports import export
 from postroom.cli.queue import queue
 from postroom.cli.send import send
 from postroom.cli.serve import serve
@@ -39,7 +40,8 @@ def main(ctx: click.Context, config: str | None) -> None:
 
 
 for command in (init, serve, check_config, db, send, queue, templates, contacts, dkim, domains, bounces,
-                suppressions, webhooks, stats, route, apikeys, smtp_users, stripe_group, mrr_group, fx_group):  # fmt: skip
+                suppressions, webhooks, stats, route, export, apikeys, smtp_users, stripe_group, mrr_group,
+                fx_group):  # fmt: skip
     main.add_command(command)
 
 __all__ = ["main"]

@@ -84,13 +84,11 @@ class SqlLedger(GatedStore):
         start = await self.positions_at(since, customer)
         return Period(start, ever, paid_before, changes)
 
-    async def latest_reconciliation(self) -> tuple[float, int] | None:
-        """When the last reconciliation change was recorded, and how many changes it made that day."""
-        query = sa.select(sa.func.max(mrr_ledger.c.recorded_at)).where(mrr_ledger.c.cause == Cause.RECONCILIATION.value)
+    async def first_change_at(self) -> float | None:
         with translate_errors("reading the MRR ledger"):
             async with self._reads.connect() as conn:
-                found = (await conn.execute(query)).scalar()
-        return (float(found), 0) if found is not None else None
+                found = (await conn.execute(sa.select(sa.func.min(mrr_ledger.c.occurred_at)))).scalar()
+        return float(found) if found is not None else None
 
     # -- exchange rates -----------------------------------------------------------------------
 

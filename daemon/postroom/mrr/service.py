@@ -112,6 +112,11 @@ class MrrService:
         scheduled = sum(fx.convert(cents, currency, at) for currency, cents in await self._ledger.scheduled_churn())
         return PeriodReport(since, at, roll, self._policies.described(), self.currency, scheduled)
 
+    async def first_day(self) -> dt.date | None:
+        """The day of the ledger's first change (None: empty)."""
+        first = await self._ledger.first_change_at()
+        return dt.datetime.fromtimestamp(first, dt.UTC).date() if first is not None else None
+
     async def current(self, now: float) -> Snapshot:
         """MRR this moment at today's rates (the gauges)."""
         moment = dt.datetime.fromtimestamp(now, dt.UTC)
