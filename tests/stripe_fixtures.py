@@ -4,19 +4,18 @@ it. Tests skip with the reason when the folder is absent."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.stripe_fake import data_root
+
 SECRET = "whsec_test_fixture_secret_do_not_use"  # the dummy secret the fixture events are signed with
 
 
 def stripe_data() -> Path:
-    root = os.environ.get("POSTROOM_TEST_DATA")
-    base = Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "data"
-    found = base / "stripe" / "realistic"
+    found = data_root() / "stripe" / "realistic"
     if not found.is_dir():
         pytest.skip(f"Stripe test data not found at {found} (set POSTROOM_TEST_DATA)")
     return found

@@ -11,17 +11,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from postroom.exports.model import DateRange, ExportColumn, ExportKind, Row, RowSource
+from postroom.exports.model import DateRange, ExportKind, Row, RowSource, columns
 from postroom.exports.sql_kinds import PAGE_SIZE, moment, nothing_more, paged, within
 from postroom.mrr.service import MrrService
 from postroom.store.tables import billing_customers, billing_invoices, billing_subscriptions, mrr_positions
 
 
-def _columns(*pairs: tuple[str, str]) -> tuple[ExportColumn, ...]:
-    return tuple(ExportColumn(name, description) for name, description in pairs)
-
-
-MOVEMENT_COLUMNS = _columns(
+MOVEMENT_COLUMNS = columns(
     ("occurred_at", "when the movement took effect (the date range filters on this)"),
     ("customer", "the Stripe customer id"),
     ("kind", "new, expansion, contraction, churn, reactivation or reconciliation"),
@@ -57,7 +53,7 @@ def movement_rows(service: MrrService) -> RowSource:
     return rows
 
 
-SUBSCRIPTION_COLUMNS = _columns(
+SUBSCRIPTION_COLUMNS = columns(
     ("id", "the Stripe subscription id"),
     ("customer", "the Stripe customer id"),
     ("status", "as Stripe last described it"),
@@ -103,7 +99,7 @@ def subscription_rows(engine: AsyncEngine, page_size: int = PAGE_SIZE) -> RowSou
     return rows
 
 
-CUSTOMER_COLUMNS = _columns(
+CUSTOMER_COLUMNS = columns(
     ("id", "the Stripe customer id"),
     ("email", "as Stripe has it"),
     ("name", "as Stripe has it"),
@@ -149,7 +145,7 @@ def customer_rows(engine: AsyncEngine, page_size: int = PAGE_SIZE) -> RowSource:
     return rows
 
 
-INVOICE_COLUMNS = _columns(
+INVOICE_COLUMNS = columns(
     ("id", "the Stripe invoice id"),
     ("customer", "the Stripe customer id"),
     ("subscription", "the subscription it bills (empty: none)"),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from postroom.core.setting_values import http_url, text_list
 
 
 class StripeSettings(BaseModel):
@@ -34,9 +35,7 @@ class StripeSettings(BaseModel):
     @classmethod
     def _secret_list(cls, value: object) -> object:
         """A TOML array, or text (an env variable, a `webhook_secrets_file`): one per line or comma-separated."""
-        if isinstance(value, str):
-            return tuple(part for part in re.split(r"[\s,]+", value) if part)
-        return value
+        return text_list(value)
 
     @field_validator("webhook_secrets")
     @classmethod
@@ -49,10 +48,7 @@ class StripeSettings(BaseModel):
     @field_validator("api_base")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{value!r} is not an http:// or https:// URL")
-        return value.rstrip("/")
+        return http_url(value)
 
     @field_validator("reconcile_at")
     @classmethod

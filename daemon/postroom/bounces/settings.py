@@ -3,12 +3,12 @@ feedback-loop addresses the MX accepts, and when soft failures suppress a recipi
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from postroom.core.addresses import valid_mailbox
+from postroom.core.setting_values import text_list
 
 MIN_KEY_LENGTH = 16
 
@@ -16,9 +16,7 @@ MIN_KEY_LENGTH = 16
 def _key_list(value: Any) -> Any:
     """Keys may be given as a TOML array, or as text (an env variable, a `verp_keys_file`) with one
     key per line or separated by commas."""
-    if isinstance(value, str):
-        return tuple(part for part in re.split(r"[\s,]+", value) if part)
-    return value
+    return text_list(value)
 
 
 class BounceSettings(BaseModel):

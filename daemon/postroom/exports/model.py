@@ -46,6 +46,11 @@ class ExportColumn:
     description: str
 
 
+def columns(*pairs: tuple[str, str]) -> tuple[ExportColumn, ...]:
+    """Columns from (name, description) pairs, in order."""
+    return tuple(ExportColumn(name, description) for name, description in pairs)
+
+
 @dataclass(frozen=True)
 class ExportKind:
     """One kind of export. `time_column` names the column (a timestamp) the date range filters on."""

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from postroom.core.clock import Clock
 from postroom.core.types import DeliveryState
-from postroom.exports.model import DateRange, ExportColumn, ExportKind, Row, RowSource
+from postroom.exports.model import DateRange, ExportKind, Row, RowSource, columns
 from postroom.store.engine import read_only, translate_errors
 from postroom.store.tables import bounce_records, contact_lists, contacts, deliveries, messages, suppressions
 from postroom.suppression.model import Entry, hashed_key
@@ -75,13 +75,9 @@ async def nothing_more(_conn: AsyncConnection, _rows: Sequence[Any]) -> None:
     return None
 
 
-def _columns(*pairs: tuple[str, str]) -> tuple[ExportColumn, ...]:
-    return tuple(ExportColumn(name, description) for name, description in pairs)
-
-
 # -- deliveries ---------------------------------------------------------------------------------
 
-DELIVERY_COLUMNS = _columns(
+DELIVERY_COLUMNS = columns(
     ("delivery_id", "the delivery's id (one per recipient and copy of a message)"),
     ("message_id", "the message's id, as `queue show` and `GET /v1/messages/{id}` take it"),
     ("recipient", "the recipient's address (empty once erased)"),
@@ -152,7 +148,7 @@ def _delivery_row(r: Any, dsn: Any) -> Row:
 
 # -- bounces ------------------------------------------------------------------------------------
 
-BOUNCE_COLUMNS = _columns(
+BOUNCE_COLUMNS = columns(
     ("bounce_id", "the bounce record's id, as `GET /v1/bounces` shows it"),
     ("received_at", "when it reached the return path (the date range filters on this)"),
     ("kind", "dsn, feedback (a complaint, RFC 5965), autoreply or not_bounce"),
@@ -207,7 +203,7 @@ async def _erased_addresses(conn: AsyncConnection, page: Sequence[Any]) -> set[s
 
 # -- suppressions -------------------------------------------------------------------------------
 
-SUPPRESSION_COLUMNS = _columns(
+SUPPRESSION_COLUMNS = columns(
     ("suppression_id", "the entry's id"),
     ("email", "the suppressed address (empty once erased: the entry still blocks it, unnamed)"),
     ("erased", "true when the address was erased on request (GDPR)"),
@@ -247,7 +243,7 @@ def suppression_rows(engine: AsyncEngine, clock: Clock, page_size: int = PAGE_SI
 
 # -- contacts -----------------------------------------------------------------------------------
 
-CONTACT_COLUMNS = _columns(
+CONTACT_COLUMNS = columns(
     ("contact_id", "the contact's id"),
     ("email", "the address"),
     ("first_name", "firstName"),

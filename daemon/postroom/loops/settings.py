@@ -4,13 +4,12 @@ event rules (`[events.<name>]`)."""
 from __future__ import annotations
 
 import binascii
-import re
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
 from postroom.core.addresses import valid_mailbox
+from postroom.core.setting_values import http_url, text_list
 from postroom.ratelimit.quota import parse_quota
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -53,9 +52,7 @@ class LoopsSettings(BaseModel):
     @classmethod
     def _secret_list(cls, value: object) -> object:
         """A TOML array, or text (an env variable, a `webhook_secrets_file`): one per line or comma-separated."""
-        if isinstance(value, str):
-            return tuple(part for part in re.split(r"[\s,]+", value) if part)
-        return value
+        return text_list(value)
 
     @field_validator("webhook_secret", "webhook_secrets")
     @classmethod
@@ -85,12 +82,7 @@ class LoopsSettings(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{value!r} is not an http:// or https:// URL")
-        if parts.query or parts.fragment:
-            raise ValueError("base_url takes no query or fragment")
-        return value.rstrip("/")
+        return http_url(value, bare=True)
 
     @field_validator("rate_limit")
     @classmethod
