@@ -8,12 +8,14 @@ usage or an invalid configuration. Every failure prints a one-line reason to std
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import click
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -119,3 +121,18 @@ def parse_time(value: str) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=datetime.UTC)
     return parsed.timestamp()
+
+
+@contextlib.contextmanager
+def replaced_file(output: Path) -> Iterator[TextIO]:
+    """A text file written beside `output` and renamed into place when the block ends without an
+    error, so a failed export leaves no half file; an OSError exits 1 naming the file."""
+    partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as out:
+            yield out
+        os.replace(partial, output)
+    except OSError as exc:
+        fail(f"--output {output}: {exc.strerror or exc}")
+    finally:
+        partial.unlink(missing_ok=True)

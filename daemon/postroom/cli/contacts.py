@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from typing import BinaryIO
 import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from postroom.cli.common import config_option, fail, run_db, settings_from
+from postroom.cli.common import config_option, fail, replaced_file, run_db, settings_from
 from postroom.config import Settings
 from postroom.contacts.audience import ImportSummary, ProgressSink, export_audience, import_audience, no_progress
 from postroom.contacts.csv_io import AudienceFileError
@@ -199,17 +198,9 @@ def contacts_export(ctx: click.Context, output: Path | None, as_json: bool) -> N
     if output is None:
         run_db(settings, lambda e: export_audience(service(e, settings), sys.stdout, as_json=as_json))
         return
-    # Written beside the target and renamed into place: a failed export leaves no half file.
-    partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
-    try:
-        with partial.open("w", encoding="utf-8", newline="") as out, progress_on_terminal(True) as progress:
-            written = run_db(settings, lambda e: export_audience(service(e, settings), out, as_json=as_json,
-                                                                 progress=progress))  # fmt: skip
-        os.replace(partial, output)
-    except OSError as exc:
-        fail(f"--output {output}: {exc.strerror or exc}")
-    finally:
-        partial.unlink(missing_ok=True)
+    with replaced_file(output) as out, progress_on_terminal(True) as progress:
+        written = run_db(settings, lambda e: export_audience(service(e, settings), out, as_json=as_json,
+                                                             progress=progress))  # fmt: skip
     click.echo(f"exported {written} contacts to {output}")
 
 

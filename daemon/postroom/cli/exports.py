@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postroom.app import export_registry
-from postroom.cli.common import config_option, fail, settings_from
+from postroom.cli.common import config_option, fail, replaced_file, settings_from
 from postroom.cli.contacts import progress_on_terminal
 from postroom.core.clock import SystemClock
 from postroom.core.errors import PostroomError
@@ -106,15 +106,8 @@ class Export:
                 sys.exit(1)
 
     def to_file(self, output: Path) -> None:
-        partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
-        try:
-            with partial.open("w", encoding="utf-8", newline="") as out, progress_on_terminal(True) as progress:
-                written = self._run(out, lambda n: progress("exporting", n, None))
-            os.replace(partial, output)
-        except OSError as exc:
-            fail(f"--output {output}: {exc.strerror or exc}")
-        finally:
-            partial.unlink(missing_ok=True)
+        with replaced_file(output) as out, progress_on_terminal(True) as progress:
+            written = self._run(out, lambda n: progress("exporting", n, None))
         click.echo(f"exported {written} {self.kind.name} rows to {output}")
 
     def _run(self, out: TextIO, progress: RowsWritten) -> int:
