@@ -612,3 +612,36 @@ fx_rates = sa.Table(
     sa.Column("set_at", sa.Float, nullable=False),
     sa.PrimaryKeyConstraint("currency", "day"),
 )
+
+# Report runs (postroom.reports): one row per (report, slot). A scheduled run's slot is its
+# period's label, so the unique key makes every process of every daemon run it once; a run on
+# demand has a slot of its own. `status` running, sent, failed, missed (no daemon ran it within
+# the grace window); `figures` what the report said, `deliveries` the message ids it was sent as.
+report_runs = sa.Table(
+    "report_runs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("report", sa.String(64), nullable=False),
+    sa.Column("slot", sa.String(80), nullable=False),
+    sa.Column("period", sa.String(40), nullable=False),
+    sa.Column("trigger", sa.String(16), nullable=False),  # schedule, catchup, manual, alert
+    sa.Column("scheduled_for", sa.Float),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("render_seconds", sa.Float),
+    sa.Column("figures", sa.JSON),
+    sa.Column("deliveries", sa.JSON),
+    sa.Column("error", sa.Text),
+    sa.UniqueConstraint("report", "slot"),
+    sa.Index(None, "report", "started_at"),
+)
+
+# When the scheduler first watched each report: slots before it are never called missed.
+report_watch = sa.Table(
+    "report_watch",
+    metadata,
+    sa.Column("report", sa.String(64), primary_key=True),
+    sa.Column("since", sa.Float, nullable=False),
+)
