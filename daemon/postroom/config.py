@@ -26,6 +26,7 @@ from postroom.contacts.settings import ContactsSettings
 from postroom.loops.settings import EventRule, LoopsSettings
 from postroom.mrr.settings import MrrSettings
 from postroom.ratelimit.settings import RateLimitSettings
+from postroom.reports.settings import ReportsSettings
 from postroom.shadow.settings import ShadowSettings
 from postroom.sources.posthog.settings import PostHogCaptureSettings
 from postroom.stats.settings import StatsSettings
@@ -397,6 +398,7 @@ class Settings(BaseSettings):
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     mrr: MrrSettings = Field(default_factory=MrrSettings)
+    reports: ReportsSettings = Field(default_factory=ReportsSettings)
 
     @model_validator(mode="after")
     def _unique_domains(self) -> Settings:

@@ -481,6 +481,33 @@ class Metrics:
             "Absolute MRR drift found by reconciliations against Stripe, in native minor units",
             registry=registry,
         )
+        self.report_runs = Counter(
+            "postroom_report_runs",
+            "Report runs by report and outcome: sent, failed, missed (no daemon ran it within the grace "
+            "window), previewed",
+            ["report", "outcome"],
+            registry=registry,
+        )
+        self.report_lateness_seconds = Histogram(
+            "postroom_report_lateness_seconds",
+            "From a report's scheduled time to its mail queued",
+            ["report"],
+            buckets=(1, 5, 15, 30, 60, 120, 300, 900, 3600, 6 * 3600, 24 * 3600),
+            registry=registry,
+        )
+        self.report_render_seconds = Histogram(
+            "postroom_report_render_seconds",
+            "Time to build and render a report (figures, charts, templates)",
+            ["report"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=registry,
+        )
+        self.report_sections_unavailable = Counter(
+            "postroom_report_sections_unavailable",
+            "Report sections sent marked unavailable (a source failed or timed out), by section",
+            ["section"],
+            registry=registry,
+        )
         self.stripe_reconciliations = Counter(
             "postroom_stripe_reconciliations",
             "Reconciliations against Stripe's API, by outcome (ok, failed)",

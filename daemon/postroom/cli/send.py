@@ -90,12 +90,18 @@ def _raw(settings: Settings, content: bytes, sender: str, to: tuple[str, ...], s
     )  # fmt: skip
 
 
-async def _submit(engine: AsyncEngine, settings: Settings, submission: Submission, caller: Caller) -> Outcome:
+async def submission_door(engine: AsyncEngine, settings: Settings, metrics: Metrics) -> SubmissionService:
+    """The submission door as the command line has it: the daemon's steps (signing keys, routes,
+    suppression), each message written in its own transaction."""
     keyring = await asyncio.to_thread(load_keyring, await SqlDkimKeys(engine).list())
     keys = SigningKeys(settings.domains, keyring)
-    clock, metrics = SystemClock(), Metrics(CollectorRegistry())
+    clock = SystemClock()
     routes = route_service(settings, engine, None, clock, metrics)
     await routes.refresh()
     steps = submission_steps(settings, keys, clock, RoutingStep(routes, routing_key(settings.shadow), metrics))
-    door = SubmissionService(steps, SqlQueueStore(engine, screen=SuppressionScreen()), clock, metrics)
+    return SubmissionService(steps, SqlQueueStore(engine, screen=SuppressionScreen()), clock, metrics)
+
+
+async def _submit(engine: AsyncEngine, settings: Settings, submission: Submission, caller: Caller) -> Outcome:
+    door = await submission_door(engine, settings, Metrics(CollectorRegistry()))
     return await door.submit(submission, caller)

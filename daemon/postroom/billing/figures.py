@@ -1,0 +1,119 @@
+"""What the reports read of the billing copy besides MRR: revenue at risk, cash, trials, and how
+fresh the data is. Money stays per currency here (integer minor units); the report converts."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from postroom.mrr.money import round_minor
+from postroom.mrr.movements import Cause
+from postroom.store.engine import GatedStore, translate_errors
+from postroom.store.tables import billing_invoices, billing_subscriptions, mrr_ledger, stripe_events
+
+
+@dataclass(frozen=True)
+class RevenueRisk:
+    past_due_count: int
+    past_due_cents: dict[str, int]  # currency -> MRR of past_due subscriptions now
+    scheduled_churn_cents: dict[str, int]  # currency -> MRR that ends with its period
+    failed_payments: int  # invoices whose payment failed in the period
+    failed_cents: dict[str, int]
+    recovered_payments: int  # invoices paid in the period after a failed attempt
+    recovered_cents: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Cash:
+    payments: int
+    gross_cents: dict[str, int]  # amount_paid of invoices paid in the period
+
+
+@dataclass(frozen=True)
+class Trials:
+    started: int
+    converted: int  # trial ended in the period and the subscription counts now
+
+
+@dataclass(frozen=True)
+class Freshness:
+    last_webhook_at: float | None
+    last_reconciliation_at: float | None
+    last_reconciliation_drift: dict[str, int] = field(default_factory=dict)  # currency -> signed cents
+    flagged_events: int = 0
+
+
+class SqlBillingFigures(GatedStore):
+    async def risk(self, since: float, until: float) -> RevenueRisk:
+        s, i = billing_subscriptions, billing_invoices
+        with translate_errors("reading revenue at risk"):
+            async with self._reads.connect() as conn:
+                due = (await conn.execute(sa.select(s.c.currency, s.c.mrr).where(s.c.status == "past_due"))).all()
+                ending = (await conn.execute(sa.select(s.c.currency, s.c.scheduled_churn)
+                                             .where(s.c.scheduled_churn != "0"))).all()  # fmt: skip
+                failed = (await conn.execute(sa.select(i.c.currency, i.c.amount_due).where(
+                    i.c.failed_at >= since, i.c.failed_at < until))).all()  # fmt: skip
+                recovered = (await conn.execute(sa.select(i.c.currency, i.c.amount_paid).where(
+                    i.c.paid_at >= since, i.c.paid_at < until, i.c.failed_at.is_not(None)))).all()  # fmt: skip
+        return RevenueRisk(len(due), _summed_decimal(due), _summed_decimal(ending), len(failed), _summed(failed),
+                           len(recovered), _summed(recovered))  # fmt: skip
+
+    async def cash(self, since: float, until: float) -> Cash:
+        i = billing_invoices
+        with translate_errors("reading payments"):
+            async with self._reads.connect() as conn:
+                paid = (await conn.execute(sa.select(i.c.currency, i.c.amount_paid).where(
+                    i.c.paid_at >= since, i.c.paid_at < until, i.c.amount_paid > 0))).all()  # fmt: skip
+        return Cash(len(paid), _summed(paid))
+
+    async def trials(self, since: float, until: float) -> Trials:
+        s = billing_subscriptions
+        with translate_errors("reading trials"):
+            async with self._reads.connect() as conn:
+                rows = (await conn.execute(sa.select(s.c.status, s.c.snapshot))).all()
+        started = converted = 0
+        for status, snapshot in rows:
+            trial_start, trial_end = snapshot.get("trial_start"), snapshot.get("trial_end")
+            if isinstance(trial_start, int | float) and since <= trial_start < until:
+                started += 1
+            if isinstance(trial_end, int | float) and since <= trial_end < until and status in ("active", "past_due"):
+                converted += 1
+        return Trials(started, converted)
+
+    async def freshness(self) -> Freshness:
+        with translate_errors("reading data freshness"):
+            async with self._reads.connect() as conn:
+                webhook = (await conn.execute(sa.select(sa.func.max(stripe_events.c.received_at)))).scalar()
+                flagged = (await conn.execute(sa.select(sa.func.count()).select_from(stripe_events)
+                                              .where(stripe_events.c.status == "flagged"))).scalar()  # fmt: skip
+                reconciled = (await conn.execute(sa.select(sa.func.max(mrr_ledger.c.recorded_at)).where(
+                    mrr_ledger.c.cause == Cause.RECONCILIATION.value))).scalar()  # fmt: skip
+                drift: dict[str, int] = {}
+                if reconciled is not None:
+                    rows = (await conn.execute(sa.select(mrr_ledger.c.currency, mrr_ledger.c.before_cents,
+                                                         mrr_ledger.c.after_cents).where(
+                        mrr_ledger.c.cause == Cause.RECONCILIATION.value,
+                        mrr_ledger.c.recorded_at == reconciled))).all()  # fmt: skip
+                    for currency, before, after in rows:
+                        drift[currency] = drift.get(currency, 0) + int(after) - int(before)
+        return Freshness(float(webhook) if webhook is not None else None,
+                         float(reconciled) if reconciled is not None else None, drift, int(flagged or 0))  # fmt: skip
+
+
+def _summed(rows: Iterable[Any]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for currency, cents in rows:
+        out[str(currency or "").lower()] += int(cents or 0)
+    return dict(out)
+
+
+def _summed_decimal(rows: Iterable[Any]) -> dict[str, int]:
+    sums: dict[str, Decimal] = defaultdict(Decimal)
+    for currency, value in rows:
+        sums[str(currency).lower()] += Decimal(value)
+    return {currency: round_minor(total) for currency, total in sums.items()}
