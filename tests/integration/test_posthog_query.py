@@ -154,6 +154,34 @@ async def test_the_cache_answers_the_same_period_and_asks_again_for_another(fake
     assert seen.outcomes == [("wau", "ok"), ("wau", "cached"), ("wau", "ok"), ("mau", "ok"), ("wau", "ok")]
 
 
+async def test_the_same_query_asked_twice_at_once_is_sent_once(fake: FakePostHog) -> None:
+    fake.answer(Answer(delay=0.2))
+    seen = Seen()
+    queries = client(fake, observer=seen)
+    try:
+        first, second = await asyncio.gather(queries.named("wau", DEFAULT_QUERIES["wau"], WEEK),
+                                             queries.named("wau", DEFAULT_QUERIES["wau"], WEEK))  # fmt: skip
+    finally:
+        await queries.aclose()
+    assert first is second and len(fake.requests) == 1
+    assert sorted(seen.outcomes) == [("wau", "ok"), ("wau", "shared")]
+
+
+async def test_one_waiter_giving_up_does_not_cancel_the_query_for_the_other(fake: FakePostHog) -> None:
+    fake.answer(Answer(delay=0.3))
+    queries = client(fake)
+    try:
+        impatient = asyncio.create_task(queries.named("wau", DEFAULT_QUERIES["wau"], WEEK))
+        await asyncio.sleep(0.05)
+        patient = asyncio.create_task(queries.named("wau", DEFAULT_QUERIES["wau"], WEEK))
+        await asyncio.sleep(0.05)
+        impatient.cancel()
+        result = await patient
+    finally:
+        await queries.aclose()
+    assert impatient.cancelled() and result.columns == ("week", "wau") and len(fake.requests) == 1
+
+
 async def test_errors_are_never_cached(fake: FakePostHog) -> None:
     fake.answer(hogql_error())
     queries = client(fake)

@@ -67,7 +67,8 @@ class PostHogAuthFailed(PostHogError):
 
 
 class QueryObserver(Protocol):
-    """Told of every query: outcome is ok, cached, unavailable, query_error or auth_failed."""
+    """Told of every query: outcome is ok, cached (postroom's cache), shared (the answer of the same
+    query already running), unavailable, query_error or auth_failed."""
 
     def observe(self, name: str, outcome: str, seconds: float) -> None: ...
 
@@ -199,6 +200,7 @@ class PostHogQueries:
         self._rng = rng or random.Random()
         self._cache: OrderedDict[str, tuple[float, QueryResult]] = OrderedDict()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT)
+        self._inflight: dict[str, asyncio.Task[QueryResult]] = {}
 
     @classmethod
     def from_settings(cls, settings: PostHogSettings, **kwargs: Any) -> PostHogQueries:
@@ -211,6 +213,11 @@ class PostHogQueries:
         return f"PostHogQueries({self._url!r})"  # never the key
 
     async def aclose(self) -> None:
+        """Cancels queries still running and closes the session if it is this client's own."""
+        for task in list(self._inflight.values()):
+            task.cancel()
+        if self._inflight:
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -246,6 +253,20 @@ class PostHogQueries:
         if cached is not None:
             self._observe(name, "cached", started)
             return cached
+        # The same query for the same period already on its way (two sections of one report): wait
+        # for its answer instead of spending another of PostHog's requests. Shielded, so one waiter
+        # giving up does not cancel it for the others.
+        running = self._inflight.get(key)
+        if running is not None:
+            result = await asyncio.shield(running)
+            self._observe(name, "shared", started)
+            return result
+        task = asyncio.create_task(self._fetch(name, query, period, key, started), name=f"posthog-query:{name}")
+        self._inflight[key] = task
+        task.add_done_callback(lambda done: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, name: str, query: dict[str, Any], period: Period, key: str, started: float) -> QueryResult:
         try:
             body = await self._post(name, {"query": query, "name": f"postroom:{name}", "refresh": "blocking"})
             result = parse_result(name, period, query, body)
