@@ -396,6 +396,13 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.posthog_alerts = Counter(
+            "postroom_posthog_alerts",
+            "PostHog alert webhooks received, by result: what the handler did (report, alert_email, ...), "
+            "ignored (no [posthog.alerts] rule), invalid_secret, malformed",
+            ["result"],
+            registry=registry,
+        )
         # On-demand exports (postroom.exports).
         self.exports = Counter(
             "postroom_exports",

@@ -1,1 +1,2 @@
-"""PostHog: capture of postroom's lifecycle events (and, later, queries for reports)."""
+"""PostHog: capture of postroom's lifecycle events, queries for reports (the Query API), and its
+alert webhooks in."""
