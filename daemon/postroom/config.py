@@ -28,6 +28,7 @@ from postroom.mrr.settings import MrrSettings
 from postroom.ratelimit.settings import RateLimitSettings
 from postroom.reports.settings import ReportsSettings
 from postroom.shadow.settings import ShadowSettings
+from postroom.sources.posthog.query_settings import PostHogSettings
 from postroom.sources.posthog.settings import PostHogCaptureSettings
 from postroom.stats.settings import StatsSettings
 from postroom.webhooks.settings import WebhookSettings
@@ -395,6 +396,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
     posthog_capture: PostHogCaptureSettings = Field(default_factory=PostHogCaptureSettings)
+    posthog: PostHogSettings = Field(default_factory=PostHogSettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     mrr: MrrSettings = Field(default_factory=MrrSettings)

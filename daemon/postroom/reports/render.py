@@ -37,7 +37,7 @@ def load_templates(directory: str = "") -> dict[str, str]:
     found = {}
     for name in TEMPLATE_FILES:
         own = Path(directory) / name if directory else None
-        found[name] = own.read_text(encoding="utf-8") if own and own.is_file() else (shipped / name).read_text("utf-8")
+        found[name] = own.read_text(encoding="utf-8") if own and own.is_file() else str((shipped / name).read_text("utf-8"))
     return found
 
 

@@ -193,11 +193,13 @@ class SectionBuilder:
 
     async def delivery(self, period: Period, _arg: str) -> Section:
         since, until = _bounds(period)
-        [total] = await self._s.stats.compute(StatsQuery(since, until)) or [None]
+        totals = await self._s.stats.compute(StatsQuery(since, until))
+        total = totals[0] if totals else None
         if total is None:
             return Section("delivery-health", "Delivery health", notes=("No mail in the period.",))
         previous_bounds = _bounds(period.previous())
-        [before] = await self._s.stats.compute(StatsQuery(*previous_bounds)) or [None]
+        earlier = await self._s.stats.compute(StatsQuery(*previous_bounds))
+        before = earlier[0] if earlier else None
         days = await self._s.stats.compute(StatsQuery(since, until, group_by=("day",)))
         points = [charts.DeliveryPoint(dt.date.fromisoformat(str(g.key["day"])[:10]), g.sent, g.delivered, g.bounced,
                                        g.complained) for g in days]  # fmt: skip
