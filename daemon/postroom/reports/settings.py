@@ -10,10 +10,10 @@ from __future__ import annotations
 import zoneinfo
 from typing import Any
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from postroom.core.addresses import valid_mailbox
+from postroom.reports.cron import trigger
 from postroom.reports.periods import check_kind
 
 SECTIONS = ("headline", "mrr-movements", "customers", "revenue-risk", "cash", "product", "delivery-health",
@@ -33,7 +33,7 @@ class ReportDefinition(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     title: str = Field(default="", max_length=200)  # "": the report's name
-    # Five fields (minute hour day month weekday), in `timezone`; "": run on demand only.
+    # Five fields (minute hour day month weekday, 0 or 7 = Sunday), in `timezone`; "": on demand only.
     cron: str = "0 8 * * mon"
     timezone: str = ""  # "": [reports] timezone
     recipients: tuple[str, ...] = ()  # none: the run is recorded and previewable, not mailed
@@ -49,7 +49,7 @@ class ReportDefinition(BaseModel):
     def _cron(cls, value: str) -> str:
         if value:
             try:
-                CronTrigger.from_crontab(value, timezone="UTC")
+                trigger(value, zoneinfo.ZoneInfo("UTC"))  # as the scheduler reads it: 0 or 7 is Sunday
             except ValueError as exc:
                 raise ValueError(f"{value!r} is not a cron expression (minute hour day month weekday): {exc}") from None
         return value
