@@ -58,6 +58,12 @@ from postroom.exports.model import ExportRegistry
 from postroom.exports.sql_kinds import standard_kinds
 from postroom.http.app import Mount, RouteGroup, build_app
 from postroom.billing.export_kinds import revenue_kinds
+from postroom.reports.alerts import ReportAlerts
+from postroom.reports.feature import Reports, default_sender
+from postroom.reports.feature import reports as reports_feature
+from postroom.reports.product import PostHogObserver, product_source
+from postroom.reports.routes import ReportRoutes
+from postroom.sources.posthog.alerts import PostHogAlertRoutes
 from postroom.billing.feature import Revenue, revenue, stripe_reader
 from postroom.mrr.ledger import SqlLedger
 from postroom.mrr.service import MrrService
@@ -173,6 +179,12 @@ def worker_owner() -> str:
 
 
 @dataclass(frozen=True)
+class ReportWiring:
+    reports: Reports
+    routes: tuple[RouteGroup, ...]
+
+
+@dataclass(frozen=True)
 class Storage:
     engine: AsyncEngine
     gate: WriteGate
@@ -260,8 +272,9 @@ class Daemon:
             listeners = self._smtp_listeners(stack, storage, submissions, return_paths)
             webhooks = WebhookService(webhook_store, self.clock)
             revenue = self._revenue(storage, stack)
+            report_groups = self._reports(storage, submissions, stack)
             http = self._http_server(storage, submissions, lookup, stack, webhooks, webhook_session, routes,
-                                     revenue.routes)  # fmt: skip
+                                     (*revenue.routes, *report_groups.routes))  # fmt: skip
 
             stack.push_async_callback(listeners.close)
             await listeners.start()
@@ -292,6 +305,8 @@ class Daemon:
                 tasks.create_task(rates.run(stop), name="rate-gauges")
                 tasks.create_task(routes.run(stop), name="routes")
                 tasks.create_task(revenue.applier.run(stop), name="billing")
+                if settings.reports.enabled:
+                    tasks.create_task(report_groups.reports.scheduler.run(stop), name="reports")
                 if settings.shadow.guard.enabled:
                     guard = Guard(routes, SqlComparison(storage.engine), self.clock, self.metrics, settings.shadow.guard,
                                   settings.shadow.ramp, RouteEvents(storage.engine, storage.gate))  # fmt: skip
@@ -504,6 +519,22 @@ class Daemon:
             stack.push_async_callback(reader.aclose)
         first = self.environ.get(CHILD_ENV, "0") == "0"
         return revenue(self.settings, storage.engine, storage.gate, self.clock, self.metrics, reader, reconciles=first)
+
+    def _reports(self, storage: Storage, submissions: SubmissionService, stack: contextlib.AsyncExitStack) -> ReportWiring:
+        """Reports (their scheduler runs in every process: each run is claimed once for all), their
+        API, and PostHog's alert webhooks."""
+        settings = self.settings
+        product = product_source(settings, observer=PostHogObserver(self.metrics))
+        if product is not None:
+            stack.push_async_callback(product.aclose)
+        made = reports_feature(settings, storage.engine, storage.gate, self.clock, self.metrics, submissions, product)
+        alerts = ReportAlerts(made.service, submissions, self.clock, sender=default_sender(settings),
+                              hostname=settings.smtp.hostname)  # fmt: skip
+        routes: tuple[RouteGroup, ...] = (
+            ReportRoutes(made.service),
+            PostHogAlertRoutes(alerts, settings.posthog.webhook_secret, settings.posthog.alerts, self.metrics),
+        )
+        return ReportWiring(made, routes)
 
     def _rate_limiter(self, stack: contextlib.AsyncExitStack) -> RateLimiter | None:
         """The HTTP API's per-key quotas, in the table the supervisor shares between this daemon's

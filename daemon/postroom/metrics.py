@@ -488,6 +488,19 @@ class Metrics:
             "Absolute MRR drift found by reconciliations against Stripe, in native minor units",
             registry=registry,
         )
+        self.posthog_queries = Counter(
+            "postroom_posthog_queries",
+            "PostHog queries of reports, by named query and outcome: ok, cached, shared (answered by one "
+            "already running), unavailable (down, slow or rate limited past the budget), query_error, auth_failed",
+            ["query", "outcome"],
+            registry=registry,
+        )
+        self.posthog_query_seconds = Histogram(
+            "postroom_posthog_query_seconds",
+            "Time of PostHog queries that went to PostHog (retries included)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=registry,
+        )
         self.report_runs = Counter(
             "postroom_report_runs",
             "Report runs by report and outcome: sent, failed, missed (no daemon ran it within the grace "

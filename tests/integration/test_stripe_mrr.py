@@ -90,7 +90,8 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig_for(db_url: str, tmp_path: Path, clock: FakeClock | None = None, **mrr: Any) -> AsyncIterator[Rig]:
+async def rig_for(db_url: str, tmp_path: Path, clock: FakeClock | None = None, mrr: dict[str, Any] | None = None,
+                  **sections: dict[str, Any]) -> AsyncIterator[Rig]:  # fmt: skip
     stripe_data()  # skip without the data
     async with fake_stripe() as fake:
         fake.load_fixtures()
@@ -99,7 +100,8 @@ async def rig_for(db_url: str, tmp_path: Path, clock: FakeClock | None = None, *
             tmp_path, db_url,
             stripe={"api_key": API_KEY, "api_base": fake.url, "webhook_secrets": [SECRET], "max_network_retries": 0,
                     "reconcile_at": "", "sweep_interval": 0.1},
-            mrr={"fx_rates": {"eur": "1.08"}, **mrr},
+            mrr={"fx_rates": {"eur": "1.08"}, **(mrr or {})},
+            **sections,
         )  # fmt: skip
         engine = create_engine(settings.database)
         await schema.upgrade(engine)
@@ -273,7 +275,7 @@ async def test_ledger_rows_carry_their_event(rig: Rig) -> None:
 async def test_churn_at_request_moves_m_to_its_request(db_url: str, tmp_path: Path) -> None:
     """MRR.md 1.5: under at_request, M's churn is recorded when it scheduled its cancellation (31
     January), not when the subscription ended in February."""
-    async with rig_for(db_url, tmp_path, churn_recognition="at_request") as rig:
+    async with rig_for(db_url, tmp_path, mrr={"churn_recognition": "at_request"}) as rig:
         await rig.reconcile()
         january = await rig.get("/v1/mrr", at="2026-01-31", since="2026-01-01")
         assert (january["mrr_cents"], january["movements"]["churn"]) == (166_820 - 8_000, 8_000)
@@ -289,7 +291,7 @@ async def test_all_active_discount_ending_is_an_expansion(db_url: str, tmp_path:
     """MRR.md 1.4-1.5: under all_active G's coupon counts (156,820 in all) until its end on day 90,
     when time alone brings a +10,000 expansion."""
     clock = FakeClock(FEB_1)
-    async with rig_for(db_url, tmp_path, clock, discounts="all_active") as rig:
+    async with rig_for(db_url, tmp_path, clock, mrr={"discounts": "all_active"}) as rig:
         await rig.reconcile()
         assert (await rig.get("/v1/mrr", at="2026-01-31"))["mrr_cents"] == 156_820
         clock.advance(dt.datetime(2026, 4, 2, tzinfo=dt.UTC).timestamp() - FEB_1)

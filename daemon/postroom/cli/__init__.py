@@ -18,6 +18,7 @@ from postroom.cli.mrr import fx_group, mrr_group
 from postroom.cli.domains import domains
 from postroom.cli.exports import export
 from postroom.cli.queue import queue
+from postroom.cli.reports import reports_group
 from postroom.cli.send import send
 from postroom.cli.serve import serve
 from postroom.cli.setup import check_config, db, init
@@ -41,7 +42,7 @@ def main(ctx: click.Context, config: str | None) -> None:
 
 for command in (init, serve, check_config, db, send, queue, templates, contacts, dkim, domains, bounces,
                 suppressions, webhooks, stats, route, export, apikeys, smtp_users, stripe_group, mrr_group,
-                fx_group):  # fmt: skip
+                fx_group, reports_group):  # fmt: skip
     main.add_command(command)
 
 __all__ = ["main"]

@@ -44,5 +44,5 @@ def reports(settings: Settings, engine: AsyncEngine, gate: WriteGate | None, clo
     service = ReportService(settings.reports, lambda: SectionBuilder(sources), runs, submissions, clock, metrics,
                             hostname=settings.smtp.hostname, sender=default_sender(settings), owner=owner,
                             policies=mrr.policies)  # fmt: skip
-    scheduler = ReportScheduler(settings.reports, runs, service, clock, metrics, owner)
+    scheduler = ReportScheduler(settings.reports, runs, service, clock, owner=owner, metrics=metrics)
     return Reports(service, scheduler)

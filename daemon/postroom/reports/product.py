@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from postroom.config import Settings
+from postroom.metrics import Metrics
 from postroom.mrr.service import day_start
-from postroom.reports import charts
+from postroom.reports.charts import product_trend
 from postroom.reports.model import ChartImage, Figure, Section, Table, Unit
 from postroom.reports.periods import Period
 from postroom.sources.posthog.query import PostHogQueries, PostHogQueryError, QueryResult
@@ -43,6 +44,9 @@ class PostHogProduct:
         self._settings = settings
         self._locale = locale
 
+    async def aclose(self) -> None:
+        await self._queries.aclose()
+
     async def _run(self, name: str, start: dt.date, end: dt.date) -> QueryResult:
         spec = self._settings.queries.get(name)
         if spec is None:
@@ -68,7 +72,7 @@ class PostHogProduct:
             figures.append(Figure(active, "Monthly active users" if monthly else "Weekly active users",
                                   by_bucket.get(bucket), Unit.COUNT, by_bucket.get(starts[0]) if starts else None,
                                   sum(earlier) / len(earlier) if earlier else None))  # fmt: skip
-            chart = charts.product_trend(points, "Monthly active users" if monthly else "Weekly active users",
+            chart = product_trend(points, "Monthly active users" if monthly else "Weekly active users",
                                          self._locale)  # fmt: skip
             images.append(ChartImage(chart.content_id, chart.png, chart.alt))
         except PostHogQueryError as exc:
@@ -115,6 +119,18 @@ class PostHogProduct:
         spec = self._settings.queries[name]
         table = Table(tuple(result.columns), tuple(tuple(row) for row in result.rows))
         return Section("hogql", spec.title or name, tables=((spec.title or name, table),))
+
+
+class PostHogObserver:
+    """PostHog queries counted in Prometheus, by query name and outcome."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def observe(self, name: str, outcome: str, seconds: float) -> None:
+        self._metrics.posthog_queries.labels(name, outcome).inc()
+        if outcome not in ("cached", "shared"):
+            self._metrics.posthog_query_seconds.observe(seconds)
 
 
 def product_source(settings: Settings, **kwargs: Any) -> PostHogProduct | None:

@@ -163,6 +163,12 @@ class SqlReportRuns(GatedStore):
                 rows = (await conn.execute(query)).all()
         return [_run(row) for row in rows]
 
+    async def get(self, run_id: int) -> Run | None:
+        with translate_errors("reading report runs"):
+            async with self._reads.connect() as conn:
+                row = (await conn.execute(sa.select(report_runs).where(report_runs.c.id == run_id))).first()
+        return _run(row) if row is not None else None
+
     async def last(self, report: str) -> Run | None:
         runs = await self.history(report, 1)
         return runs[0] if runs else None

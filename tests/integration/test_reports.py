@@ -1,0 +1,177 @@
+"""Reports end to end (issue 16): the worked month of MRR.md (a fake Stripe, its 9 signed events,
+a month-end EUR rate) and a fake PostHog on 127.0.0.1, one daemon in this process.
+
+- the monthly report for 2026-02: its roll-forward equals the MRR engine's numbers to the cent;
+  mailed through postroom's own queue with its charts inline by Content-ID and every figure in
+  the text part; the run recorded with its figures, render time and message id;
+- the weekly report: the week's movements; the product section from PostHog's named queries;
+- PostHog answering 500 or hanging: the report is still sent, the product section marked
+  unavailable with why; a HogQL error: the query named in the report;
+- `postroom reports preview` writes HTML, text, PNGs and CSV; `reports ls|history`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from postroom.cli import main
+from tests.integration.test_stripe_mrr import Rig, _cli_config, _month_bodies, rig_for
+from tests.posthog_fake import API_KEY as POSTHOG_KEY
+from tests.posthog_fake import PROJECT_ID, Answer, FakePostHog, fake_posthog, hang, hogql_error, hogql_response
+from tests.support import wait_until
+
+pytestmark = pytest.mark.slow
+
+FEBRUARY = {"period": "2026-02", "to": ["cfo@example.com"]}
+
+
+def february(received: Any) -> Answer:
+    """PostHog's answers for February 2026: weekly and monthly active users, daily signups, the
+    funnel and top events."""
+    name = received.name.removeprefix("postroom:")
+    tables: dict[str, tuple[list[str], list[list[Any]]]] = {
+        "wau": (["week", "wau"], [["2026-01-26", 1700], ["2026-02-02", 1840], ["2026-02-09", 1902],
+                                  ["2026-02-16", 2051], ["2026-02-23", 2110]]),
+        "mau": (["month", "mau"], [["2026-01-01", 6120], ["2026-02-01", 6480]]),
+        "signups": (["day", "signups"], [["2026-01-20", 30], ["2026-02-03", 37], ["2026-02-17", 41]]),
+        "activation_funnel": (["level", "persons"], [[1, 612], [2, 233], [3, 58]]),
+        "top_events": (["event", "events", "users"], [["$pageview", 48213, 2011], ["project_created", 233, 201]]),
+    }  # fmt: skip
+    columns, rows = tables.get(name, ([], []))
+    return Answer(body=hogql_response(columns, [], rows, received.sql))
+
+
+@contextlib.asynccontextmanager
+async def month(db_url: str, tmp_path: Path, posthog: FakePostHog, **reports: Any) -> AsyncIterator[Rig]:
+    sections: dict[str, Any] = {
+        "posthog": {"host": posthog.url, "project_id": PROJECT_ID, "personal_api_key": POSTHOG_KEY,
+                    "timeout": 1.0, "budget": 2.0},
+        "reports": {"section_timeout": 5.0, **reports},
+    }  # fmt: skip
+    async with rig_for(db_url, tmp_path, **sections) as rig:
+        await rig.reconcile()
+        for body in _month_bodies():
+            await rig.post_event(body)
+        await rig.settled()
+        config = _cli_config(rig)
+        done = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(config), "fx", "set", "2026-02-28",
+                                                                  "EUR", "1.10"])  # fmt: skip
+        assert done.exit_code == 0, done.output
+        yield rig
+
+
+async def run_report(rig: Rig, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with rig.session.post(f"{rig.daemon.http}/v1/reports/{name}/run", json=body, headers=rig.auth) as response:
+        assert response.status == 200, await response.text()
+        return dict(await response.json())
+
+
+def captured(rig: Rig, message_id: str) -> email.message.EmailMessage:
+    outbox = Path(rig.daemon.settings.delivery.capture_dir)
+    found = [p for p in outbox.rglob("*.eml") if message_id in p.name] or list(outbox.rglob("*.eml"))
+    assert found, f"nothing captured in {outbox}"
+    parsed = email.message_from_bytes(found[-1].read_bytes(), policy=email.policy.default)
+    assert isinstance(parsed, email.message.EmailMessage)
+    return parsed
+
+
+@pytest.fixture
+async def posthog() -> AsyncIterator[FakePostHog]:
+    async with fake_posthog() as fake:
+        fake.responder = february
+        yield fake
+
+
+async def test_monthly_report_equals_the_mrr_engine(db_url: str, tmp_path: Path, posthog: FakePostHog) -> None:
+    async with month(db_url, tmp_path, posthog) as rig:
+        run = await run_report(rig, "monthly", FEBRUARY)
+        assert run["status"] == "sent" and run["period"] == "2026-02" and run["trigger"] == "manual"
+        figures = run["figures"]
+        roll = figures["mrr-movements"]
+        assert {k: roll[k] for k in ("start", "new", "expansion", "reactivation", "contraction", "churn", "fx", "end",
+                                     "net_new")} == {
+            "start": 166_820, "new": 25_000, "expansion": 9_800, "reactivation": 15_000, "contraction": 6_000,
+            "churn": 23_000, "fx": 180, "end": 187_800, "net_new": 20_800}  # fmt: skip
+        engine = await _engine_figures(rig)
+        assert roll["end"] == engine["mrr_cents"] and roll["fx"] == engine["movements"]["fx"]
+        assert figures["headline"]["mrr"] == 187_800 and figures["headline"]["paying_customers"] == 13
+        assert figures["customers"]["new"] == 2 and figures["customers"]["churned"] == 2
+        assert figures["product"]["mau"] == 6_480 and figures["product"]["signups"] == 78
+        assert round(figures["product"]["activation"], 4) == round(58 / 903, 4)
+        assert run["render_seconds"] > 0 and len(run["deliveries"]) == 1
+
+        async def queued() -> bool:
+            return any(Path(rig.daemon.settings.delivery.capture_dir).rglob("*.eml"))
+
+        await wait_until(queued, timeout=10, what="the report delivered to the capture directory")
+        message = captured(rig, run["deliveries"][0])
+        assert message["To"] == "cfo@example.com" and "Monthly executive report: 2026-02" in message["Subject"]
+        images = [p for p in message.walk() if p.get_content_type() == "image/png"]
+        html = next(p for p in message.walk() if p.get_content_type() == "text/html").get_content()
+        text = next(p for p in message.walk() if p.get_content_type() == "text/plain").get_content()
+        assert len(images) >= 3 and all(p["Content-ID"] for p in images)
+        for image in images:
+            assert f"cid:{image['Content-ID'].strip('<>')}" in html
+        assert "$1,878.00" in text and "Churn: $230.00" in text and "FX: $1.80" in text
+        assert "discounts=forever_only" in text and "Last reconciliation" in text
+
+
+async def _engine_figures(rig: Rig) -> dict[str, Any]:
+    return dict(await rig.get("/v1/mrr", at="2026-02-28", since="2026-02-01"))
+
+
+async def test_weekly_report_and_posthog_failures(db_url: str, tmp_path: Path, posthog: FakePostHog) -> None:
+    async with month(db_url, tmp_path, posthog) as rig:
+        week = await run_report(rig, "weekly", {"period": "2026-W07", "to": ["ops@example.com"]})
+        moved = week["figures"]["mrr-movements"]
+        # 2026-W07 is 9-15 February: J's reactivation (15th) and I's churn to unpaid (12th).
+        assert (moved["reactivation"], moved["churn"]) == (15_000, 15_000)
+        assert week["figures"]["product"]["wau"] == 1_902
+
+        # Each failure on a period not asked before: a period's answers are cached for an hour.
+        posthog.always(Answer(status=500, body={"detail": "boom"}))
+        down = await run_report(rig, "weekly", {"period": "2026-W06", "to": ["ops@example.com"]})
+        assert down["status"] == "sent"
+        assert "unavailable" in down["figures"]["product"] and "500" in down["figures"]["product"]["unavailable"]
+
+        posthog.always(hang(10))
+        slow = await run_report(rig, "weekly", {"period": "2026-W08", "to": ["ops@example.com"]})
+        assert slow["status"] == "sent" and "unavailable" in slow["figures"]["product"]
+
+        posthog.always(hogql_error("Unknown function windowFunel"))
+        broken = await run_report(rig, "weekly", {"period": "2026-W09", "to": ["ops@example.com"]})
+        assert broken["figures"]["product"]["wau"] is None  # never a made-up figure
+        history = await rig.get("/v1/reports/weekly/runs")
+        assert [r["status"] for r in history["runs"]] == ["sent"] * 4
+
+
+async def test_preview_ls_history_cli(db_url: str, tmp_path: Path, posthog: FakePostHog) -> None:
+    async with month(db_url, tmp_path, posthog) as rig:
+        config = _cli_config(rig)
+        out = tmp_path / "preview"
+        shown = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(config), "reports", "preview",
+                                                                   "monthly", "--period", "2026-02", "--out", str(out)])  # fmt: skip
+        assert shown.exit_code == 0, shown.output
+        files = sorted(p.name for p in out.iterdir())
+        assert "report.html" in files and "report.txt" in files and "figures.csv" in files
+        assert sum(1 for name in files if name.endswith(".png")) >= 2
+        html = (out / "report.html").read_text()
+        assert "cid:" not in html and ".png" in html
+        listed = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(config), "reports", "ls", "--json"])
+        names = [r["name"] for r in json.loads(listed.output)]
+        assert names == ["monthly", "weekly"]
+        bad = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(config), "reports", "preview", "weekly",
+                                                                 "--period", "2026-13", "--out", str(out)])  # fmt: skip
+        assert bad.exit_code == 2 and "not a period" in bad.output
+        unknown = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(config), "reports", "run", "daily"])
+        assert unknown.exit_code == 2 and "no report 'daily'" in unknown.output
