@@ -5,6 +5,7 @@ Each tick walks the fire times since the last one this process looked at (at sta
 report was first watched, or its latest recorded fire time). A fire time at most `grace` seconds old
 is claimed and run (`catchup` once it is two minutes late: a daemon was down over the slot); an
 older one without a row is recorded as missed and alerted, once, by whichever daemon sees it first.
+The slot is the period's label, so a second fire time in a period already run finds its row taken.
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ class ReportScheduler:
         local = _instant(fire).astimezone(scheduled.zone)
         period = last_complete(scheduled.definition.period, local.date())
         late = now - fire
-        if late > self._settings.grace:
+        # A run on time (woken a few ms after its fire time) is never missed, even with grace 0.
+        if late > self._settings.grace and late >= CATCHUP_AFTER:
             await self._missed(name, period, fire, now)
             return
         kind = "schedule" if late < CATCHUP_AFTER else "catchup"
@@ -175,10 +177,13 @@ class ReportScheduler:
     async def _missed(self, name: str, period: Period, fire: float, now: float) -> None:
         if not await self._runs.record_missed(name, period.label, period.label, fire, self._owner, now):
             return  # run, or already recorded missed (and alerted) by another daemon
-        deadline = _instant(fire + self._settings.grace).isoformat()
+        deadline = _instant(fire + max(self._settings.grace, CATCHUP_AFTER)).isoformat()
         logger.error("report %s for period %s missed: no daemon ran it by %s (due %s, grace %.0f s)",
                      name, period.label, deadline, _instant(fire).isoformat(), self._settings.grace)  # fmt: skip
         if self._metrics is not None:
             self._metrics.report_runs.labels(name, "missed").inc()
         if self._on_missed is not None:
-            self._on_missed(name, period.label, fire)
+            try:
+                self._on_missed(name, period.label, fire)
+            except Exception:
+                logger.exception("report %s for period %s: alerting the miss failed", name, period.label)
