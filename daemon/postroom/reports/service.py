@@ -148,7 +148,7 @@ class ReportService:
             await self._runs.finish(run.id, "failed", figures=None, deliveries=None, render_seconds=None,
                                     error=f"{type(exc).__name__}: {exc}", now=self._clock.now())  # fmt: skip
             raise
-        status = "sent" if message_ids else "built"
+        status = "sent" if message_ids else "recorded"
         await self._runs.finish(run.id, status, figures=report.figures(), deliveries=list(message_ids),
                                 render_seconds=round(seconds, 4), error=None, now=self._clock.now())  # fmt: skip
         self._metrics.report_runs.labels(name, status).inc()
