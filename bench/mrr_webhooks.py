@@ -44,6 +44,7 @@ class LatencyResult:
     seed_events: int
     seed_seconds: float  # posting every seed event and waiting until none is pending
     events: int
+    gap_seconds: float  # idle time after each event became visible, before the next POST
     latency_ms: dict[str, float]  # POST -> nothing pending: p50, p95, p99, max, mean
     post_ms: dict[str, float]  # POST -> its 200 (stored, not yet applied)
     daemon_histogram: dict[str, Any]  # postroom_stripe_event_apply_seconds over the measured events
@@ -185,7 +186,7 @@ class Client:
 
 
 async def measure_latency(database: str, seed_count: int, events: int, base_dir: str | None,
-                          poll_interval: float = 0.0005) -> LatencyResult:  # fmt: skip
+                          poll_interval: float = 0.0005, gap: float = 0.0) -> LatencyResult:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="postroom-bench-mrr-", dir=base_dir) as tmp:
         state = Path(tmp)
         db_url = f"sqlite+aiosqlite:///{state / 'postroom.db'}" if database == "sqlite" else await create_pg_database()
@@ -197,7 +198,7 @@ async def measure_latency(database: str, seed_count: int, events: int, base_dir:
             try:
                 async with aiohttp.ClientSession() as session:
                     client = Client(session, serving.url(), token, poll_interval)
-                    return await _run(client, database, seed_count, events)
+                    return await _run(client, database, seed_count, events, gap)
             finally:
                 code = await serving.stop()
                 if code != 0:
@@ -207,7 +208,7 @@ async def measure_latency(database: str, seed_count: int, events: int, base_dir:
                 await drop_pg_database(db_url)
 
 
-async def _run(client: Client, database: str, seed_count: int, events: int) -> LatencyResult:
+async def _run(client: Client, database: str, seed_count: int, events: int, gap: float) -> LatencyResult:
     _, subscriptions = generate_subscriptions(seed_count, seed=15)
     started = time.perf_counter()
     for i, sub in enumerate(subscriptions):
@@ -233,11 +234,13 @@ async def _run(client: Client, database: str, seed_count: int, events: int) -> L
         await client.settled(timeout=30)
         latencies.append(1000 * (time.perf_counter() - t0))
         posts.append(1000 * (t1 - t0))
+        if gap:  # let the applier finish what it does after a drain (gauges) before the next event
+            await asyncio.sleep(gap)
     after = await client.metrics()
     logger.info("%s: %d updates, p50 %.1f ms, p95 %.1f ms", database, events,
                 quantiles(latencies)["p50"], quantiles(latencies)["p95"])  # fmt: skip
     results = counter(after, "postroom_stripe_events_total")
-    return LatencyResult(database, seed_count, seed_seconds, events, quantiles(latencies), quantiles(posts),
+    return LatencyResult(database, seed_count, seed_seconds, events, gap, quantiles(latencies), quantiles(posts),
                          histogram_delta(histogram(before, HISTOGRAM), histogram(after, HISTOGRAM)),
                          int(results.get("applied", 0)),
                          {k: int(v) for k, v in results.items() if k != "applied" and v})  # fmt: skip
