@@ -7,6 +7,7 @@ next sweep, in this process or another)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -42,6 +43,10 @@ class BillingApplier:
         self._arrivals: dict[str, float] = {}  # event id -> perf_counter at arrival, this process
         self._last_reconcile_day: dt.date | None = None
         self._refreshed_at = 0.0
+        self._taken: collections.deque[StripeEvent] = collections.deque()
+        self._consumer: asyncio.Task[None] | None = None
+        self._in_hand: set[str] = set()  # event ids being applied by this process
+        self._gauges_stale = False
 
     async def take(self, event: StripeEvent) -> bool:
         """Store a verified event (False: its id was seen before) and wake the applier."""
@@ -49,8 +54,25 @@ class BillingApplier:
         fresh = await self._store.record(event, self._clock.now())
         if fresh:
             self._arrivals[event.id] = arrived
-            self._wake.set()
+            # Applied at once from memory, in the order they came, by one task (no read of the
+            # pending events); one that fails here stays pending and the next drain applies it.
+            self._taken.append(event)
+            if self._consumer is None or self._consumer.done():
+                self._consumer = asyncio.create_task(self._apply_taken())
         return fresh
+
+    async def _apply_taken(self) -> None:
+        while self._taken:
+            event = self._taken.popleft()
+            try:
+                applied = await self.apply(event)
+            except StoreError as exc:
+                logger.warning("Stripe event %s stays pending: %s", event.id, exc)
+                self._wake.set()
+                continue
+            if applied.changes:
+                self._gauges_stale = True
+                self._wake.set()  # the loop refreshes the gauges (at most once a second)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._refresh()
@@ -59,7 +81,8 @@ class BillingApplier:
             try:
                 changed = await self.drain()
                 changed += await self.apply_due()
-                stale_gauges = stale_gauges or bool(changed)
+                stale_gauges = stale_gauges or bool(changed) or self._gauges_stale
+                self._gauges_stale = False
                 # The gauges sum every customer: at most once a second while events keep coming.
                 if stale_gauges and time.monotonic() - self._refreshed_at >= GAUGE_INTERVAL:
                     await self._refresh()
@@ -81,6 +104,8 @@ class BillingApplier:
     async def drain(self) -> int:
         """Apply every pending event, oldest state first; the number of ledger changes."""
         changed = 0
+        if self._consumer is not None:  # the events just taken are being applied: let them finish first
+            await asyncio.gather(self._consumer, return_exceptions=True)
         while True:
             self._wake.clear()
             events = await self._store.pending()
@@ -88,11 +113,20 @@ class BillingApplier:
             for event in events:
                 applied = await self.apply(event)
                 changed += len(applied.changes)
-                progressed = progressed or applied.status != EventStatus.PENDING
+                progressed = progressed or applied.status != EventStatus.PENDING or applied.by_another
             if len(events) < 100 or not progressed:  # the rest waits for Stripe to answer again
                 return changed
 
     async def apply(self, event: StripeEvent) -> Applied:
+        if event.id in self._in_hand:
+            return Applied(EventStatus.PENDING, "being applied by this process", by_another=True)
+        self._in_hand.add(event.id)
+        try:
+            return await self._apply(event)
+        finally:
+            self._in_hand.discard(event.id)
+
+    async def _apply(self, event: StripeEvent) -> Applied:
         now = self._clock.now()
         try:
             applied = await self._store.apply(event, now, can_fetch=self._reader is not None)
@@ -107,6 +141,8 @@ class BillingApplier:
                 return Applied(EventStatus.PENDING, str(exc))
             applied = await self._store.apply(event, now, can_fetch=True, fetched=fetched)
             result = "refetched" if applied.status == EventStatus.APPLIED else applied.status
+        if applied.by_another:
+            return applied
         self._metrics.stripe_events.labels(result).inc()
         self._count(applied.changes)
         arrived = self._arrivals.pop(event.id, None)

@@ -70,6 +70,7 @@ class Applied:
     status: str
     detail: str = ""
     changes: Sequence[Change] = ()
+    by_another: bool = False  # another process (or task) had applied it already: nothing was done
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,11 @@ def _ts(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _upsert(conn: AsyncConnection, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str]) -> Any:
+def _upsert(conn: AsyncConnection, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str],
+            kept: Sequence[str] = ()) -> Any:  # fmt: skip
+    """Insert, or update every column but `keys` and `kept` (set on insert only)."""
     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table).values(**values)
-    changed = {k: v for k, v in values.items() if k not in keys}
+    changed = {k: v for k, v in values.items() if k not in keys and k not in kept}
     return insert.on_conflict_do_update(index_elements=list(keys), set_=changed)
 
 
@@ -216,7 +219,7 @@ class SqlBillingStore(GatedStore):
                     state = (await conn.execute(sa.select(stripe_events.c.status)
                                                 .where(stripe_events.c.id == event.id).with_for_update())).scalar()  # fmt: skip
                     if state != EventStatus.PENDING:
-                        return Applied(state or EventStatus.IGNORED, "applied by another process")
+                        return Applied(state or EventStatus.IGNORED, "applied by another process", by_another=True)
                     applied = await self._dispatch(conn, event, now, can_fetch, fetched)
                     await conn.execute(stripe_events.update().where(stripe_events.c.id == event.id)
                                        .values(status=applied.status, detail=applied.detail, applied_at=now))  # fmt: skip
@@ -265,7 +268,7 @@ class SqlBillingStore(GatedStore):
     async def _subscription_event(self, conn: AsyncConnection, event: StripeEvent, now: float, can_fetch: bool,
                                   fetched: Json | None) -> Applied:  # fmt: skip
         sub_id, customer = _checked_subscription(event.object)
-        await self._lock_customer(conn, customer, now)
+        locked = await self._lock_customer(conn, customer, now)
         last = (await conn.execute(sa.select(billing_subscriptions.c.last_event_created)
                                    .where(billing_subscriptions.c.id == sub_id))).scalar()  # fmt: skip
         snapshot: Json = event.object
@@ -278,7 +281,7 @@ class SqlBillingStore(GatedStore):
             return Applied(EventStatus.STALE, "an older snapshot than the one applied (no API key to re-fetch)")
         await self._keep_subscription(conn, snapshot, max(event.created, last or 0.0), now)
         try:
-            changes = await self._revalue(conn, customer, event.created, now, Cause.EVENT, event.id, sub_id)
+            changes = await self._revalue(conn, customer, event.created, now, Cause.EVENT, event.id, sub_id, locked)
         except NeedsExpansion as exc:
             if can_fetch and fetched is None:
                 raise NeedsFetch(sub_id, str(exc)) from None
@@ -330,15 +333,12 @@ class SqlBillingStore(GatedStore):
 
     async def _keep_subscription(self, conn: AsyncConnection, snapshot: Json, created: float, now: float) -> None:
         sub_id, customer = _checked_subscription(snapshot)
-        existing = (await conn.execute(sa.select(billing_subscriptions.c.net_shares)
-                                       .where(billing_subscriptions.c.id == sub_id))).first()  # fmt: skip
         await conn.execute(_upsert(conn, billing_subscriptions, {
             "id": sub_id, "customer": customer, "status": snapshot["status"], "currency": str(snapshot["currency"]).lower(),
             "snapshot": dict(snapshot), "start_date": _ts(snapshot.get("start_date")),
             "canceled_at": _ts(snapshot.get("canceled_at")), "ended_at": _ts(snapshot.get("ended_at")),
             "cancel_at_period_end": bool(snapshot.get("cancel_at_period_end")),
-            "net_shares": existing.net_shares if existing is not None else {},
-            "last_event_created": created, "updated_at": now}, ["id"]))  # fmt: skip
+            "net_shares": {}, "last_event_created": created, "updated_at": now}, ["id"], kept=["net_shares"]))  # fmt: skip
         for item in snapshot["items"]["data"]:
             price = item["price"]
             if price.get("tiers") and _id_of(price):
@@ -372,12 +372,21 @@ class SqlBillingStore(GatedStore):
 
     # -- revaluation --------------------------------------------------------------------------
 
-    async def _held(self, conn: AsyncConnection, customer: str) -> list[Held]:
-        row = (await conn.execute(sa.select(billing_customers).where(billing_customers.c.id == customer))).first()
+    async def _held(self, conn: AsyncConnection, customer: str, row: Any = None) -> list[Held]:
+        return (await self._held_stored(conn, customer, row))[0]
+
+    async def _held_stored(self, conn: AsyncConnection, customer: str,
+                           row: Any = None) -> tuple[list[Held], dict[str, tuple[Any, Any, Any]]]:  # fmt: skip
+        """The customer's subscriptions with what they reference, and each one's stored value
+        (mrr, scheduled churn, next change); `row`: the customer's row when the caller has it (as
+        locked), else it is read."""
+        if row is None:
+            row = (await conn.execute(sa.select(billing_customers).where(billing_customers.c.id == customer))).first()
         subs = (await conn.execute(sa.select(billing_subscriptions).where(billing_subscriptions.c.customer == customer)
                                    .order_by(billing_subscriptions.c.id))).all()  # fmt: skip
+        stored = {sub.id: (sub.mrr, sub.scheduled_churn, sub.next_change_at) for sub in subs}
         if not subs:
-            return []
+            return [], stored
         discounts = {r.id: r.discount for r in (await conn.execute(
             sa.select(billing_discounts).where(billing_discounts.c.customer == customer,
                                                billing_discounts.c.deleted == sa.false()))).all()}  # fmt: skip
@@ -394,30 +403,42 @@ class SqlBillingStore(GatedStore):
             shares = {k: Decimal(v) for k, v in (sub.net_shares or {}).items()}
             context = Context(discounts, prices, customer_discount, shares, dunning)
             held.append(Held(sub.id, sub.snapshot, context, sub.start_date))
-        return held
+        return held, stored
 
     async def _positions(self, conn: AsyncConnection, customer: str) -> dict[str, Position]:
+        return (await self._positions_scheduled(conn, customer))[0]
+
+    async def _positions_scheduled(self, conn: AsyncConnection,
+                                   customer: str) -> tuple[dict[str, Position], dict[str, int]]:  # fmt: skip
+        """The customer's positions, and the scheduled churn stored with each."""
         rows = (await conn.execute(sa.select(mrr_positions).where(mrr_positions.c.customer == customer))).all()
-        return {r.currency: Position(Holding(int(r.cents), bool(r.free)), float(r.occurred_at)) for r in rows}
+        scheduled = {r.currency: int(r.scheduled_churn_cents) for r in rows}
+        return {r.currency: Position(Holding(int(r.cents), bool(r.free)), float(r.occurred_at)) for r in rows}, scheduled
 
     async def _revalue(self, conn: AsyncConnection, customer: str, at: float, now: float, cause: Cause,
-                       event_id: str | None, subscription: str | None) -> list[Change]:  # fmt: skip
-        held = await self._held(conn, customer)
-        result = revalue(customer, held, await self._positions(conn, customer), at, self._policies, cause,
-                         event_id, subscription)  # fmt: skip
+                       event_id: str | None, subscription: str | None, row: Any = None) -> list[Change]:  # fmt: skip
+        """Recompute the customer and write what changed (only that: a subscription's stored value
+        and a position's scheduled churn are rewritten when they differ)."""
+        held, stored = await self._held_stored(conn, customer, row)
+        positions, scheduled = await self._positions_scheduled(conn, customer)
+        result = revalue(customer, held, positions, at, self._policies, cause, event_id, subscription)
         for sub_id, v in result.values.items():
             nxt = result.next_changes[sub_id]
-            await conn.execute(billing_subscriptions.update().where(billing_subscriptions.c.id == sub_id).values(
-                mrr=str(v.mrr), scheduled_churn=str(v.scheduled_churn),
-                next_change_at=nxt.timestamp() if nxt else None))  # fmt: skip
-        await self._write_changes(conn, result.changes, now)
-        for currency in set(result.holdings) | set(result.scheduled_churn):
-            await conn.execute(mrr_positions.update().where(mrr_positions.c.customer == customer,
-                                                            mrr_positions.c.currency == currency)
-                               .values(scheduled_churn_cents=result.scheduled_churn.get(currency, 0)))  # fmt: skip
+            values = (str(v.mrr), str(v.scheduled_churn), nxt.timestamp() if nxt else None)
+            if stored.get(sub_id) != values:
+                await conn.execute(billing_subscriptions.update().where(billing_subscriptions.c.id == sub_id).values(
+                    mrr=values[0], scheduled_churn=values[1], next_change_at=values[2]))  # fmt: skip
+        await self._write_changes(conn, result.changes, now, result.scheduled_churn)
+        changed = {c.currency for c in result.changes}
+        for currency in (set(result.holdings) | set(result.scheduled_churn)) - changed:
+            if scheduled.get(currency, 0) != result.scheduled_churn.get(currency, 0):
+                await conn.execute(mrr_positions.update().where(mrr_positions.c.customer == customer,
+                                                                mrr_positions.c.currency == currency)
+                                   .values(scheduled_churn_cents=result.scheduled_churn.get(currency, 0)))  # fmt: skip
         return list(result.changes)
 
-    async def _write_changes(self, conn: AsyncConnection, changes: Iterable[Change], now: float) -> None:
+    async def _write_changes(self, conn: AsyncConnection, changes: Iterable[Change], now: float,
+                             scheduled: Mapping[str, int] | None = None) -> None:  # fmt: skip
         rows: list[dict[str, Any]] = [{"customer": c.customer, "currency": c.currency, "occurred_at": c.occurred_at.timestamp(),
                  "before_cents": c.before.cents, "before_free": c.before.free, "after_cents": c.after.cents,
                  "after_free": c.after.free, "cause": c.cause.value, "event_id": c.event_id,
@@ -429,9 +450,11 @@ class SqlBillingStore(GatedStore):
         for row in rows:
             latest[(row["customer"], row["currency"])] = row
         for (customer, currency), row in latest.items():
-            await conn.execute(_upsert(conn, mrr_positions, {
-                "customer": customer, "currency": currency, "cents": row["after_cents"], "free": row["after_free"],
-                "occurred_at": row["occurred_at"]}, ["customer", "currency"]))  # fmt: skip
+            values = {"customer": customer, "currency": currency, "cents": row["after_cents"], "free": row["after_free"],
+                      "occurred_at": row["occurred_at"]}  # fmt: skip
+            if scheduled is not None:
+                values["scheduled_churn_cents"] = scheduled.get(currency, 0)
+            await conn.execute(_upsert(conn, mrr_positions, values, ["customer", "currency"]))
 
     # -- time, backfill and reconciliation ----------------------------------------------------
 
