@@ -18,6 +18,7 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties, findfont, get_font
 
 # Rendered at twice the CSS size so the image is sharp on high-density screens.
 SCALE = 2
@@ -78,6 +79,14 @@ def text(**extra: Any) -> dict[str, Any]:
     """Keyword arguments for a text artist in the house font."""
     # parse_math off: "$1K to $2K" is money, not TeX.
     return {"fontfamily": FONT, "color": INK, "fontsize": 8, "parse_math": False} | extra
+
+
+def drawable(words: str) -> bool:
+    """Whether `FONT` has a glyph for every character of `words`. DejaVu has Latin, Greek,
+    Cyrillic and the common currency signs, not CJK ("2月2日", "16.7万") nor Devanagari, and
+    matplotlib draws a missing glyph as an empty box."""
+    charmap = get_font(findfont(FontProperties(family=FONT))).get_charmap()
+    return all(ord(character) in charmap for character in words if not character.isspace())
 
 
 def title(figure: Figure, words: str) -> None:

@@ -15,10 +15,10 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from postroom.reports.canvas import (BLUE, FONT, GREEN, INK, LIGHT_GREY, MUTED, ORANGE, PURPLE, SKY, VERMILLION, YELLOW,
-                                     Chart, new_figure, no_data, render, style_axes, text, title)  # fmt: skip
+                                     Chart, drawable, new_figure, no_data, render, style_axes, text, title)  # fmt: skip
 from postroom.reports.formatting import date_range_label, day_label, delta, money, money_compact, number, percent
 
-__all__ = ["Chart", "DeliveryPoint", "PeriodMovements", "delivery_health", "movements_waterfall", "mrr_sparkline",
+__all__ = ["Chart", "DeliveryPoint", "PeriodMovements", "chart_locale", "delivery_health", "movements_waterfall", "mrr_sparkline",
            "product_trend"]  # fmt: skip
 
 
@@ -61,17 +61,18 @@ def mrr_sparkline(points: Sequence[tuple[dt.date, int]], currency: str, locale: 
         return render(figure, cid, "MRR: no data for this period.", width, height)
     days = [day for day, _ in points]
     values = [value for _, value in points]
+    drawn = chart_locale(locale, currency)
     axes = figure.add_subplot()
     style_axes(axes, grid=False)
     x = list(range(len(points)))
     axes.fill_between(x, values, min(values), color=BLUE, alpha=0.10, linewidth=0)
     axes.plot(x, values, color=BLUE, linewidth=1.8, solid_capstyle="round")
     axes.plot(x[-1:], values[-1:], "o", color=BLUE, markersize=5, markeredgecolor="white", markeredgewidth=1)
-    axes.annotate(money(values[0], currency, locale), (x[0], values[0]), xytext=(0, 6), textcoords="offset points",
+    axes.annotate(money(values[0], currency, drawn), (x[0], values[0]), xytext=(0, 6), textcoords="offset points",
                   ha="left", va="bottom", **text(color=MUTED))  # fmt: skip
-    axes.annotate(money(values[-1], currency, locale), (x[-1], values[-1]), xytext=(-6, 6),
+    axes.annotate(money(values[-1], currency, drawn), (x[-1], values[-1]), xytext=(-6, 6),
                   textcoords="offset points", ha="right", va="bottom", **text(fontweight="bold"))  # fmt: skip
-    axes.set_xticks([x[0], x[-1]], [day_label(days[0], locale), day_label(days[-1], locale)])
+    axes.set_xticks([x[0], x[-1]], [day_label(days[0], drawn), day_label(days[-1], drawn)])
     axes.set_yticks([])
     axes.spines["left"].set_visible(False)
     low, high = min(values), max(values)
@@ -102,6 +103,7 @@ def movements_waterfall(periods: Sequence[PeriodMovements], currency: str = "USD
     if not periods:
         no_data(figure, heading)
         return render(figure, cid, f"{heading}: no data for this period.", width, height)
+    drawn = chart_locale(locale, currency)
     axes = figure.add_subplot()
     style_axes(axes)
     x = list(range(len(periods)))
@@ -128,7 +130,7 @@ def movements_waterfall(periods: Sequence[PeriodMovements], currency: str = "USD
               markerfacecolor="white", markeredgecolor=INK, label="Net new MRR", zorder=5)  # fmt: skip
     if len(periods) == 1:
         # Beside the bar, not on it: dark text on the dark "new" segment would vanish.
-        axes.annotate(f"Net new {money(net[0], currency, locale)}", (bar / 2, net[0]), xytext=(5, 0),
+        axes.annotate(f"Net new {money(net[0], currency, drawn)}", (bar / 2, net[0]), xytext=(5, 0),
                       textcoords="offset points", va="center", **text(fontweight="bold"))  # fmt: skip
         axes.set_xlim(-0.9, 0.9)
     labels = [period.label for period in periods]
@@ -137,7 +139,7 @@ def movements_waterfall(periods: Sequence[PeriodMovements], currency: str = "USD
     axes.set_xticks(x, labels, rotation=30 if slant else 0, ha="right" if slant else "center",
                     rotation_mode="anchor")  # fmt: skip
     axes.yaxis.set_major_locator(MaxNLocator(nbins=6))
-    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: money_compact(int(value), currency, locale)))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: money_compact(int(value), currency, drawn)))
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, prop={"family": FONT, "size": 7.5},
                 labelcolor=INK, handlelength=1.4)  # fmt: skip
     title(figure, heading)
@@ -169,16 +171,17 @@ def product_trend(points: Sequence[tuple[dt.date, int]], label: str, locale: str
         return render(figure, cid, f"{label}: no data for this period.", width, height)
     days = [day for day, _ in points]
     values = [value for _, value in points]
+    drawn = chart_locale(locale)
     axes = figure.add_subplot()
     style_axes(axes)
     x = list(range(len(points)))
     axes.plot(x, values, color=GREEN, linewidth=1.8, marker="o", markersize=3.5)
-    axes.annotate(number(values[-1], locale), (x[-1], values[-1]), xytext=(0, 7), textcoords="offset points",
+    axes.annotate(number(values[-1], drawn), (x[-1], values[-1]), xytext=(0, 7), textcoords="offset points",
                   ha="center", va="bottom", **text(fontweight="bold"))  # fmt: skip
-    _date_ticks(axes, days, locale)
+    _date_ticks(axes, days, drawn)
     axes.set_ylim(0, max(max(values), 1) * 1.18)
     axes.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
-    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: number(int(value), locale, compact=True)))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: number(int(value), drawn, compact=True)))
     title(figure, label)
     change = delta(values[-1], values[0], locale=locale)
     alt = (f"{label} over {_span(days, locale)}, from {number(values[0], locale)} to {number(values[-1], locale)}, "
@@ -198,22 +201,23 @@ def delivery_health(points: Sequence[DeliveryPoint], locale: str = "en_US") -> C
         return render(figure, cid, f"{heading}: no data for this period.", width, height)
     days = [point.day for point in points]
     x = list(range(len(points)))
+    drawn = chart_locale(locale)
     counts, bounces, complaints = figure.subplots(3, 1, sharex=True, height_ratios=[2, 1, 1])
     for axes in (counts, bounces, complaints):
         style_axes(axes)
     counts.bar(x, [p.sent for p in points], 0.75, color=LIGHT_GREY, label="Sent")
     counts.bar(x, [p.delivered for p in points], 0.45, color=BLUE, label="Delivered")
     counts.yaxis.set_major_locator(MaxNLocator(nbins=3, integer=True))
-    counts.yaxis.set_major_formatter(FuncFormatter(lambda value, _: number(int(value), locale, compact=True)))
+    counts.yaxis.set_major_formatter(FuncFormatter(lambda value, _: number(int(value), drawn, compact=True)))
     counts.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
                   prop={"family": FONT, "size": 7.5}, labelcolor=INK)  # fmt: skip
     bounce_rates = [_ratio(p.bounced, p.sent) for p in points]
     complaint_rates = [_ratio(p.complained, p.delivered) for p in points]
     # Thresholds of REPORTS.md 4.3: an ESP's bounce warning; Gmail's complaint target and limit.
-    _rate_panel(bounces, x, bounce_rates, "Bounce rate", VERMILLION, "s", ((Decimal("0.04"), "warning"),), 1, locale)
+    _rate_panel(bounces, x, bounce_rates, "Bounce rate", VERMILLION, "s", ((Decimal("0.04"), "warning"),), 1, drawn)
     _rate_panel(complaints, x, complaint_rates, "Complaint rate", PURPLE, "^",
-                ((Decimal("0.001"), "target"), (Decimal("0.003"), "limit")), 2, locale)  # fmt: skip
-    _date_ticks(complaints, days, locale)
+                ((Decimal("0.001"), "target"), (Decimal("0.003"), "limit")), 2, drawn)  # fmt: skip
+    _date_ticks(complaints, days, drawn)
     title(figure, heading)
     sent, delivered = sum(p.sent for p in points), sum(p.delivered for p in points)
     bounced, complained = sum(p.bounced for p in points), sum(p.complained for p in points)
@@ -242,6 +246,16 @@ def _rate_panel(axes: Axes, x: list[int], rates: list[Decimal | None], label: st
     axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: percent(Decimal(str(value)), locale,
                                                                           digits=digits)))
     axes.set_ylabel(label, **text(color=MUTED, fontsize=7))
+
+
+def chart_locale(locale: str, currency: str = "USD") -> str:
+    """The locale for the figures drawn inside a chart: `locale`, unless its dates or compact
+    numbers need glyphs the bundled font lacks (ja_JP: "2月2日", "16.7万"); then en_US, whose
+    forms every reader of figures knows. The alt text and the text part keep `locale`: they are
+    the authoritative words, the picture is an aid."""
+    samples = (day_label(dt.date(2026, 12, 31), locale), money_compact(12_345_678_900, currency, locale),
+               money(-123_456, currency, locale), number(12_345_678, locale, compact=True), percent(0.5, locale))  # fmt: skip
+    return locale if all(drawable(sample) for sample in samples) else "en_US"
 
 
 def _date_ticks(axes: Axes, days: Sequence[dt.date], locale: str) -> None:

@@ -23,13 +23,18 @@ _MONTHS = ("Mar 2025", "Apr 2025", "May 2025", "Jun 2025", "Jul 2025", "Aug 2025
            "Nov 2025", "Dec 2025", "Jan 2026", "Feb 2026")  # fmt: skip
 
 
+def demo_months() -> list[PeriodMovements]:
+    """Twelve months of movements ending with the worked month."""
+    return [PeriodMovements(name, new=12_000 + 1_100 * i, expansion=4_000 + (i % 4) * 1_500,
+                            reactivation=(i % 3) * 2_500, contraction=2_000 + (i % 5) * 900,
+                            churn=6_000 + (i % 4) * 2_800, fx=(-120 if i % 2 else 90))
+            for i, name in enumerate(_MONTHS[:-1])] + [WORKED_MONTH]  # fmt: skip
+
+
 def demo_charts(locale: str = "en_US") -> dict[str, Chart]:
     start = dt.date(2025, 12, 1)
     weeks = [start + dt.timedelta(weeks=i) for i in range(12)]
-    months = [PeriodMovements(name, new=12_000 + 1_100 * i, expansion=4_000 + (i % 4) * 1_500,
-                              reactivation=(i % 3) * 2_500, contraction=2_000 + (i % 5) * 900,
-                              churn=6_000 + (i % 4) * 2_800, fx=(-120 if i % 2 else 90))
-              for i, name in enumerate(_MONTHS[:-1])] + [WORKED_MONTH]  # fmt: skip
+    months = demo_months()
     days = [dt.date(2026, 2, 1) + dt.timedelta(days=i) for i in range(14)]
     delivery = [DeliveryPoint(day, sent=1_200 + 90 * (i % 5), delivered=1_150 + 85 * (i % 5),
                               bounced=18 + (40 if i == 9 else 0) + i % 3, complained=1 if i in (3, 9) else 0)
