@@ -12,9 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from postroom.mrr.money import round_minor
-from postroom.mrr.movements import Cause
 from postroom.store.engine import GatedStore, translate_errors
-from postroom.store.tables import billing_invoices, billing_subscriptions, mrr_ledger, stripe_events
+from postroom.store.tables import billing_invoices, billing_subscriptions, billing_syncs, stripe_events
 
 
 @dataclass(frozen=True)
@@ -91,18 +90,11 @@ class SqlBillingFigures(GatedStore):
                 webhook = (await conn.execute(sa.select(sa.func.max(stripe_events.c.received_at)))).scalar()
                 flagged = (await conn.execute(sa.select(sa.func.count()).select_from(stripe_events)
                                               .where(stripe_events.c.status == "flagged"))).scalar()  # fmt: skip
-                reconciled = (await conn.execute(sa.select(sa.func.max(mrr_ledger.c.recorded_at)).where(
-                    mrr_ledger.c.cause == Cause.RECONCILIATION.value))).scalar()  # fmt: skip
-                drift: dict[str, int] = {}
-                if reconciled is not None:
-                    rows = (await conn.execute(sa.select(mrr_ledger.c.currency, mrr_ledger.c.before_cents,
-                                                         mrr_ledger.c.after_cents).where(
-                        mrr_ledger.c.cause == Cause.RECONCILIATION.value,
-                        mrr_ledger.c.recorded_at == reconciled))).all()  # fmt: skip
-                    for currency, before, after in rows:
-                        drift[currency] = drift.get(currency, 0) + int(after) - int(before)
-        return Freshness(float(webhook) if webhook is not None else None,
-                         float(reconciled) if reconciled is not None else None, drift, int(flagged or 0))  # fmt: skip
+                last = (await conn.execute(sa.select(billing_syncs).order_by(billing_syncs.c.finished_at.desc())
+                                           .limit(1))).first()  # fmt: skip
+        reconciled = float(last.finished_at) if last is not None else None
+        drift = {str(k): int(v) for k, v in (last.drift or {}).items()} if last is not None else {}
+        return Freshness(float(webhook) if webhook is not None else None, reconciled, drift, int(flagged or 0))
 
 
 def _summed(rows: Iterable[Any]) -> dict[str, int]:

@@ -35,6 +35,7 @@ from postroom.store.tables import (
     billing_invoices,
     billing_prices,
     billing_subscriptions,
+    billing_syncs,
     mrr_ledger,
     mrr_positions,
     stripe_events,
@@ -529,6 +530,12 @@ class SqlBillingStore(GatedStore):
                         await conn.execute(billing_customers.update().where(billing_customers.c.id == customer)
                                            .values(paid_before_at=at))  # fmt: skip
         return found
+
+    async def record_sync(self, finished_at: float, subscriptions: int, opened: int, drift: dict[str, int]) -> None:
+        with translate_errors("recording a reconciliation"):
+            async with self._write() as conn:
+                await conn.execute(billing_syncs.insert().values(finished_at=finished_at, subscriptions=subscriptions,
+                                                                 opened_customers=opened, drift=drift))  # fmt: skip
 
     async def known_customers(self) -> list[str]:
         with translate_errors("reading customers"):

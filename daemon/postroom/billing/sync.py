@@ -95,6 +95,10 @@ async def synchronise(reader: StripeSource, store: SqlBillingStore, now: float,
         summary.opened += len({c.customer for c in changes if c.cause is Cause.OPENING})
         summary.drift += [c for c in changes if c.cause is Cause.RECONCILIATION]
         progress("customers settled", min(start + CHUNK, len(names)))
+    drift: dict[str, int] = {}
+    for change in summary.drift:
+        drift[change.currency] = drift.get(change.currency, 0) + change.after.cents - change.before.cents
+    await store.record_sync(now, summary.subscriptions, summary.opened, drift)
     for change in summary.drift:
         logger.warning("MRR reconciliation: customer %s %s %d -> %d (%+d)", change.customer, change.currency.upper(),
                        change.before.cents, change.after.cents, change.after.cents - change.before.cents)  # fmt: skip

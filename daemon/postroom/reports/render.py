@@ -68,30 +68,33 @@ def _tone(change: float | int | None, figure: Figure) -> str:
     return "bad" if (change > 0) == figure.rise_is_bad else "good"
 
 
-def _compare(figure: Figure, reference: float | int | None, currency: str, locale: str, what: str) -> tuple[str, str]:
-    """(text, tone) of `figure` against a reference value ("" when there is nothing to compare)."""
+def _compare(figure: Figure, reference: float | int | None, currency: str, locale: str,
+             what: str) -> tuple[str, str, str]:  # fmt: skip
+    """(text with an arrow, the same in words, tone) of `figure` against a reference value (empty
+    when there is nothing to compare)."""
     value = figure.value
-    if reference is None or not isinstance(value, int | float) or figure.unit is Unit.TEXT:
-        return "", "flat"
+    if reference is None or not isinstance(value, int | float) or figure.unit in (Unit.TEXT, Unit.SECONDS):
+        return "", "", "flat"
     if figure.unit is Unit.RATE:
         points = (float(value) - float(reference)) * 100
-        arrow = "▲" if points > 0 else "▼" if points < 0 else "="
-        text = "no change" if points == 0 else f"{points:+.2f} pp"
-        return f"{arrow} {text} {what}", _tone(points, figure)
-    if figure.unit is Unit.SECONDS:
-        return "", "flat"
+        if points == 0:
+            return f"= no change {what}", f"no change {what}", "flat"
+        arrow, word = ("▲", "up") if points > 0 else ("▼", "down")
+        return f"{arrow} {points:+.2f} pp {what}", f"{word} {abs(points):.2f} points {what}", _tone(points, figure)
     change = formatting.delta(int(value), int(round(reference)),
                               currency=currency if figure.unit is Unit.MONEY else None, locale=locale)  # fmt: skip
-    return f"{change.text} {what}", _tone(change.abs, figure)
+    return f"{change.text} {what}", f"{change.words} {what}", _tone(change.abs, figure)
 
 
 def _section(section: Section, currency: str, locale: str) -> dict[str, Any]:
     figures = []
     for f in section.figures:
-        delta, tone = _compare(f, f.previous, currency, locale, "vs previous period")
-        average, _ = _compare(f, f.average, currency, locale, "vs 4-period average")
-        figures.append({"label": f.label, "value": _value(f, currency, locale), "delta": delta, "tone": tone,
-                        "vs_average": average})  # fmt: skip
+        delta, delta_words, tone = _compare(f, f.previous, currency, locale, "vs the previous period")
+        average, average_words, _ = _compare(f, f.average, currency, locale, "vs the 4-period average")
+        shown = _value(f, currency, locale)
+        words = "; ".join(w for w in (delta_words, average_words) if w)
+        figures.append({"label": f.label, "value": shown, "delta": delta, "tone": tone, "vs_average": average,
+                        "line": f"{f.label}: {shown}" + (f" ({words})" if words else "")})  # fmt: skip
     tables = []
     for caption, table in section.tables:
         rows = []
@@ -102,7 +105,8 @@ def _section(section: Section, currency: str, locale: str) -> dict[str, Any]:
                 cells.append(_value(Figure("", "", cell, unit), currency, locale))
             rows.append(cells)
         numeric = [i for i, unit in enumerate(table.units) if unit is not Unit.TEXT]
-        tables.append({"caption": caption, "columns": list(table.columns), "rows": rows, "numeric": numeric})
+        tables.append({"caption": caption, "columns": list(table.columns), "rows": rows, "numeric": numeric,
+                       "lines": ["  " + "  ".join(row) for row in rows]})  # fmt: skip
     return {"title": section.title, "unavailable": section.unavailable, "figures": figures, "tables": tables,
             "charts": [{"cid": c.content_id, "alt": c.alt} for c in section.charts], "notes": list(section.notes)}  # fmt: skip
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from postroom.billing.figures import SqlBillingFigures
 from postroom.mrr.movements import Kind, RollForward
 from postroom.mrr.service import MrrService, day_start
-from postroom.reports import charts
+from postroom.reports import charts, formatting
 from postroom.reports.model import ChartImage, Figure, Section, Table, Unit
 from postroom.reports.periods import Period
 from postroom.stats.model import StatsQuery
@@ -195,8 +195,8 @@ class SectionBuilder:
         since, until = _bounds(period)
         totals = await self._s.stats.compute(StatsQuery(since, until))
         total = totals[0] if totals else None
-        if total is None:
-            return Section("delivery-health", "Delivery health", notes=("No mail in the period.",))
+        if total is None or not (total.sent or total.delivered or total.bounced):
+            return Section("delivery-health", "Delivery health", notes=("No mail was sent in the period.",))
         previous_bounds = _bounds(period.previous())
         earlier = await self._s.stats.compute(StatsQuery(*previous_bounds))
         before = earlier[0] if earlier else None
@@ -219,11 +219,12 @@ class SectionBuilder:
 
     async def freshness(self, period: Period, _arg: str) -> Section:
         fresh = await self._s.billing.freshness()
-        drift = sum(fresh.last_reconciliation_drift.values())
+        drift = ", ".join(f"{currency.upper()} {formatting.money(cents, currency, self._s.locale)}"
+                          for currency, cents in sorted(fresh.last_reconciliation_drift.items()) if cents) or "none"
         return Section("data-freshness", "Data freshness", figures=(
             Figure("last_webhook", "Last Stripe webhook", _when(fresh.last_webhook_at), Unit.TEXT),
             Figure("last_reconciliation", "Last reconciliation", _when(fresh.last_reconciliation_at), Unit.TEXT),
-            Figure("reconciliation_drift", "Its drift (native minor units)", drift, Unit.COUNT),
+            Figure("reconciliation_drift", "Drift it corrected", drift, Unit.TEXT),
             Figure("flagged_events", "Malformed Stripe events", fresh.flagged_events, Unit.COUNT, rise_is_bad=True),
         ))  # fmt: skip
 

@@ -565,6 +565,18 @@ billing_invoices = sa.Table(
     sa.Index(None, "subscription"),
 )
 
+# Each backfill or reconciliation against Stripe's API: when, what it read, and the drift it
+# recorded per currency (reports print the last one as data freshness).
+billing_syncs = sa.Table(
+    "billing_syncs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("finished_at", sa.Float, nullable=False),
+    sa.Column("subscriptions", sa.Integer, nullable=False),
+    sa.Column("opened_customers", sa.Integer, nullable=False),
+    sa.Column("drift", sa.JSON, nullable=False),
+)
+
 # The MRR ledger, append-only: one row per change of a customer's MRR in one currency (integer
 # minor units, rounded per customer), with what caused it (event, opening, schedule,
 # reconciliation) and the event. Movements are read from it per period (postroom.mrr.movements).

@@ -104,6 +104,15 @@ def upgrade() -> None:
     op.create_index("ix_billing_invoices_created", "billing_invoices", ["created"])
     op.create_index("ix_billing_invoices_subscription", "billing_invoices", ["subscription"])
     op.create_table(
+        "billing_syncs",
+        sa.Column("id", BigId, nullable=False, autoincrement=True),
+        sa.Column("finished_at", sa.Float, nullable=False),
+        sa.Column("subscriptions", sa.Integer, nullable=False),
+        sa.Column("opened_customers", sa.Integer, nullable=False),
+        sa.Column("drift", sa.JSON, nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_billing_syncs"),
+    )
+    op.create_table(
         "mrr_ledger",
         sa.Column("seq", BigId, nullable=False, autoincrement=True),
         sa.Column("customer", sa.String(255), nullable=False),
@@ -147,6 +156,7 @@ def downgrade() -> None:
     op.drop_index("ix_mrr_ledger_customer_occurred_at", table_name="mrr_ledger")
     op.drop_index("ix_mrr_ledger_occurred_at", table_name="mrr_ledger")
     op.drop_table("mrr_ledger")
+    op.drop_table("billing_syncs")
     op.drop_index("ix_billing_invoices_subscription", table_name="billing_invoices")
     op.drop_index("ix_billing_invoices_created", table_name="billing_invoices")
     op.drop_table("billing_invoices")
