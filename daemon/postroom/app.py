@@ -221,6 +221,7 @@ class Daemon:
         self.smtp_bound: dict[str, tuple[str, int]] = {}
         self.http_bound: tuple[str, int] | None = None
         self.http_app: web.Application | None = None  # the HTTP API as served, once built
+        self.reports: Reports | None = None  # the report service and scheduler, once built
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -528,6 +529,7 @@ class Daemon:
         if product is not None:
             stack.push_async_callback(product.aclose)
         made = reports_feature(settings, storage.engine, storage.gate, self.clock, self.metrics, submissions, product)
+        self.reports = made
         alerts = ReportAlerts(made.service, submissions, self.clock, sender=default_sender(settings),
                               hostname=settings.smtp.hostname)  # fmt: skip
         routes: tuple[RouteGroup, ...] = (

@@ -510,7 +510,7 @@ class Metrics:
         )
         self.report_lateness_seconds = Histogram(
             "postroom_report_lateness_seconds",
-            "From a report's scheduled time to its mail queued",
+            "From a report's scheduled time to the start of its run (catch-ups included)",
             ["report"],
             buckets=(1, 5, 15, 30, 60, 120, 300, 900, 3600, 6 * 3600, 24 * 3600),
             registry=registry,

@@ -66,7 +66,8 @@ class ReportMetrics:
         registry = CollectorRegistry()
         self.registry = registry
         self.report_runs = Counter("postroom_report_runs", "runs", ["report", "outcome"], registry=registry)
-        self.report_lateness_seconds = Histogram("postroom_report_lateness_seconds", "lateness", registry=registry)
+        self.report_lateness_seconds = Histogram("postroom_report_lateness_seconds", "lateness", ["report"],
+                                                 registry=registry)  # fmt: skip
 
     def missed(self, report: str) -> float:
         value = self.registry.get_sample_value("postroom_report_runs_total", {"report": report, "outcome": "missed"})
@@ -250,7 +251,7 @@ async def test_a_daemon_down_over_the_slot_catches_up_within_grace(runs: SqlRepo
     metrics = ReportMetrics()
     await scheduler(runs, clock, runner, metrics=metrics).tick()
     assert [(period, trigger, at) for _, period, trigger, at, *_ in runner.calls] == [("2026-W13", "catchup", SLOT)]
-    assert metrics.registry.get_sample_value("postroom_report_lateness_seconds_sum") == 2 * HOUR
+    assert metrics.registry.get_sample_value("postroom_report_lateness_seconds_sum", {"report": "weekly"}) == 2 * HOUR
     run = await runs.last("weekly")
     assert run is not None and (run.trigger, run.status) == ("catchup", "recorded")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import email
 import email.policy
 import json
@@ -25,6 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 from postroom.cli import main
+from postroom.core.clock import FakeClock
 from tests.integration.test_stripe_mrr import Rig, _cli_config, _month_bodies, rig_for
 from tests.posthog_fake import API_KEY as POSTHOG_KEY
 from tests.posthog_fake import PROJECT_ID, Answer, FakePostHog, fake_posthog, hang, hogql_error, hogql_response
@@ -52,10 +54,11 @@ def february(received: Any) -> Answer:
 
 
 @contextlib.asynccontextmanager
-async def month(db_url: str, tmp_path: Path, posthog: FakePostHog, **reports: Any) -> AsyncIterator[Rig]:
+async def month(db_url: str, tmp_path: Path, posthog: FakePostHog, posthog_extra: dict[str, Any] | None = None,
+                **reports: Any) -> AsyncIterator[Rig]:  # fmt: skip
     sections: dict[str, Any] = {
         "posthog": {"host": posthog.url, "project_id": PROJECT_ID, "personal_api_key": POSTHOG_KEY,
-                    "timeout": 1.0, "budget": 2.0},
+                    "timeout": 1.0, "budget": 2.0, **(posthog_extra or {})},
         "reports": {"section_timeout": 5.0, **reports},
     }  # fmt: skip
     async with rig_for(db_url, tmp_path, **sections) as rig:
@@ -175,3 +178,55 @@ async def test_preview_ls_history_cli(db_url: str, tmp_path: Path, posthog: Fake
         assert bad.exit_code == 2 and "not a period" in bad.output
         unknown = await asyncio.to_thread(CliRunner().invoke, main, ["--config", str(config), "reports", "run", "daily"])
         assert unknown.exit_code == 2 and "no report 'daily'" in unknown.output
+
+
+async def test_the_daemon_schedules_the_weekly_report(db_url: str, tmp_path: Path, posthog: FakePostHog) -> None:
+    """The daemon's own scheduler, its clock stepped to Monday 2026-02-16 08:00 Europe/Berlin
+    (07:00 UTC): the weekly report for 2026-W07 is mailed once, as a scheduled run; a second tick
+    sends nothing more."""
+    definitions = {"weekly": {"timezone": "Europe/Berlin", "recipients": ["founders@example.com"]}}
+    async with month(db_url, tmp_path, posthog, definitions=definitions) as rig:
+        reports = rig.daemon.daemon.reports
+        assert reports is not None
+        clock = rig.daemon.daemon.clock
+        assert isinstance(clock, FakeClock)
+        await reports.scheduler.tick()  # watched from 2026-02-01: nothing due yet
+        assert (await rig.get("/v1/reports/weekly/runs"))["runs"] == []
+        clock.advance(dt.datetime(2026, 2, 16, 7, 0, 5, tzinfo=dt.UTC).timestamp() - clock.now())
+        await reports.scheduler.tick()
+        await reports.scheduler.tick()
+        runs = (await rig.get("/v1/reports/weekly/runs"))["runs"]
+        # The two Mondays the clock jumped over are past the grace window: recorded missed, not sent.
+        assert sorted((r["period"], r["status"]) for r in runs) == [("2026-W05", "missed"), ("2026-W06", "missed"),
+                                                                    ("2026-W07", "sent")]  # fmt: skip
+        sent = next(r for r in runs if r["status"] == "sent")
+        assert sent["trigger"] == "schedule" and len(sent["deliveries"]) == 1
+        assert sent["scheduled_for"] == dt.datetime(2026, 2, 16, 7, 0, tzinfo=dt.UTC).timestamp()
+        assert rig.daemon.metric("postroom_report_runs_total", {"report": "weekly", "outcome": "missed"}) == 2
+        listed = (await rig.get("/v1/reports"))["reports"]
+        weekly = next(r for r in listed if r["name"] == "weekly")
+        assert weekly["next_run_at"] == dt.datetime(2026, 2, 23, 7, 0, tzinfo=dt.UTC).timestamp()
+
+
+async def test_posthog_alerts_run_a_report_or_mail(db_url: str, tmp_path: Path, posthog: FakePostHog) -> None:
+    sections = {"webhook_secret": "alert-secret",
+                "alerts": {"MRR dropped": {"action": "report", "report": "weekly"},
+                           "Signups fell": {"action": "email", "to": ["oncall@example.com"]}}}  # fmt: skip
+    async with month(db_url, tmp_path, posthog, posthog_extra=sections) as rig:
+        url = f"{rig.daemon.http}/webhooks/posthog"
+        body = {"event": "$insight_alert_firing", "properties": {"alert_name": "MRR dropped"}}
+        async with rig.session.post(url, json=body, headers={"X-Postroom-Secret": "wrong"}) as response:
+            assert response.status == 401
+        async with rig.session.post(url, json=body, headers={"X-Postroom-Secret": "alert-secret"}) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["action"] == "report:weekly"
+
+        async def ran() -> bool:
+            runs = (await rig.get("/v1/reports/weekly/runs"))["runs"]
+            return bool(runs) and runs[0]["status"] != "running"
+
+        await wait_until(ran, timeout=20, what="the report the alert asked for")
+        assert (await rig.get("/v1/reports/weekly/runs"))["runs"][0]["trigger"] == "alert"
+        mail = {"event": "$insight_alert_firing", "properties": {"alert_name": "Signups fell"}}
+        async with rig.session.post(url + "?secret=alert-secret", json=mail) as response:
+            assert (await response.json())["action"] == "alert_email"

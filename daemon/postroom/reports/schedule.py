@@ -50,8 +50,12 @@ class _Counter(Protocol):
     def labels(self, *labelvalues: str) -> _Count: ...
 
 
-class _Histogram(Protocol):
+class _Observe(Protocol):
     def observe(self, amount: float) -> None: ...
+
+
+class _Histogram(Protocol):
+    def labels(self, *labelvalues: str) -> _Observe: ...
 
 
 class ScheduleMetrics(Protocol):
@@ -158,7 +162,7 @@ class ReportScheduler:
             logger.warning("report %s for period %s: catching up the run due at %s, %.0f s late",
                            name, period.label, local.isoformat(), late)  # fmt: skip
         if self._metrics is not None:
-            self._metrics.report_lateness_seconds.observe(max(late, 0.0))
+            self._metrics.report_lateness_seconds.labels(name).observe(max(late, 0.0))
         try:
             await self._runner.run(name, period, run.trigger, fire, run)
         except Exception as exc:

@@ -152,8 +152,6 @@ class ReportService:
         await self._runs.finish(run.id, status, figures=report.figures(), deliveries=list(message_ids),
                                 render_seconds=round(seconds, 4), error=None, now=self._clock.now())  # fmt: skip
         self._metrics.report_runs.labels(name, status).inc()
-        if scheduled_for is not None:
-            self._metrics.report_lateness_seconds.labels(name).observe(max(0.0, self._clock.now() - scheduled_for))
         logger.info("report %s for %s %s to %d recipients in %.2f s", name, period.label, status, len(to), seconds)
         return RunOutcome(run, report, message_ids, seconds)
 
