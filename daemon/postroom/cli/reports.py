@@ -9,7 +9,9 @@ address, 1 when the database or the mail fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +27,25 @@ from postroom.core.clock import SystemClock
 from postroom.metrics import Metrics
 from postroom.reports.feature import reports as reports_for
 from postroom.reports.periods import Period, parse_period
+from postroom.reports.product import product_source
 from postroom.reports.render import figures_csv
-from postroom.reports.routes import run_json
+from postroom.reports.routes import listing, run_json
 from postroom.reports.service import ReportNotSent, ReportService, UnknownReport
 from postroom.store.engine import WriteGate
 
 
-async def _service(settings: Settings, engine: AsyncEngine, sending: bool) -> ReportService:
+@contextlib.asynccontextmanager
+async def _service(settings: Settings, engine: AsyncEngine, sending: bool) -> AsyncIterator[ReportService]:
+    """The report service as the command line has it (its PostHog client closed afterwards)."""
     metrics = Metrics(CollectorRegistry())
     door = await submission_door(engine, settings, metrics) if sending else None
-    from postroom.reports.product import product_source
-
     product = product_source(settings)
-    return reports_for(settings, engine, WriteGate.for_database(settings.database), SystemClock(), metrics, door,
-                       product).service  # fmt: skip
+    try:
+        yield reports_for(settings, engine, WriteGate.for_database(settings.database), SystemClock(), metrics, door,
+                          product).service  # fmt: skip
+    finally:
+        if product is not None:
+            await product.aclose()
 
 
 def _checked(settings: Settings, name: str, period_text: str | None) -> Period | None:
@@ -64,15 +71,8 @@ def reports_ls(ctx: click.Context, as_json: bool) -> None:
     settings = settings_from(ctx)
 
     async def work(engine: AsyncEngine) -> list[dict[str, Any]]:
-        service = await _service(settings, engine, False)
-        found = []
-        for name, d in sorted(service.definitions().items()):
-            last = await service.runs.last(name)
-            found.append({"name": name, "title": d.title or name, "cron": d.cron,
-                          "timezone": d.timezone or settings.reports.timezone, "period": d.period,
-                          "recipients": list(d.recipients), "sections": list(d.sections), "enabled": d.enabled,
-                          "next_run_at": service.next_run(name), "last_run": run_json(last) if last else None})  # fmt: skip
-        return found
+        async with _service(settings, engine, False) as service:
+            return await listing(service)
 
     found = run_db(settings, work)
     if as_json:
@@ -101,10 +101,10 @@ def reports_run(ctx: click.Context, name: str, period_text: str | None, to: tupl
         fail(f"not an email address: {', '.join(bad)}", 2)
 
     async def work(engine: AsyncEngine) -> dict[str, Any]:
-        service = await _service(settings, engine, True)
-        outcome = await service.run_now(name, period, to, "manual")
-        run = await service.runs.get(outcome.run.id)
-        return run_json(run or outcome.run)
+        async with _service(settings, engine, True) as service:
+            outcome = await service.run_now(name, period, to, "manual")
+            run = await service.runs.get(outcome.run.id)
+            return run_json(run or outcome.run)
 
     try:
         run = run_db(settings, work)
@@ -130,8 +130,8 @@ def reports_preview(ctx: click.Context, name: str, period_text: str | None, out:
     period = _checked(settings, name, period_text)
 
     async def work(engine: AsyncEngine) -> tuple[Any, Any, float]:
-        service = await _service(settings, engine, False)
-        return await service.preview(name, period)
+        async with _service(settings, engine, False) as service:
+            return await service.preview(name, period)
 
     report, rendered, seconds = run_db(settings, work)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,8 +161,8 @@ def reports_history(ctx: click.Context, name: str, limit: int, as_json: bool) ->
     _checked(settings, name, None)
 
     async def work(engine: AsyncEngine) -> list[dict[str, Any]]:
-        service = await _service(settings, engine, False)
-        return [run_json(r) for r in await service.runs.history(name, limit)]
+        async with _service(settings, engine, False) as service:
+            return [run_json(r) for r in await service.runs.history(name, limit)]
 
     runs = run_db(settings, work)
     if as_json:

@@ -39,6 +39,19 @@ def run_json(run: Run) -> dict[str, Any]:
             "deliveries": run.deliveries, "error": run.error}  # fmt: skip
 
 
+async def listing(service: ReportService) -> list[dict[str, Any]]:
+    """Each definition with its next and last run (`GET /v1/reports`, `postroom reports ls`)."""
+    found = []
+    for name, definition in sorted(service.definitions().items()):
+        last = await service.runs.last(name)
+        found.append({"name": name, "title": definition.title or name, "cron": definition.cron,
+                      "timezone": definition.timezone or service.timezone, "period": definition.period,
+                      "sections": list(definition.sections), "recipients": list(definition.recipients),
+                      "formats": list(definition.formats), "enabled": definition.enabled,
+                      "next_run_at": service.next_run(name), "last_run": run_json(last) if last else None})  # fmt: skip
+    return found
+
+
 class ReportRoutes:
     def __init__(self, service: ReportService):
         self._service = service
@@ -52,15 +65,7 @@ class ReportRoutes:
                responses={200: ("`reports`", None)}, tags=("reports",))  # fmt: skip
     @requires(Role.VIEWER)
     async def list(self, request: web.Request) -> web.Response:
-        found = []
-        for name, definition in sorted(self._service.definitions().items()):
-            last = await self._service.runs.last(name)
-            found.append({"name": name, "title": definition.title or name, "cron": definition.cron,
-                          "timezone": definition.timezone or self._service.timezone, "period": definition.period,
-                          "sections": list(definition.sections), "recipients": list(definition.recipients),
-                          "formats": list(definition.formats), "enabled": definition.enabled,
-                          "next_run_at": self._service.next_run(name),
-                          "last_run": run_json(last) if last else None})  # fmt: skip
+        found = await listing(self._service)
         return web.json_response({"reports": found})
 
     @operation(summary="Run a report now for a period (default: the last complete one) and mail it to its "

@@ -15,7 +15,6 @@ from typing import Any
 
 from postroom.core.clock import Clock
 from postroom.core.compose import Draft, compose
-from postroom.core.errors import InvalidMessageError
 from postroom.core.ids import new_message_id
 from postroom.core.types import IdempotencyKey, Submission
 from postroom.metrics import Metrics
@@ -177,11 +176,3 @@ class ReportService:
             raise ReportNotSent(f"{outcome.code}: {outcome.reason}")
         return (outcome.message_id,)
 
-
-def check_recipients(to: tuple[str, ...]) -> tuple[str, ...]:
-    from postroom.core.addresses import valid_mailbox
-
-    bad = [a for a in to if not valid_mailbox(a)]
-    if bad:
-        raise InvalidMessageError(f"not an email address: {', '.join(bad)}")
-    return to
