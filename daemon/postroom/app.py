@@ -532,6 +532,7 @@ class Daemon:
         self.reports = made
         alerts = ReportAlerts(made.service, submissions, self.clock, sender=default_sender(settings),
                               hostname=settings.smtp.hostname)  # fmt: skip
+        stack.push_async_callback(alerts.aclose)
         routes: tuple[RouteGroup, ...] = (
             ReportRoutes(made.service),
             PostHogAlertRoutes(alerts, settings.posthog.webhook_secret, settings.posthog.alerts, self.metrics),

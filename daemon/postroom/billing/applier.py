@@ -17,11 +17,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from postroom.billing.events import StripeEvent
 from postroom.billing.settings import StripeSettings
 from postroom.billing.store import Applied, EventStatus, NeedsFetch, SqlBillingStore
+from postroom.billing.stripe_api import StripeNotFound, StripeRefused
 from postroom.billing.sync import StripeSource, SyncSummary, synchronise
 from postroom.core.clock import Clock
 from postroom.core.errors import StoreError
 from postroom.metrics import Metrics
 from postroom.mrr.movements import Change
+from postroom.mrr.valuation import Malformed, NeedsExpansion
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,8 @@ class BillingApplier:
                 await self._maybe_reconcile()
             except StoreError as exc:
                 logger.error("billing: %s; retrying in %.0f s", exc, self._settings.sweep_interval)
+            except Exception:  # noqa: BLE001 - a defect in one step must not stop the daemon's other tasks
+                logger.exception("billing: a sweep failed; retrying in %.0f s", self._settings.sweep_interval)
             wait = min(self._settings.sweep_interval, GAUGE_INTERVAL) if stale_gauges else self._settings.sweep_interval
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -100,6 +104,9 @@ class BillingApplier:
                         for task in waiting:
                             task.cancel()
             self._wake.clear()
+        if self._consumer is not None:  # stopping: what was taken and not applied stays pending
+            self._consumer.cancel()
+            await asyncio.gather(self._consumer, return_exceptions=True)
 
     async def drain(self) -> int:
         """Apply every pending event, oldest state first; the number of ledger changes."""
@@ -135,6 +142,12 @@ class BillingApplier:
             assert self._reader is not None
             try:
                 fetched = await self._reader.subscription(need.subscription)
+            except (StripeNotFound, StripeRefused) as exc:  # asking again will not help
+                detail = f"re-fetching {need.subscription} ({need.reason}): {exc}"
+                logger.warning("Stripe event %s flagged: %s", event.id, detail)
+                await self._store.mark(event.id, EventStatus.FLAGGED, detail, now)
+                self._metrics.stripe_events.labels(EventStatus.FLAGGED).inc()
+                return Applied(EventStatus.FLAGGED, detail)
             except Exception as exc:  # noqa: BLE001 - any API failure: the event stays pending for the next sweep
                 logger.warning("Stripe event %s: re-fetching %s failed (%s); kept for the next sweep",
                                event.id, need.subscription, exc)  # fmt: skip
@@ -153,7 +166,15 @@ class BillingApplier:
     async def apply_due(self) -> int:
         changed = 0
         for customer, at in await self._store.due(self._clock.now()):
-            changes = await self._store.apply_due(customer, at, self._clock.now())
+            try:
+                changes = await self._store.apply_due(customer, at, self._clock.now())
+            except (Malformed, NeedsExpansion, KeyError, TypeError, ValueError, ArithmeticError) as exc:
+                # A subscription that cannot be valued: tried again in a day (or when an event or the
+                # nightly reconciliation brings a state that can), never in a loop.
+                logger.error("MRR change due for customer %s at %s could not be applied: %s: %s", customer,
+                             dt.datetime.fromtimestamp(at, dt.UTC).isoformat(), type(exc).__name__, exc)  # fmt: skip
+                await self._store.postpone_due(customer, self._clock.now() + 86400.0)
+                continue
             self._count(changes)
             changed += len(changes)
         return changed
@@ -180,8 +201,10 @@ class BillingApplier:
         now = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC)
         hour, minute = (int(part) for part in self._settings.reconcile_at.split(":"))
         due = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-        if self._last_reconcile_day is None:
-            self._last_reconcile_day = now.date() if now >= due else now.date() - dt.timedelta(days=1)
+        if self._last_reconcile_day is None:  # a restart after reconcile_at still runs today's
+            last = await self._store.last_sync()
+            done = last is not None and last >= due.timestamp()
+            self._last_reconcile_day = now.date() if done else now.date() - dt.timedelta(days=1)
         if now >= due and self._last_reconcile_day < now.date():
             self._last_reconcile_day = now.date()
             try:

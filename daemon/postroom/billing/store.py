@@ -531,6 +531,21 @@ class SqlBillingStore(GatedStore):
                                            .values(paid_before_at=at))  # fmt: skip
         return found
 
+    async def postpone_due(self, customer: str, until: float) -> None:
+        """Move the customer's changes due with time alone to `until` (one that cannot be applied)."""
+        with translate_errors("postponing a scheduled MRR change"):
+            async with self._write() as conn:
+                await conn.execute(billing_subscriptions.update().where(
+                    billing_subscriptions.c.customer == customer,
+                    billing_subscriptions.c.next_change_at.is_not(None)).values(next_change_at=until))  # fmt: skip
+
+    async def last_sync(self) -> float | None:
+        """When the last backfill or reconciliation finished."""
+        with translate_errors("reading reconciliations"):
+            async with self._reads.connect() as conn:
+                found = (await conn.execute(sa.select(sa.func.max(billing_syncs.c.finished_at)))).scalar()
+        return float(found) if found is not None else None
+
     async def record_sync(self, finished_at: float, subscriptions: int, opened: int, drift: dict[str, int]) -> None:
         with translate_errors("recording a reconciliation"):
             async with self._write() as conn:

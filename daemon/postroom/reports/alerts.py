@@ -30,6 +30,11 @@ class ReportAlerts:
         self._hostname = hostname
         self._running: set[asyncio.Task[object]] = set()
 
+    async def aclose(self) -> None:
+        """Let the report runs alerts started finish (the daemon is stopping)."""
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
     async def handle(self, alert: PostHogAlert) -> str:
         rule = alert.rule
         if rule is None:

@@ -8,6 +8,7 @@ logged. No figure is ever made up."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -72,8 +73,8 @@ class PostHogProduct:
             figures.append(Figure(active, "Monthly active users" if monthly else "Weekly active users",
                                   by_bucket.get(bucket), Unit.COUNT, by_bucket.get(starts[0]) if starts else None,
                                   sum(earlier) / len(earlier) if earlier else None))  # fmt: skip
-            chart = product_trend(points, "Monthly active users" if monthly else "Weekly active users",
-                                         self._locale)  # fmt: skip
+            chart = await asyncio.to_thread(product_trend, points,
+                                            "Monthly active users" if monthly else "Weekly active users", self._locale)  # fmt: skip
             images.append(ChartImage(chart.content_id, chart.png, chart.alt))
         except PostHogQueryError as exc:
             problems.append(str(exc))
@@ -95,8 +96,9 @@ class PostHogProduct:
         try:
             result = await self._run("activation_funnel", period.start, period.end)
             levels = {int(row[0]): int(row[1]) for row in result.rows}
+            last_step = self._settings.queries["activation_funnel"].steps or max(levels, default=1)
             started = sum(n for level, n in levels.items() if level >= 1)
-            finished = sum(n for level, n in levels.items() if level >= max(levels, default=1))
+            finished = sum(n for level, n in levels.items() if level >= last_step)
             figures.append(Figure("activation", "Activation (signed up -> subscribed, 7 days)",
                                   finished / started if started else None, Unit.RATE))  # fmt: skip
         except PostHogQueryError as exc:

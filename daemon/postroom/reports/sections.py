@@ -9,9 +9,11 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 from postroom.billing.figures import SqlBillingFigures
+from postroom.mrr.money import round_minor
 from postroom.mrr.movements import Kind, RollForward
 from postroom.mrr.service import MrrService, day_start
 from postroom.reports import charts, formatting
@@ -50,6 +52,11 @@ def _average(values: Sequence[float | int]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _arpa(cents: int, customers: int) -> int | None:
+    """MRR per paying customer, half-even to a whole minor unit (as `GET /v1/mrr` has it)."""
+    return round_minor(Decimal(cents) / customers) if customers else None
+
+
 def _image(chart: charts.Chart) -> ChartImage:
     return ChartImage(chart.content_id, chart.png, chart.alt)
 
@@ -82,16 +89,15 @@ class SectionBuilder:
         now, before = snapshots[-1], snapshots[-2]
         history = [s.cents for s in snapshots[-1 - HISTORY : -1]]
         currency = self._s.mrr.currency
-        sparkline = charts.mrr_sparkline([(p.end, s.cents) for p, s in zip(ends, snapshots, strict=True)], currency,
-                                         self._s.locale)  # fmt: skip
-        arpa = now.cents // now.paying_customers if now.paying_customers else None
+        sparkline = await asyncio.to_thread(charts.mrr_sparkline, [(p.end, s.cents) for p, s in
+                                            zip(ends, snapshots, strict=True)], currency, self._s.locale)  # fmt: skip
+        arpa = _arpa(now.cents, now.paying_customers)
         return Section("headline", "Headline", figures=(
             Figure("mrr", "MRR", now.cents, Unit.MONEY, before.cents, _average(history)),
             Figure("arr", "ARR", now.cents * 12, Unit.MONEY, before.cents * 12),
             Figure("paying_customers", "Paying customers", now.paying_customers, Unit.COUNT, before.paying_customers,
                    _average([s.paying_customers for s in snapshots[-1 - HISTORY : -1]])),
-            Figure("arpa", "ARPA", arpa, Unit.MONEY,
-                   before.cents // before.paying_customers if before.paying_customers else None),
+            Figure("arpa", "ARPA", arpa, Unit.MONEY, _arpa(before.cents, before.paying_customers)),
         ), charts=(_image(sparkline),))  # fmt: skip
 
     async def movements(self, period: Period, _arg: str) -> Section:
@@ -125,7 +131,7 @@ class SectionBuilder:
             t = (await self._roll(p)).totals()
             bars.append(charts.PeriodMovements(p.label, t["new"], t["expansion"], t["reactivation"], t["contraction"],
                                                t["churn"], t["fx"] + t["reconciliation"]))  # fmt: skip
-        waterfall = charts.movements_waterfall(bars, self._s.mrr.currency, self._s.locale)
+        waterfall = await asyncio.to_thread(charts.movements_waterfall, bars, self._s.mrr.currency, self._s.locale)
         return Section("mrr-movements", "MRR movements", figures=figures,
                        tables=(("The largest movements", table),) if top else (), charts=(_image(waterfall),))  # fmt: skip
 
@@ -203,7 +209,7 @@ class SectionBuilder:
         days = await self._s.stats.compute(StatsQuery(since, until, group_by=("day",)))
         points = [charts.DeliveryPoint(dt.date.fromisoformat(str(g.key["day"])[:10]), g.sent, g.delivered, g.bounced,
                                        g.complained) for g in days]  # fmt: skip
-        chart = charts.delivery_health(points, self._s.locale)
+        chart = await asyncio.to_thread(charts.delivery_health, points, self._s.locale)
         return Section("delivery-health", "Delivery health", figures=(
             Figure("sent", "Sent", total.sent, Unit.COUNT, before.sent if before else None),
             Figure("delivered", "Delivered", total.delivered, Unit.COUNT, before.delivered if before else None),

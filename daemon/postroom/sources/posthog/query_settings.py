@@ -41,6 +41,9 @@ class NamedQuery(BaseModel):
     hogql: str = ""
     kind: str = Field(default="", pattern=rf"({_KIND})|^$")  # TrendsQuery, FunnelsQuery, ...
     query: dict[str, Any] | None = None
+    # A funnel's number of steps: the activation rate is persons at this level over those at level 1
+    # (0: the highest level in the answer, which reads 100 % when nobody went past the first step).
+    steps: int = Field(default=0, ge=0, le=50)
 
     @field_validator("hogql")
     @classmethod
@@ -79,8 +82,8 @@ class NamedQuery(BaseModel):
         return {**self.query, "kind": self.kind or self.query["kind"]}
 
 
-def _hogql(sql: str, title: str) -> NamedQuery:
-    return NamedQuery(hogql=" ".join(sql.split()), title=title)
+def _hogql(sql: str, title: str, steps: int = 0) -> NamedQuery:
+    return NamedQuery(hogql=" ".join(sql.split()), title=title, steps=steps)
 
 
 # REPORTS.md 3.3, with the period's bounds in place of now(). Event names are project-specific:
@@ -105,7 +108,7 @@ DEFAULT_QUERIES: dict[str, NamedQuery] = {
           FROM events WHERE timestamp >= {since} AND timestamp < {until}
             AND event IN ('user_signed_up', 'project_created', 'subscription_started')
           GROUP BY person_id)
-        GROUP BY level ORDER BY level""", "Activation funnel (7-day window)"),
+        GROUP BY level ORDER BY level""", "Activation funnel (7-day window)", steps=3),
     "top_events": _hogql("""
         SELECT event, count() AS events, count(DISTINCT person_id) AS users FROM events
         WHERE timestamp >= {since} AND timestamp < {until}
