@@ -34,7 +34,7 @@ from tests.stripe_generate import customer_for, generate_subscriptions
 API_KEY = "sk_test_fake_postroom"
 _EXPAND_KEY = re.compile(r"^expand\[\d*\]$")
 _CREATED_KEY = re.compile(r"^created\[(gt|gte|lt|lte)\]$")
-SUBSCRIPTION_EXPANSIONS = frozenset({"discounts", "items.data.discounts", "items.data.price.tiers"})
+SUBSCRIPTION_EXPANSIONS = frozenset({"discounts", "items.data.discounts", "items.data.price.tiers"})  # retrieve
 _ENDED = frozenset({"canceled", "incomplete_expired"})
 
 
@@ -309,6 +309,31 @@ class FakeStripe:
         _expansions(request, "", frozenset())
         return self._find(self._invoices, request)
 
+    def _coupons(self) -> _Collection:
+        found = _Collection("coupon")
+        for coupon in coupons_of(self.subscriptions.values()).values():
+            found.put(coupon)
+        return found
+
+    async def _list_coupons(self, request: web.Request) -> dict[str, Any]:
+        _expansions(request, "data.", frozenset())
+        return self._list(self._coupons(), request)
+
+    async def _get_coupon(self, request: web.Request) -> dict[str, Any]:
+        _expansions(request, "", frozenset())
+        return self._find(self._coupons(), request)
+
+    async def _get_price(self, request: web.Request) -> dict[str, Any]:
+        """A price of the stored subscriptions; its tiers only with `expand[]=tiers`."""
+        expand = _expansions(request, "", frozenset({"tiers"}))
+        wanted = request.match_info["id"]
+        for sub in self.subscriptions.values():
+            for item in (sub.get("items") or {}).get("data") or []:
+                price = item.get("price")
+                if isinstance(price, dict) and price.get("id") == wanted:
+                    return price if "tiers" in expand else {k: v for k, v in price.items() if k != "tiers"}
+        raise StripeError(404, f"No such price: '{wanted}'", code="resource_missing", param="id")
+
     def _find(self, collection: _Collection, request: web.Request) -> dict[str, Any]:
         object_id = request.match_info["id"]
         try:
@@ -326,6 +351,9 @@ class FakeStripe:
             ("/v1/customers/{id}", self._get_customer),
             ("/v1/invoices", self._list_invoices),
             ("/v1/invoices/{id}", self._get_invoice),
+            ("/v1/coupons", self._list_coupons),
+            ("/v1/coupons/{id}", self._get_coupon),
+            ("/v1/prices/{id}", self._get_price),
         ]:
             app.router.add_get(path, handler)  # type: ignore[arg-type]  # the middleware serialises
         return app
@@ -340,12 +368,19 @@ def _created_within(created: int, bounds: dict[str, int]) -> bool:
     return all(tests[op](bound) for op, bound in bounds.items())
 
 
+MAX_EXPAND_DEPTH = 4  # "Expansions have a maximum depth of four levels" (Stripe's API reference)
+
+
 def _expansions(request: web.Request, prefix: str, known: frozenset[str]) -> frozenset[str]:
-    """The `expand[]` paths of a request without `prefix` ("data." for lists); 400 for others."""
+    """The `expand[]` paths of a request without `prefix` ("data." for lists); 400 for others,
+    and for paths deeper than Stripe allows."""
     paths = set()
     for key, value in request.query.items():
         if not _EXPAND_KEY.match(key):
             continue
+        if len(value.split(".")) > MAX_EXPAND_DEPTH:
+            raise StripeError(400, f"You cannot expand more than {MAX_EXPAND_DEPTH} levels of a property "
+                                   f"({value}).", param="expand")  # fmt: skip
         path = value.removeprefix(prefix) if value.startswith(prefix) else None
         if path is None or path not in known:
             raise StripeError(400, f"This property cannot be expanded ({value}).", param="expand")
@@ -354,19 +389,19 @@ def _expansions(request: web.Request, prefix: str, known: frozenset[str]) -> fro
 
 
 def _shaped_subscription(sub: dict[str, Any], expand: frozenset[str]) -> dict[str, Any]:
-    """The stored (fully expanded) subscription as Stripe answers it for these expansions."""
-    if expand == SUBSCRIPTION_EXPANSIONS:
-        return sub
+    """The stored (fully expanded) subscription as Stripe answers it for these expansions: ids
+    where not expanded, and a discount's coupon always as its id (API 2025-09-30.clover and later)."""
     shaped = dict(sub)
-    if "discounts" not in expand:
-        shaped["discounts"] = _discount_ids(sub.get("discounts", []))
+    discounts = sub.get("discounts", [])
+    shaped["discounts"] = _coupon_ids(discounts) if "discounts" in expand else _discount_ids(discounts)
     items = sub.get("items")
     if isinstance(items, dict):
         data = []
         for item in items.get("data", []):
             item = dict(item)
-            if "items.data.discounts" not in expand:
-                item["discounts"] = _discount_ids(item.get("discounts", []))
+            item_discounts = item.get("discounts", [])
+            item["discounts"] = (_coupon_ids(item_discounts) if "items.data.discounts" in expand
+                                 else _discount_ids(item_discounts))  # fmt: skip
             price = item.get("price")
             if "items.data.price.tiers" not in expand and isinstance(price, dict) and "tiers" in price:
                 item["price"] = {k: v for k, v in price.items() if k != "tiers"}
@@ -377,6 +412,32 @@ def _shaped_subscription(sub: dict[str, Any], expand: frozenset[str]) -> dict[st
 
 def _discount_ids(discounts: list[Any]) -> list[Any]:
     return [d["id"] if isinstance(d, dict) else d for d in discounts]
+
+
+def _coupon_ids(discounts: list[Any]) -> list[Any]:
+    """Expanded discounts as Stripe sends them since 2025-09-30.clover: the coupon inside as its id."""
+    shaped = []
+    for discount in discounts:
+        if isinstance(discount, dict) and isinstance(discount.get("source"), dict):
+            coupon = discount["source"].get("coupon")
+            if isinstance(coupon, dict):
+                discount = {**discount, "source": {**discount["source"], "coupon": coupon["id"]}}
+        shaped.append(discount)
+    return shaped
+
+
+def coupons_of(subscriptions: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every coupon the subscriptions' discounts carry, by id."""
+    found: dict[str, dict[str, Any]] = {}
+    for sub in subscriptions:
+        discounts = list(sub.get("discounts") or [])
+        for item in (sub.get("items") or {}).get("data") or []:
+            discounts += item.get("discounts") or []
+        for discount in discounts:
+            coupon = (discount.get("source") or {}).get("coupon") if isinstance(discount, dict) else None
+            if isinstance(coupon, dict):
+                found[coupon["id"]] = coupon
+    return found
 
 
 @contextlib.asynccontextmanager

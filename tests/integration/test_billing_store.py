@@ -182,3 +182,35 @@ async def test_two_appliers_apply_one_event_once(engine: AsyncEngine) -> None:
         rows = (await conn.execute(sa.select(sa.func.count()).select_from(mrr_ledger))).scalar()
     assert rows == 1
     assert await first.mrr() == 14_700
+
+
+async def test_a_coupon_named_by_id_is_read_from_stripe_or_kept_from_its_event(engine: AsyncEngine,
+                                                                                fake: FakeStripe) -> None:  # fmt: skip
+    """Since API 2025-09-30.clover a discount names its coupon by id: postroom reads it once from
+    Stripe (or keeps it from a coupon.* event) and values the discount with it."""
+    f = copy.deepcopy(subscriptions()["F_percent_forever"])
+    coupon = f["discounts"][0]["source"]["coupon"]
+    f["discounts"][0]["source"]["coupon"] = coupon["id"]
+    fake.put_subscription(subscriptions()["F_percent_forever"])
+    books = Books(engine)
+    await books.post(event("evt_f_1", "customer.subscription.created", FEB_1, f))
+    assert (await books.statuses())["evt_f_1"] == "flagged"  # no API key, no coupon: flagged, not guessed
+    reader = StripeReader(API_KEY, api_base=fake.url, max_network_retries=0)
+    try:
+        books = Books(engine, reader)
+        await books.post(event("evt_f_2", "customer.subscription.updated", FEB_1 + 1, f))
+    finally:
+        await reader.aclose()
+    assert (await books.statuses())["evt_f_2"] == "applied"
+    assert await books.mrr() == 8_000
+    assert [s.path for s in fake.requests] == ["/v1/coupons/FOREVER20"]
+    half = {**coupon, "id": "HALF", "percent_off": 50.0}
+    g = copy.deepcopy(f)
+    g["id"], g["customer"] = "sub_F2", "cus_F2"
+    g["discounts"][0] = {**g["discounts"][0], "id": "di_F2", "customer": "cus_F2", "source": {"type": "coupon",
+                                                                                              "coupon": "HALF"}}  # fmt: skip
+    books = Books(engine)
+    await books.post(event("evt_coupon", "coupon.created", FEB_1 + 2, half),
+                     event("evt_g", "customer.subscription.created", FEB_1 + 3, g))  # fmt: skip
+    assert (await books.statuses())["evt_g"] == "applied"
+    assert await books.mrr() == 8_000 + 5_000

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import copy
 import socket
 import time
@@ -23,7 +24,7 @@ from postroom.billing.stripe_api import (
 from tests.stripe_fake import API_KEY, FakeStripe, fake_stripe, fixture_folder, read_fixture_subscriptions
 from tests.stripe_generate import generate_subscriptions
 
-EXPANSIONS = ["data.discounts", "data.items.data.discounts", "data.items.data.price.tiers"]
+EXPANSIONS = ["data.discounts", "data.items.data.discounts"]  # a listing cannot reach tiers (4 levels)
 
 
 @pytest.fixture
@@ -44,29 +45,46 @@ async def fixtures_loaded(fake: FakeStripe) -> list[dict[str, Any]]:
     return fake.load_fixtures()
 
 
-async def test_fixture_subscriptions_come_back_equal_to_the_files(fake: FakeStripe) -> None:
+def as_stripe_sends(sub: dict[str, Any], tiers: bool) -> dict[str, Any]:
+    """A fixture as Stripe answers it (API 2025-09-30.clover and later): a discount's coupon as its
+    id; a price's tiers only where they could be expanded."""
+    shaped = json.loads(json.dumps(sub))
+    for discount in [*shaped["discounts"], *(d for i in shaped["items"]["data"] for d in i["discounts"])]:
+        discount["source"]["coupon"] = discount["source"]["coupon"]["id"]
+    if not tiers:
+        for item in shaped["items"]["data"]:
+            item["price"].pop("tiers", None)
+    return dict(shaped)
+
+
+async def test_fixture_subscriptions_come_back_as_stripe_sends_them(fake: FakeStripe) -> None:
     files = await fixtures_loaded(fake)
     async with reader(fake) as stripe:
         listed = [sub async for sub in stripe.subscriptions()]
         retrieved = await stripe.subscription("sub_O")
+        price = await stripe.price("price_tiered_m")
+        coupons = {c["id"]: c async for c in stripe.coupons()}
+        forever = await stripe.coupon("FOREVER20")
 
     assert len(files) == 15
-    assert sorted(listed, key=lambda s: s["id"]) == sorted(files, key=lambda s: s["id"])
-    assert retrieved == next(f for f in files if f["id"] == "sub_O")
+    assert sorted(listed, key=lambda s: s["id"]) == sorted((as_stripe_sends(f, tiers=False) for f in files),
+                                                           key=lambda s: s["id"])  # fmt: skip
+    assert retrieved == as_stripe_sends(next(f for f in files if f["id"] == "sub_O"), tiers=True)
+    assert [(t["up_to"], t["unit_amount_decimal"]) for t in price["tiers"]] == [(10, "1000"), (None, "800")]
+    assert set(coupons) == {"FOREVER20", "LAUNCH100X3"} and forever["percent_off"] == 20.0
     assert [seen.expand for seen in fake.requests[:1]] == [EXPANSIONS]
     assert fake.requests[0].query["status"] == "all" and fake.requests[0].query["limit"] == "100"
-    assert fake.requests[-1].expand == ["discounts", "items.data.discounts", "items.data.price.tiers"]
+    assert fake.requests[1].expand == ["discounts", "items.data.discounts", "items.data.price.tiers"]
 
 
-async def test_expansions_give_full_discounts_and_tiers(fake: FakeStripe) -> None:
+async def test_stripe_refuses_expansions_deeper_than_four_levels(fake: FakeStripe) -> None:
     await fixtures_loaded(fake)
-    async with reader(fake) as stripe:
-        subs = {sub["id"]: sub async for sub in stripe.subscriptions()}
-
-    coupon = subs["sub_F"]["discounts"][0]["source"]["coupon"]
-    assert coupon["percent_off"] == 20.0 and coupon["duration"] == "forever"
-    tiers = subs["sub_O"]["items"]["data"][0]["price"]["tiers"]
-    assert [(t["up_to"], t["unit_amount_decimal"]) for t in tiers] == [(10, "1000"), (None, "800")]
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.get(f"{fake.url}/v1/subscriptions",
+                            params={"expand[]": "data.items.data.price.tiers"}) as response:  # fmt: skip
+            assert response.status == 400
+            assert "more than 4 levels" in (await response.json())["error"]["message"]
 
 
 async def test_the_fake_answers_ids_and_no_tiers_without_expansions(fake: FakeStripe) -> None:

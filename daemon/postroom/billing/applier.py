@@ -141,9 +141,12 @@ class BillingApplier:
         except NeedsFetch as need:
             assert self._reader is not None
             try:
+                if need.coupon:  # a discount names a coupon postroom has not seen: read it, then again
+                    await self._store.keep_coupons([await self._reader.coupon(need.coupon)], now)
+                    return await self._apply(event)
                 fetched = await self._reader.subscription(need.subscription)
             except (StripeNotFound, StripeRefused) as exc:  # asking again will not help
-                detail = f"re-fetching {need.subscription} ({need.reason}): {exc}"
+                detail = f"re-fetching {need.coupon or need.subscription} ({need.reason}): {exc}"
                 logger.warning("Stripe event %s flagged: %s", event.id, detail)
                 await self._store.mark(event.id, EventStatus.FLAGGED, detail, now)
                 self._metrics.stripe_events.labels(EventStatus.FLAGGED).inc()

@@ -25,6 +25,7 @@ class Family(enum.StrEnum):
     INVOICE = "invoice"
     CUSTOMER = "customer"
     DISCOUNT = "discount"
+    COUPON = "coupon"
     IGNORED = "ignored"
 
 
@@ -35,6 +36,7 @@ FAMILIES: Mapping[str, Family] = {
     **{f"invoice.{verb}": Family.INVOICE for verb in ("payment_succeeded", "paid", "payment_failed")},
     **{f"customer.{verb}": Family.CUSTOMER for verb in ("created", "updated", "deleted")},
     **{f"customer.discount.{verb}": Family.DISCOUNT for verb in ("created", "updated", "deleted")},
+    **{f"coupon.{verb}": Family.COUPON for verb in ("created", "updated", "deleted")},
 }  # fmt: skip
 
 

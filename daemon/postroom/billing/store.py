@@ -30,6 +30,7 @@ from postroom.mrr.revalue import Held, Position, openings, revalue
 from postroom.mrr.valuation import Context, Malformed, NeedsExpansion
 from postroom.store.engine import GatedStore, WriteGate, translate_errors
 from postroom.store.tables import (
+    billing_coupons,
     billing_customers,
     billing_discounts,
     billing_invoices,
@@ -60,10 +61,11 @@ STATUSES = (EventStatus.PENDING, EventStatus.APPLIED, EventStatus.IGNORED, Event
 class NeedsFetch(Exception):
     """Apply the event again with the subscription as Stripe has it now."""
 
-    def __init__(self, subscription: str, reason: str):
-        super().__init__(f"subscription {subscription}: {reason}")
-        self.subscription = subscription
+    def __init__(self, subscription: str, reason: str, coupon: str | None = None):
+        super().__init__(f"subscription {subscription}: {reason}" if subscription else reason)
+        self.subscription = subscription  # "": only the coupon is to be read
         self.reason = reason
+        self.coupon = coupon  # a coupon to read first (a discount names it by id)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,14 @@ def _checked_subscription(obj: Json) -> tuple[str, str]:
         if not isinstance(item, Mapping) or not isinstance(item.get("price"), Mapping):
             raise Malformed(f"subscription {sub_id} has an item without a price object")
     return sub_id, customer
+
+
+def _discounts_of(snapshot: Json) -> list[Any]:
+    """The discounts a subscription snapshot carries, its items' included (objects or ids)."""
+    found = list(snapshot.get("discounts") or [])
+    for item in (snapshot.get("items") or {}).get("data") or []:
+        found.extend(item.get("discounts") or [])
+    return found
 
 
 def _invoice_subscription(invoice: Json) -> str | None:
@@ -225,7 +235,14 @@ class SqlBillingStore(GatedStore):
                     await conn.execute(stripe_events.update().where(stripe_events.c.id == event.id)
                                        .values(status=applied.status, detail=applied.detail, applied_at=now))  # fmt: skip
                     return applied
-        except (Malformed, NeedsExpansion, KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        except NeedsExpansion as exc:
+            if exc.coupon and can_fetch:
+                raise NeedsFetch("", str(exc), coupon=exc.coupon) from None
+            detail = f"{type(exc).__name__}: {exc}"
+            logger.warning("Stripe event %s (%s) flagged: %s", event.id, event.type, detail)
+            await self.mark(event.id, EventStatus.FLAGGED, detail, now)
+            return Applied(EventStatus.FLAGGED, detail)
+        except (Malformed, KeyError, TypeError, ValueError, ArithmeticError) as exc:
             detail = f"{type(exc).__name__}: {exc}"
             logger.warning("Stripe event %s (%s) flagged: %s", event.id, event.type, detail)
             await self.mark(event.id, EventStatus.FLAGGED, detail, now)
@@ -242,6 +259,11 @@ class SqlBillingStore(GatedStore):
             return await self._subscription_event(conn, event, now, can_fetch, fetched)
         if event.family is Family.INVOICE:
             return await self._invoice_event(conn, event, now)
+        if event.family is Family.COUPON:
+            if not _id_of(obj):
+                raise Malformed("the event's object is not a coupon")
+            await self._write_coupons(conn, [obj], now)
+            return Applied(EventStatus.APPLIED, "coupon kept")
         if event.family is Family.CUSTOMER:
             customer = _id_of(obj)
             if not customer:
@@ -284,6 +306,8 @@ class SqlBillingStore(GatedStore):
         try:
             changes = await self._revalue(conn, customer, event.created, now, Cause.EVENT, event.id, sub_id, locked)
         except NeedsExpansion as exc:
+            if can_fetch and exc.coupon:
+                raise NeedsFetch(sub_id, str(exc), coupon=exc.coupon) from None
             if can_fetch and fetched is None:
                 raise NeedsFetch(sub_id, str(exc)) from None
             raise
@@ -398,13 +422,25 @@ class SqlBillingStore(GatedStore):
             prices = {r.id: r.price for r in (await conn.execute(
                 sa.select(billing_prices).where(billing_prices.c.id.in_(price_ids)))).all()}  # fmt: skip
         customer_discount = row.discount if row is not None and not row.deleted else None
+        coupons = await self._coupons_named(conn, [*discounts.values(), customer_discount,
+                                                   *(d for sub in subs for d in _discounts_of(sub.snapshot))])  # fmt: skip
         held = []
         for sub in subs:
             dunning = dt.datetime.fromtimestamp(sub.dunning_since, dt.UTC) if sub.dunning_since else None
             shares = {k: Decimal(v) for k, v in (sub.net_shares or {}).items()}
-            context = Context(discounts, prices, customer_discount, shares, dunning)
+            context = Context(discounts, prices, customer_discount, shares, dunning, coupons)
             held.append(Held(sub.id, sub.snapshot, context, sub.start_date))
         return held, stored
+
+    async def _coupons_named(self, conn: AsyncConnection, discounts: Iterable[Any]) -> dict[str, Json]:
+        """The stored coupons the discounts name by id."""
+        ids = {coupon for d in discounts if isinstance(d, Mapping)
+               for coupon in [(d.get("source") or {}).get("coupon") if isinstance(d.get("source"), Mapping)
+                              else d.get("coupon")] if isinstance(coupon, str)}  # fmt: skip
+        if not ids:
+            return {}
+        rows = (await conn.execute(sa.select(billing_coupons).where(billing_coupons.c.id.in_(ids)))).all()
+        return {r.id: r.coupon for r in rows}
 
     async def _positions(self, conn: AsyncConnection, customer: str) -> dict[str, Position]:
         return (await self._positions_scheduled(conn, customer))[0]
@@ -530,6 +566,40 @@ class SqlBillingStore(GatedStore):
                         await conn.execute(billing_customers.update().where(billing_customers.c.id == customer)
                                            .values(paid_before_at=at))  # fmt: skip
         return found
+
+    async def keep_coupons(self, coupons: Sequence[Json], now: float) -> None:
+        """Store coupons read from Stripe (a discount names its coupon by id)."""
+        with translate_errors("storing coupons"):
+            async with self._write() as conn:
+                await self._write_coupons(conn, coupons, now)
+
+    async def _write_coupons(self, conn: AsyncConnection, coupons: Sequence[Json], now: float) -> None:
+        for coupon in coupons:
+            if _id_of(coupon):
+                await conn.execute(_upsert(conn, billing_coupons, {"id": coupon["id"], "coupon": dict(coupon),
+                                                                   "updated_at": now}, ["id"]))  # fmt: skip
+
+    async def keep_prices(self, prices: Sequence[Json], now: float) -> None:
+        """Store prices read with their tiers (webhooks and listings never carry tiers)."""
+        with translate_errors("storing prices"):
+            async with self._write() as conn:
+                for price in prices:
+                    if _id_of(price) and price.get("tiers"):
+                        await conn.execute(_upsert(conn, billing_prices, {"id": price["id"], "price": dict(price),
+                                                                          "updated_at": now}, ["id"]))  # fmt: skip
+
+    async def tiered_prices_missing(self) -> list[str]:
+        """Tiered prices of stored subscriptions with no stored tiers."""
+        with translate_errors("reading prices"):
+            async with self._reads.connect() as conn:
+                known = {r[0] for r in (await conn.execute(sa.select(billing_prices.c.id))).all()}
+                missing: set[str] = set()
+                for (snapshot,) in (await conn.execute(sa.select(billing_subscriptions.c.snapshot))).all():
+                    for item in snapshot["items"]["data"]:
+                        price = item.get("price") or {}
+                        if price.get("billing_scheme") == "tiered" and not price.get("tiers") and price.get("id"):
+                            missing.add(str(price["id"]))
+        return sorted(missing - known)
 
     async def postpone_due(self, customer: str, until: float) -> None:
         """Move the customer's changes due with time alone to `until` (one that cannot be applied)."""

@@ -36,7 +36,11 @@ from postroom.core.errors import PostroomError
 logger = logging.getLogger(__name__)
 
 DEFAULT_API_BASE = "https://api.stripe.com"
+# Stripe expands at most four levels: a listing (`data.` first) cannot reach a price's tiers, which
+# `price()` reads instead. A discount's coupon comes as its id (API 2025-09-30.clover and later):
+# `coupons()` and `coupon()` read them.
 SUBSCRIPTION_EXPAND = ["discounts", "items.data.discounts", "items.data.price.tiers"]
+LISTING_EXPAND = ["data.discounts", "data.items.data.discounts"]
 _MAX_RATE_LIMIT_DELAY = 30.0
 
 
@@ -100,9 +104,20 @@ class StripeReader:
         await self.aclose()
 
     def subscriptions(self) -> AsyncIterator[dict[str, Any]]:
-        """Every subscription of the account, any status, with discounts and price tiers expanded."""
-        expand = [f"data.{path}" for path in SUBSCRIPTION_EXPAND]
-        return self._listing("/v1/subscriptions", {"status": "all", "expand": expand})
+        """Every subscription of the account, any status, with its discounts expanded (a tiered
+        price comes without its tiers: see `price`)."""
+        return self._listing("/v1/subscriptions", {"status": "all", "expand": LISTING_EXPAND})
+
+    async def price(self, price_id: str) -> dict[str, Any]:
+        """One price with its tiers."""
+        return await self._get(f"/v1/prices/{_segment(price_id)}", {"expand": ["tiers"]})
+
+    def coupons(self) -> AsyncIterator[dict[str, Any]]:
+        """Every coupon of the account (discounts name theirs by id)."""
+        return self._listing("/v1/coupons", {})
+
+    async def coupon(self, coupon_id: str) -> dict[str, Any]:
+        return await self._get(f"/v1/coupons/{_segment(coupon_id)}", {})
 
     async def subscription(self, subscription_id: str) -> dict[str, Any]:
         """One subscription, with discounts and price tiers expanded."""

@@ -19,6 +19,9 @@ CHUNK = 500  # objects stored per transaction; customers settled per transaction
 
 
 class StripeSource(Protocol):
+    def coupons(self) -> AsyncIterator[dict[str, Any]]: ...
+    async def coupon(self, coupon_id: str) -> dict[str, Any]: ...
+    async def price(self, price_id: str) -> dict[str, Any]: ...
     def customers(self) -> AsyncIterator[dict[str, Any]]: ...
     def invoices(self, since: int | None = None) -> AsyncIterator[dict[str, Any]]: ...
     def subscriptions(self) -> AsyncIterator[dict[str, Any]]: ...
@@ -62,6 +65,10 @@ async def synchronise(reader: StripeSource, store: SqlBillingStore, now: float,
             await store.keep(**{kind: list(batch)}, seen_at=now, now=now)
             batch.clear()
 
+    # Coupons first: discounts name them by id (API 2025-09-30.clover and later).
+    coupons = [coupon async for coupon in reader.coupons()]
+    await store.keep_coupons(coupons, now)
+    progress("coupons", len(coupons))
     async for customer in reader.customers():
         batch.append(customer)
         touched[str(customer["id"])] = None
@@ -89,6 +96,10 @@ async def synchronise(reader: StripeSource, store: SqlBillingStore, now: float,
             await flush("invoices")
             progress("invoices", summary.invoices)
     await flush("invoices")
+    # Listings cannot expand a price's tiers (Stripe expands four levels at most): read each
+    # tiered price postroom has no tiers of.
+    prices = [await reader.price(price_id) for price_id in await store.tiered_prices_missing()]
+    await store.keep_prices(prices, now)
     names = list(touched)
     for start in range(0, len(names), CHUNK):
         changes = await store.settle(names[start:start + CHUNK], now, now, evidence.customers)

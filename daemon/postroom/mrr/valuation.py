@@ -29,7 +29,12 @@ class Malformed(ValueError):
 
 class NeedsExpansion(LookupError):
     """The snapshot references something it does not carry (a discount id, a tiered price without
-    tiers) and postroom has no local copy: re-fetch the subscription with expansions."""
+    tiers, a coupon id) and postroom has no local copy: re-fetch it. `coupon` names a coupon to
+    fetch (Stripe stopped expanding a discount's coupon in API version 2025-09-30.clover)."""
+
+    def __init__(self, message: str, coupon: str | None = None):
+        super().__init__(message)
+        self.coupon = coupon
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class Context:
     customer_discount: Json | None = None  # Customer.discount, for subscriptions with none of their own
     net_shares: Mapping[str, Decimal] = field(default_factory=dict)  # item id -> net / gross, tax inclusive
     dunning_since: dt.datetime | None = None  # first failed payment of the open invoice
+    coupons: Mapping[str, Json] = field(default_factory=dict)  # coupon id -> Coupon
 
 
 @dataclass(frozen=True)
@@ -145,18 +151,24 @@ def _discount(ref: Any, context: Context) -> Json:
     raise NeedsExpansion(f"discount {ref} is referenced but not known")
 
 
-def _coupon(discount: Json) -> Json:
+def _coupon(discount: Json, context: Context) -> Json:
+    """The discount's coupon: carried in it (API versions before clover, the fixtures), or by id
+    from the local copy of coupons."""
     source = discount.get("source")
     coupon = source.get("coupon") if isinstance(source, Mapping) else discount.get("coupon")
+    if isinstance(coupon, str):
+        if coupon in context.coupons:
+            return context.coupons[coupon]
+        raise NeedsExpansion(f"discount {discount.get('id')} names coupon {coupon}, which is not known", coupon)
     if not isinstance(coupon, Mapping):
-        raise NeedsExpansion(f"discount {discount.get('id')} carries no coupon object")
+        raise NeedsExpansion(f"discount {discount.get('id')} carries no coupon")
     return coupon
 
 
-def discount_applies(discount: Json, at: dt.datetime, policies: Policies) -> bool:
+def discount_applies(discount: Json, at: dt.datetime, policies: Policies, context: Context | None = None) -> bool:
     """Whether a discount reduces MRR at `at` (S-5): forever coupons always; once and repeating
     ones only under `all_active`, between the discount's start and end."""
-    coupon = _coupon(discount)
+    coupon = _coupon(discount, context or Context())
     if coupon.get("duration") == "forever":
         return discount.get("end") is None or int(discount["end"]) > at.timestamp()
     if policies.discounts is not DiscountPolicy.ALL_ACTIVE:
@@ -228,13 +240,13 @@ def value(subscription: Json, at: dt.datetime, context: Context, policies: Polic
     for i, item in enumerate(items):
         for ref in item.get("discounts") or []:
             discount = _discount(ref, context)
-            if discount_applies(discount, at, policies):
-                _reduce(values, [i], _coupon(discount), currency, month_factor)
+            if discount_applies(discount, at, policies, context):
+                _reduce(values, [i], _coupon(discount, context), currency, month_factor)
     own = [_discount(ref, context) for ref in subscription.get("discounts") or []]
     customer = context.customer_discount
     for discount in own or ([customer] if customer and not customer.get("subscription") else []):
-        if discount_applies(discount, at, policies):
-            coupon = _coupon(discount)
+        if discount_applies(discount, at, policies, context):
+            coupon = _coupon(discount, context)
             chosen = [i for i, item in enumerate(items) if _applies_to(coupon, item)]
             _reduce(values, chosen, coupon, currency, month_factor)
     total = sum(values, ZERO)

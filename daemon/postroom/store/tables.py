@@ -535,6 +535,15 @@ billing_discounts = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
+# Coupons by id: a discount names its coupon by id since Stripe API 2025-09-30.clover.
+billing_coupons = sa.Table(
+    "billing_coupons",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("coupon", sa.JSON, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 billing_prices = sa.Table(
     "billing_prices",
     metadata,

@@ -76,6 +76,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_billing_discounts"),
     )
     op.create_table(
+        "billing_coupons",
+        sa.Column("id", sa.String(255), nullable=False),
+        sa.Column("coupon", sa.JSON, nullable=False),
+        sa.Column("updated_at", sa.Float, nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_billing_coupons"),
+    )
+    op.create_table(
         "billing_prices",
         sa.Column("id", sa.String(255), nullable=False),
         sa.Column("price", sa.JSON, nullable=False),
@@ -161,6 +168,7 @@ def downgrade() -> None:
     op.drop_index("ix_billing_invoices_created", table_name="billing_invoices")
     op.drop_table("billing_invoices")
     op.drop_table("billing_prices")
+    op.drop_table("billing_coupons")
     op.drop_table("billing_discounts")
     op.drop_index("ix_billing_subscriptions_start_date", table_name="billing_subscriptions")
     op.drop_index("ix_billing_subscriptions_next_change_at", table_name="billing_subscriptions")
