@@ -214,3 +214,15 @@ async def test_a_coupon_named_by_id_is_read_from_stripe_or_kept_from_its_event(e
                      event("evt_g", "customer.subscription.created", FEB_1 + 3, g))  # fmt: skip
     assert (await books.statuses())["evt_g"] == "applied"
     assert await books.mrr() == 8_000 + 5_000
+
+
+async def test_a_reconciliation_read_before_an_event_does_not_undo_it(engine: AsyncEngine) -> None:
+    """Stripe was read at T0; a cancellation created at T0+300 was applied before the read was
+    stored: the older read never brings the subscription back."""
+    books = Books(engine)
+    a = subscriptions()["A_seats"]
+    await books.post(event("evt_new", "customer.subscription.created", FEB_1, a))
+    await books.post(event("evt_gone", "customer.subscription.deleted", FEB_1 + 300, dict(a, status="canceled")))
+    await books.store.keep(subscriptions=[a], seen_at=FEB_1 + 100, now=FEB_1 + 400)
+    drift = await books.store.settle(["cus_A"], FEB_1 + 400, FEB_1 + 400)
+    assert drift == [] and await books.mrr() == 0

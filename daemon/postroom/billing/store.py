@@ -100,11 +100,14 @@ def _ts(value: Any) -> float | None:
 
 
 def _upsert(conn: AsyncConnection, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str],
-            kept: Sequence[str] = ()) -> Any:  # fmt: skip
-    """Insert, or update every column but `keys` and `kept` (set on insert only)."""
+            kept: Sequence[str] = (), newer: str | None = None) -> Any:  # fmt: skip
+    """Insert, or update every column but `keys` and `kept` (set on insert only); with `newer`,
+    only when the stored row's `newer` column is not ahead of the new one (an older state never
+    overwrites a newer one)."""
     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table).values(**values)
     changed = {k: v for k, v in values.items() if k not in keys and k not in kept}
-    return insert.on_conflict_do_update(index_elements=list(keys), set_=changed)
+    where = table.c[newer] <= insert.excluded[newer] if newer else None
+    return insert.on_conflict_do_update(index_elements=list(keys), set_=changed, where=where)
 
 
 def _checked_subscription(obj: Json) -> tuple[str, str]:
@@ -320,7 +323,8 @@ class SqlBillingStore(GatedStore):
             raise Malformed("the event's object is not an invoice with a customer")
         await self._lock_customer(conn, customer, now)
         failed = event.type == "invoice.payment_failed"
-        await self._keep_invoice(conn, invoice, event.created, now, failed=failed, paid=not failed)
+        if not await self._keep_invoice(conn, invoice, event.created, now, failed=failed, paid=not failed):
+            return Applied(EventStatus.STALE, "an older invoice state than the one applied")
         sub_id = _invoice_subscription(invoice)
         if sub_id is None:
             return Applied(EventStatus.APPLIED, "an invoice of no subscription")
@@ -351,7 +355,8 @@ class SqlBillingStore(GatedStore):
     async def _keep_customer(self, conn: AsyncConnection, obj: Json, created: float, now: float,
                              deleted: bool = False) -> None:  # fmt: skip
         discount = obj.get("discount")
-        await conn.execute(billing_customers.update().where(billing_customers.c.id == _id_of(obj)).values(
+        await conn.execute(billing_customers.update().where(billing_customers.c.id == _id_of(obj),
+                                                            billing_customers.c.last_event_created <= created).values(
             email=obj.get("email"), name=obj.get("name"), currency=obj.get("currency"),
             deleted=deleted or bool(obj.get("deleted")), discount=dict(discount) if isinstance(discount, Mapping) else None,
             created=_ts(obj.get("created")), last_event_created=created, updated_at=now))  # fmt: skip
@@ -363,7 +368,10 @@ class SqlBillingStore(GatedStore):
             "snapshot": dict(snapshot), "start_date": _ts(snapshot.get("start_date")),
             "canceled_at": _ts(snapshot.get("canceled_at")), "ended_at": _ts(snapshot.get("ended_at")),
             "cancel_at_period_end": bool(snapshot.get("cancel_at_period_end")),
-            "net_shares": {}, "last_event_created": created, "updated_at": now}, ["id"], kept=["net_shares"]))  # fmt: skip
+            "net_shares": {}, "last_event_created": created, "updated_at": now,
+            # Dunning ends with past_due (paid, or moved on to unpaid or canceled).
+            **({} if snapshot["status"] == "past_due" else {"dunning_since": None, "dunning_invoice": None}),
+        }, ["id"], kept=["net_shares"], newer="last_event_created"))  # fmt: skip
         for item in snapshot["items"]["data"]:
             price = item["price"]
             if price.get("tiers") and _id_of(price):
@@ -375,13 +383,14 @@ class SqlBillingStore(GatedStore):
                         "deleted": False, "updated_at": now}, ["id"]))  # fmt: skip
 
     async def _keep_invoice(self, conn: AsyncConnection, invoice: Json, created: float, now: float,
-                            failed: bool = False, paid: bool = False) -> None:  # fmt: skip
+                            failed: bool = False, paid: bool = False) -> bool:  # fmt: skip
+        """Store the invoice; False (nothing written) when a newer state of it is stored."""
         invoice_id = _id_of(invoice)
         last = (await conn.execute(sa.select(billing_invoices.c.last_event_created, billing_invoices.c.failed_at,
                                              billing_invoices.c.paid_at)
                                    .where(billing_invoices.c.id == invoice_id))).first()  # fmt: skip
         if last is not None and created < last.last_event_created:
-            return
+            return False
         transitions = invoice.get("status_transitions") or {}
         paid_at = _ts(transitions.get("paid_at")) or (created if paid and invoice.get("status") == "paid" else None)
         await conn.execute(_upsert(conn, billing_invoices, {
@@ -394,6 +403,7 @@ class SqlBillingStore(GatedStore):
             "paid_at": paid_at or (last.paid_at if last is not None else None),
             "failed_at": created if failed else (last.failed_at if last is not None else None),
             "last_event_created": created, "updated_at": now}, ["id"]))  # fmt: skip
+        return True
 
     # -- revaluation --------------------------------------------------------------------------
 
