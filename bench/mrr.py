@@ -120,7 +120,7 @@ def table(report: dict[str, Any]) -> str:
                          f"{s['backfill_cpu_seconds']:.1f} | {s['reconcile_seconds']:.1f} "
                          f"({s['reconcile_keep_seconds']:.1f} / {s['reconcile_settle_seconds']:.1f}) | "
                          f"{s['backfill_seconds'] * scale:,.0f} | {s['reconcile_seconds'] * scale:,.0f} | "
-                         f"{s['backfill_statements'] / n:.1f} / {s['reconcile_statements'] / n:.1f} | "
+                         f"{s['backfill_statements'] / n:.3g} / {s['reconcile_statements'] / n:.3g} | "
                          f"{s['opened_customers']:,} | {s['drift']} |")  # fmt: skip
         lines.append("")
     if latency := report.get("latency"):

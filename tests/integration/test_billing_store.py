@@ -29,7 +29,7 @@ from postroom.mrr.policies import Policies
 from postroom.mrr.service import MrrService
 from postroom.mrr.settings import MrrSettings
 from postroom.store.engine import WriteGate
-from postroom.store.tables import mrr_ledger, stripe_events
+from postroom.store.tables import billing_subscriptions, mrr_ledger, mrr_positions, stripe_events
 from tests.stripe_fake import API_KEY, FakeStripe, fake_stripe
 from tests.stripe_fixtures import subscriptions
 
@@ -226,3 +226,36 @@ async def test_a_reconciliation_read_before_an_event_does_not_undo_it(engine: As
     await books.store.keep(subscriptions=[a], seen_at=FEB_1 + 100, now=FEB_1 + 400)
     drift = await books.store.settle(["cus_A"], FEB_1 + 400, FEB_1 + 400)
     assert drift == [] and await books.mrr() == 0
+
+
+async def test_a_chunk_is_kept_and_settled_in_a_few_statements(engine: AsyncEngine) -> None:
+    books = Books(engine)
+    subs = list(subscriptions().values())
+    customers = sorted({str(s["customer"]) for s in subs})
+    statements = [0]
+
+    def count(*_args: Any) -> None:
+        statements[0] += 1
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        await books.store.keep(subscriptions=subs, seen_at=FEB_1, now=FEB_1)
+        opened = await books.store.settle(customers, FEB_1, FEB_1)
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
+    # Per chunk, not per object: 15 subscriptions of 15 customers, ~20 statements each before.
+    assert statements[0] <= 20
+    assert {c.customer for c in opened} == set(customers) - {"cus_H", "cus_J", "cus_L"}  # trialing, unpaid, paused
+    async with engine.begin() as conn:
+        await conn.execute(mrr_positions.update().where(mrr_positions.c.customer == "cus_M")
+                           .values(scheduled_churn_cents=1))  # fmt: skip
+        await conn.execute(billing_subscriptions.update().where(billing_subscriptions.c.id == "sub_A")
+                           .values(mrr="0"))  # fmt: skip
+    assert await books.store.settle(customers, FEB_1 + DAY, FEB_1 + DAY) == []  # no drift in the holdings
+    async with engine.connect() as conn:
+        churn = (await conn.execute(sa.select(mrr_positions.c.scheduled_churn_cents)
+                                    .where(mrr_positions.c.customer == "cus_M"))).scalar()  # fmt: skip
+        value = (await conn.execute(sa.select(billing_subscriptions.c.mrr)
+                                    .where(billing_subscriptions.c.id == "sub_A"))).scalar()  # fmt: skip
+    assert churn == 8_000  # M's scheduled cancellation, rewritten though its MRR did not move
+    assert value != "0"

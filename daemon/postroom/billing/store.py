@@ -6,28 +6,30 @@ Ordering (MRR.md 1.3): each subscription keeps the `created` of the newest state
 snapshot is never applied over it. It is re-fetched from Stripe instead when postroom has an API
 key (`NeedsFetch`), else recorded as stale. A snapshot that references what postroom has no copy
 of (a discount id, an unexpanded tiered price) is re-fetched too, or flagged.
+
+Objects are kept, and customers revalued (postroom.billing.settlement), a list at a time with one
+statement per table: an event is a list of one, a backfill page a list of hundreds.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from postroom.billing.events import Family, StripeEvent
-from postroom.mrr.movements import Cause, Change, Holding
+from postroom.billing.settlement import LedgerWrites, insert_for, ledger_customers, load_books, lock_customers, upsert_many
+from postroom.mrr.movements import Cause, Change
 from postroom.mrr.policies import Policies
-from postroom.mrr.revalue import Held, Position, openings, revalue
-from postroom.mrr.valuation import Context, Malformed, NeedsExpansion
+from postroom.mrr.revalue import openings
+from postroom.mrr.valuation import Malformed, NeedsExpansion
 from postroom.store.engine import GatedStore, WriteGate, translate_errors
 from postroom.store.tables import (
     billing_coupons,
@@ -37,8 +39,6 @@ from postroom.store.tables import (
     billing_prices,
     billing_subscriptions,
     billing_syncs,
-    mrr_ledger,
-    mrr_positions,
     stripe_events,
 )
 
@@ -104,7 +104,7 @@ def _upsert(conn: AsyncConnection, table: sa.Table, values: Mapping[str, Any], k
     """Insert, or update every column but `keys` and `kept` (set on insert only); with `newer`,
     only when the stored row's `newer` column is not ahead of the new one (an older state never
     overwrites a newer one)."""
-    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table).values(**values)
+    insert = insert_for(conn)(table).values(**values)
     changed = {k: v for k, v in values.items() if k not in keys and k not in kept}
     where = table.c[newer] <= insert.excluded[newer] if newer else None
     return insert.on_conflict_do_update(index_elements=list(keys), set_=changed, where=where)
@@ -125,14 +125,6 @@ def _checked_subscription(obj: Json) -> tuple[str, str]:
         if not isinstance(item, Mapping) or not isinstance(item.get("price"), Mapping):
             raise Malformed(f"subscription {sub_id} has an item without a price object")
     return sub_id, customer
-
-
-def _discounts_of(snapshot: Json) -> list[Any]:
-    """The discounts a subscription snapshot carries, its items' included (objects or ids)."""
-    found = list(snapshot.get("discounts") or [])
-    for item in (snapshot.get("items") or {}).get("data") or []:
-        found.extend(item.get("discounts") or [])
-    return found
 
 
 def _invoice_subscription(invoice: Json) -> str | None:
@@ -274,7 +266,7 @@ class SqlBillingStore(GatedStore):
             row = await self._lock_customer(conn, customer, now)
             if event.created < row.last_event_created:
                 return Applied(EventStatus.STALE, "an older customer snapshot than the one applied")
-            await self._keep_customer(conn, obj, event.created, now, deleted=event.type == "customer.deleted")
+            await self._keep_customers(conn, [obj], event.created, now, deleted=event.type == "customer.deleted")
             changes = await self._revalue(conn, customer, event.created, now, Cause.EVENT, event.id, None)
             return Applied(EventStatus.APPLIED, "", changes)
         discount_id, customer = _id_of(obj), _id_of(obj.get("customer"))
@@ -305,7 +297,7 @@ class SqlBillingStore(GatedStore):
             if can_fetch:
                 raise NeedsFetch(sub_id, "older than the state applied")
             return Applied(EventStatus.STALE, "an older snapshot than the one applied (no API key to re-fetch)")
-        await self._keep_subscription(conn, snapshot, max(event.created, last or 0.0), now)
+        await self._keep_subscriptions(conn, [snapshot], max(event.created, last or 0.0), now)
         try:
             changes = await self._revalue(conn, customer, event.created, now, Cause.EVENT, event.id, sub_id, locked)
         except NeedsExpansion as exc:
@@ -323,8 +315,11 @@ class SqlBillingStore(GatedStore):
             raise Malformed("the event's object is not an invoice with a customer")
         await self._lock_customer(conn, customer, now)
         failed = event.type == "invoice.payment_failed"
-        if not await self._keep_invoice(conn, invoice, event.created, now, failed=failed, paid=not failed):
+        stored = (await conn.execute(sa.select(billing_invoices.c.last_event_created)
+                                     .where(billing_invoices.c.id == invoice_id))).scalar()  # fmt: skip
+        if stored is not None and event.created < stored:  # never start or end dunning from an old state
             return Applied(EventStatus.STALE, "an older invoice state than the one applied")
+        await self._keep_invoices(conn, [invoice], event.created, now, failed=failed, paid=not failed)
         sub_id = _invoice_subscription(invoice)
         if sub_id is None:
             return Applied(EventStatus.APPLIED, "an invoice of no subscription")
@@ -347,161 +342,116 @@ class SqlBillingStore(GatedStore):
     # -- objects ------------------------------------------------------------------------------
 
     async def _lock_customer(self, conn: AsyncConnection, customer: str, now: float) -> Any:
-        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(billing_customers)
-        await conn.execute(insert.values(id=customer, updated_at=now).on_conflict_do_nothing(index_elements=["id"]))
-        return (await conn.execute(sa.select(billing_customers).where(billing_customers.c.id == customer)
-                                   .with_for_update())).one()  # fmt: skip
+        return (await lock_customers(conn, [customer], now))[customer]
 
-    async def _keep_customer(self, conn: AsyncConnection, obj: Json, created: float, now: float,
-                             deleted: bool = False) -> None:  # fmt: skip
-        discount = obj.get("discount")
-        await conn.execute(billing_customers.update().where(billing_customers.c.id == _id_of(obj),
-                                                            billing_customers.c.last_event_created <= created).values(
-            email=obj.get("email"), name=obj.get("name"), currency=obj.get("currency"),
-            deleted=deleted or bool(obj.get("deleted")), discount=dict(discount) if isinstance(discount, Mapping) else None,
-            created=_ts(obj.get("created")), last_event_created=created, updated_at=now))  # fmt: skip
+    async def _keep_customers(self, conn: AsyncConnection, objs: Sequence[Json], created: float, now: float,
+                              deleted: bool = False) -> None:  # fmt: skip
+        """Update the (locked) customers' rows from their objects."""
+        rows = []
+        for obj in objs:
+            discount = obj.get("discount")
+            rows.append({"b_id": _id_of(obj), "email": obj.get("email"), "name": obj.get("name"),
+                         "currency": obj.get("currency"), "deleted": deleted or bool(obj.get("deleted")),
+                         "discount": dict(discount) if isinstance(discount, Mapping) else None,
+                         "created": _ts(obj.get("created")), "last_event_created": created, "updated_at": now})  # fmt: skip
+        if rows:
+            await conn.execute(billing_customers.update().where(billing_customers.c.id == sa.bindparam("b_id"),
+                                                                billing_customers.c.last_event_created <= created), rows)  # fmt: skip
 
-    async def _keep_subscription(self, conn: AsyncConnection, snapshot: Json, created: float, now: float) -> None:
-        sub_id, customer = _checked_subscription(snapshot)
-        await conn.execute(_upsert(conn, billing_subscriptions, {
-            "id": sub_id, "customer": customer, "status": snapshot["status"], "currency": str(snapshot["currency"]).lower(),
-            "snapshot": dict(snapshot), "start_date": _ts(snapshot.get("start_date")),
-            "canceled_at": _ts(snapshot.get("canceled_at")), "ended_at": _ts(snapshot.get("ended_at")),
-            "cancel_at_period_end": bool(snapshot.get("cancel_at_period_end")),
-            "net_shares": {}, "last_event_created": created, "updated_at": now,
+    async def _keep_subscriptions(self, conn: AsyncConnection, snapshots: Sequence[Json], created: float,
+                                  now: float) -> None:  # fmt: skip
+        """Upsert the subscriptions (their net shares kept), the tiered prices and the discounts
+        they carry; of one id seen twice the last wins."""
+        subs: list[dict[str, Any]] = []
+        prices: list[dict[str, Any]] = []
+        discounts: list[dict[str, Any]] = []
+        for snapshot in snapshots:
+            sub_id, customer = _checked_subscription(snapshot)
+            subs.append({
+                "id": sub_id, "customer": customer, "status": snapshot["status"], "currency": str(snapshot["currency"]).lower(),
+                "snapshot": dict(snapshot), "start_date": _ts(snapshot.get("start_date")),
+                "canceled_at": _ts(snapshot.get("canceled_at")), "ended_at": _ts(snapshot.get("ended_at")),
+                "cancel_at_period_end": bool(snapshot.get("cancel_at_period_end")),
+                "net_shares": {}, "last_event_created": created, "updated_at": now})  # fmt: skip
+            for item in snapshot["items"]["data"]:
+                price = item["price"]
+                if price.get("tiers") and _id_of(price):
+                    prices.append({"id": price["id"], "price": dict(price), "updated_at": now})
+                for discount in [*(item.get("discounts") or []), *(snapshot.get("discounts") or [])]:
+                    if isinstance(discount, Mapping) and _id_of(discount):
+                        discounts.append({"id": discount["id"], "customer": customer, "subscription": sub_id,
+                                          "discount": dict(discount), "deleted": False, "updated_at": now})  # fmt: skip
+        if subs:
+            await conn.execute(upsert_many(conn, billing_subscriptions, subs[0], ["id"], ["net_shares"],
+                                           newer="last_event_created"), subs)  # fmt: skip
             # Dunning ends with past_due (paid, or moved on to unpaid or canceled).
-            **({} if snapshot["status"] == "past_due" else {"dunning_since": None, "dunning_invoice": None}),
-        }, ["id"], kept=["net_shares"], newer="last_event_created"))  # fmt: skip
-        for item in snapshot["items"]["data"]:
-            price = item["price"]
-            if price.get("tiers") and _id_of(price):
-                await conn.execute(_upsert(conn, billing_prices, {"id": price["id"], "price": dict(price), "updated_at": now}, ["id"]))
-            for discount in [*(item.get("discounts") or []), *(snapshot.get("discounts") or [])]:
-                if isinstance(discount, Mapping) and _id_of(discount):
-                    await conn.execute(_upsert(conn, billing_discounts, {
-                        "id": discount["id"], "customer": customer, "subscription": sub_id, "discount": dict(discount),
-                        "deleted": False, "updated_at": now}, ["id"]))  # fmt: skip
+            ended = sorted({row["id"] for row in subs if row["status"] != "past_due"})
+            if ended:
+                await conn.execute(billing_subscriptions.update().where(
+                    billing_subscriptions.c.id.in_(ended), billing_subscriptions.c.dunning_since.is_not(None),
+                    billing_subscriptions.c.last_event_created <= created).values(dunning_since=None, dunning_invoice=None))  # fmt: skip
+        for table, rows in ((billing_prices, prices), (billing_discounts, discounts)):
+            if rows:
+                await conn.execute(upsert_many(conn, table, rows[0], ["id"]), rows)
 
-    async def _keep_invoice(self, conn: AsyncConnection, invoice: Json, created: float, now: float,
-                            failed: bool = False, paid: bool = False) -> bool:  # fmt: skip
-        """Store the invoice; False (nothing written) when a newer state of it is stored."""
-        invoice_id = _id_of(invoice)
-        last = (await conn.execute(sa.select(billing_invoices.c.last_event_created, billing_invoices.c.failed_at,
-                                             billing_invoices.c.paid_at)
-                                   .where(billing_invoices.c.id == invoice_id))).first()  # fmt: skip
-        if last is not None and created < last.last_event_created:
-            return False
-        transitions = invoice.get("status_transitions") or {}
-        paid_at = _ts(transitions.get("paid_at")) or (created if paid and invoice.get("status") == "paid" else None)
-        await conn.execute(_upsert(conn, billing_invoices, {
-            "id": invoice_id, "customer": _id_of(invoice.get("customer")), "subscription": _invoice_subscription(invoice),
-            "status": invoice.get("status"), "billing_reason": invoice.get("billing_reason"),
-            "currency": str(invoice.get("currency") or "").lower() or None,
-            "amount_due": int(invoice.get("amount_due") or 0), "amount_paid": int(invoice.get("amount_paid") or 0),
-            "total": int(invoice.get("total") or 0), "attempt_count": int(invoice.get("attempt_count") or 0),
-            "created": _ts(invoice.get("created")) or created,
-            "paid_at": paid_at or (last.paid_at if last is not None else None),
-            "failed_at": created if failed else (last.failed_at if last is not None else None),
-            "last_event_created": created, "updated_at": now}, ["id"]))  # fmt: skip
-        return True
+    async def _keep_invoices(self, conn: AsyncConnection, invoices: Sequence[Json], created: float, now: float,
+                             failed: bool = False, paid: bool = False) -> None:  # fmt: skip
+        """Upsert the invoices, except over one stored from a newer event. `paid`: an invoice in
+        status paid was paid at `created` unless it says when; `failed`: its payment failed then
+        (else the failure stored stays, as does a payment date stored when none is known now)."""
+        rows = []
+        for invoice in invoices:
+            transitions = invoice.get("status_transitions") or {}
+            paid_at = _ts(transitions.get("paid_at")) or (created if paid and invoice.get("status") == "paid" else None)
+            rows.append({
+                "id": _id_of(invoice), "customer": _id_of(invoice.get("customer")),
+                "subscription": _invoice_subscription(invoice),
+                "status": invoice.get("status"), "billing_reason": invoice.get("billing_reason"),
+                "currency": str(invoice.get("currency") or "").lower() or None,
+                "amount_due": int(invoice.get("amount_due") or 0), "amount_paid": int(invoice.get("amount_paid") or 0),
+                "total": int(invoice.get("total") or 0), "attempt_count": int(invoice.get("attempt_count") or 0),
+                "created": _ts(invoice.get("created")) or created, "paid_at": paid_at or None,
+                "failed_at": created if failed else None, "last_event_created": created, "updated_at": now})  # fmt: skip
+        if not rows:
+            return
+        insert = insert_for(conn)(billing_invoices)
+        kept = {"id", "paid_at", "failed_at"}
+        changed = {c: insert.excluded[c] for c in rows[0] if c not in kept}
+        changed["paid_at"] = sa.func.coalesce(insert.excluded.paid_at, billing_invoices.c.paid_at)
+        if failed:
+            changed["failed_at"] = insert.excluded.failed_at
+        await conn.execute(insert.on_conflict_do_update(
+            index_elements=["id"], set_=changed,
+            where=billing_invoices.c.last_event_created <= insert.excluded.last_event_created), rows)  # fmt: skip
+
+    async def _take_shares(self, conn: AsyncConnection, invoices: Sequence[Json]) -> None:
+        """Merge the invoices' net shares into their stored subscriptions', in order."""
+        taken = [(sub_id, shares) for invoice in invoices
+                 if (sub_id := _invoice_subscription(invoice)) and (shares := net_shares(invoice))]  # fmt: skip
+        if not taken:
+            return
+        merged = {row.id: dict(row.net_shares or {}) for row in (await conn.execute(
+            sa.select(billing_subscriptions.c.id, billing_subscriptions.c.net_shares)
+            .where(billing_subscriptions.c.id.in_(sorted({sub_id for sub_id, _ in taken}))))).all()}  # fmt: skip
+        for sub_id, shares in taken:
+            if sub_id in merged:
+                merged[sub_id].update(shares)
+        if merged:
+            await conn.execute(billing_subscriptions.update().where(billing_subscriptions.c.id == sa.bindparam("b_id"))
+                               .values(net_shares=sa.bindparam("b_shares")),
+                               [{"b_id": sub_id, "b_shares": shares} for sub_id, shares in merged.items()])  # fmt: skip
 
     # -- revaluation --------------------------------------------------------------------------
 
-    async def _held(self, conn: AsyncConnection, customer: str, row: Any = None) -> list[Held]:
-        return (await self._held_stored(conn, customer, row))[0]
-
-    async def _held_stored(self, conn: AsyncConnection, customer: str,
-                           row: Any = None) -> tuple[list[Held], dict[str, tuple[Any, Any, Any]]]:  # fmt: skip
-        """The customer's subscriptions with what they reference, and each one's stored value
-        (mrr, scheduled churn, next change); `row`: the customer's row when the caller has it (as
-        locked), else it is read."""
-        if row is None:
-            row = (await conn.execute(sa.select(billing_customers).where(billing_customers.c.id == customer))).first()
-        subs = (await conn.execute(sa.select(billing_subscriptions).where(billing_subscriptions.c.customer == customer)
-                                   .order_by(billing_subscriptions.c.id))).all()  # fmt: skip
-        stored = {sub.id: (sub.mrr, sub.scheduled_churn, sub.next_change_at) for sub in subs}
-        if not subs:
-            return [], stored
-        discounts = {r.id: r.discount for r in (await conn.execute(
-            sa.select(billing_discounts).where(billing_discounts.c.customer == customer,
-                                               billing_discounts.c.deleted == sa.false()))).all()}  # fmt: skip
-        price_ids = {str(item["price"].get("id")) for sub in subs for item in sub.snapshot["items"]["data"]
-                     if item["price"].get("billing_scheme") == "tiered" and not item["price"].get("tiers")}  # fmt: skip
-        prices = {}
-        if price_ids:
-            prices = {r.id: r.price for r in (await conn.execute(
-                sa.select(billing_prices).where(billing_prices.c.id.in_(price_ids)))).all()}  # fmt: skip
-        customer_discount = row.discount if row is not None and not row.deleted else None
-        coupons = await self._coupons_named(conn, [*discounts.values(), customer_discount,
-                                                   *(d for sub in subs for d in _discounts_of(sub.snapshot))])  # fmt: skip
-        held = []
-        for sub in subs:
-            dunning = dt.datetime.fromtimestamp(sub.dunning_since, dt.UTC) if sub.dunning_since else None
-            shares = {k: Decimal(v) for k, v in (sub.net_shares or {}).items()}
-            context = Context(discounts, prices, customer_discount, shares, dunning, coupons)
-            held.append(Held(sub.id, sub.snapshot, context, sub.start_date))
-        return held, stored
-
-    async def _coupons_named(self, conn: AsyncConnection, discounts: Iterable[Any]) -> dict[str, Json]:
-        """The stored coupons the discounts name by id."""
-        ids = {coupon for d in discounts if isinstance(d, Mapping)
-               for coupon in [(d.get("source") or {}).get("coupon") if isinstance(d.get("source"), Mapping)
-                              else d.get("coupon")] if isinstance(coupon, str)}  # fmt: skip
-        if not ids:
-            return {}
-        rows = (await conn.execute(sa.select(billing_coupons).where(billing_coupons.c.id.in_(ids)))).all()
-        return {r.id: r.coupon for r in rows}
-
-    async def _positions(self, conn: AsyncConnection, customer: str) -> dict[str, Position]:
-        return (await self._positions_scheduled(conn, customer))[0]
-
-    async def _positions_scheduled(self, conn: AsyncConnection,
-                                   customer: str) -> tuple[dict[str, Position], dict[str, int]]:  # fmt: skip
-        """The customer's positions, and the scheduled churn stored with each."""
-        rows = (await conn.execute(sa.select(mrr_positions).where(mrr_positions.c.customer == customer))).all()
-        scheduled = {r.currency: int(r.scheduled_churn_cents) for r in rows}
-        return {r.currency: Position(Holding(int(r.cents), bool(r.free)), float(r.occurred_at)) for r in rows}, scheduled
-
     async def _revalue(self, conn: AsyncConnection, customer: str, at: float, now: float, cause: Cause,
                        event_id: str | None, subscription: str | None, row: Any = None) -> list[Change]:  # fmt: skip
-        """Recompute the customer and write what changed (only that: a subscription's stored value
-        and a position's scheduled churn are rewritten when they differ)."""
-        held, stored = await self._held_stored(conn, customer, row)
-        positions, scheduled = await self._positions_scheduled(conn, customer)
-        result = revalue(customer, held, positions, at, self._policies, cause, event_id, subscription)
-        for sub_id, v in result.values.items():
-            nxt = result.next_changes[sub_id]
-            values = (str(v.mrr), str(v.scheduled_churn), nxt.timestamp() if nxt else None)
-            if stored.get(sub_id) != values:
-                await conn.execute(billing_subscriptions.update().where(billing_subscriptions.c.id == sub_id).values(
-                    mrr=values[0], scheduled_churn=values[1], next_change_at=values[2]))  # fmt: skip
-        await self._write_changes(conn, result.changes, now, result.scheduled_churn)
-        changed = {c.currency for c in result.changes}
-        for currency in (set(result.holdings) | set(result.scheduled_churn)) - changed:
-            if scheduled.get(currency, 0) != result.scheduled_churn.get(currency, 0):
-                await conn.execute(mrr_positions.update().where(mrr_positions.c.customer == customer,
-                                                                mrr_positions.c.currency == currency)
-                                   .values(scheduled_churn_cents=result.scheduled_churn.get(currency, 0)))  # fmt: skip
-        return list(result.changes)
-
-    async def _write_changes(self, conn: AsyncConnection, changes: Iterable[Change], now: float,
-                             scheduled: Mapping[str, int] | None = None) -> None:  # fmt: skip
-        rows: list[dict[str, Any]] = [{"customer": c.customer, "currency": c.currency, "occurred_at": c.occurred_at.timestamp(),
-                 "before_cents": c.before.cents, "before_free": c.before.free, "after_cents": c.after.cents,
-                 "after_free": c.after.free, "cause": c.cause.value, "event_id": c.event_id,
-                 "subscription": c.subscription, "recorded_at": now} for c in changes]  # fmt: skip
-        if not rows:
-            return
-        await conn.execute(mrr_ledger.insert(), rows)
-        latest: dict[tuple[str, str], dict[str, Any]] = {}
-        for row in rows:
-            latest[(row["customer"], row["currency"])] = row
-        for (customer, currency), row in latest.items():
-            values = {"customer": customer, "currency": currency, "cents": row["after_cents"], "free": row["after_free"],
-                      "occurred_at": row["occurred_at"]}  # fmt: skip
-            if scheduled is not None:
-                values["scheduled_churn_cents"] = scheduled.get(currency, 0)
-            await conn.execute(_upsert(conn, mrr_positions, values, ["customer", "currency"]))
+        """Recompute the customer and write what changed; `row`: the customer's row when the
+        caller has it (as locked), else it is read."""
+        books = await load_books(conn, [customer], None if row is None else {customer: row})
+        writes = LedgerWrites(now)
+        changes = writes.revalue(books[customer], at, self._policies, cause, event_id, subscription)
+        await writes.write(conn)
+        return changes
 
     # -- time, backfill and reconciliation ----------------------------------------------------
 
@@ -523,58 +473,46 @@ class SqlBillingStore(GatedStore):
     async def keep(self, *, customers: Sequence[Json] = (), invoices: Sequence[Json] = (),
                    subscriptions: Sequence[Json] = (), seen_at: float, now: float) -> None:  # fmt: skip
         """Store objects read from Stripe's API (backfill, reconcile) as of `seen_at`: newer than
-        any event created before it."""
+        any event created before it. The customers they name are created if missing and locked
+        first; each table is then written in one statement."""
+        kept_customers = [obj for obj in customers if _id_of(obj)]
+        kept_invoices = [obj for obj in invoices if _id_of(obj) and _id_of(obj.get("customer"))]
+        owners = [_checked_subscription(obj)[1] for obj in subscriptions]
+        named = [str(obj["id"]) for obj in kept_customers] + [str(_id_of(obj.get("customer"))) for obj in kept_invoices]
         with translate_errors("storing Stripe objects"):
             async with self._write() as conn:
-                for obj in customers:
-                    if _id_of(obj):
-                        await self._lock_customer(conn, str(obj["id"]), now)
-                        await self._keep_customer(conn, obj, seen_at, now)
-                for obj in invoices:
-                    if _id_of(obj) and _id_of(obj.get("customer")):
-                        await self._lock_customer(conn, str(_id_of(obj.get("customer"))), now)
-                        await self._keep_invoice(conn, obj, seen_at, now, paid=obj.get("status") == "paid")
-                        await self._take_shares(conn, obj)
-                for obj in subscriptions:
-                    _sub, customer = _checked_subscription(obj)
-                    await self._lock_customer(conn, customer, now)
-                    await self._keep_subscription(conn, obj, seen_at, now)
-
-    async def _take_shares(self, conn: AsyncConnection, invoice: Json) -> None:
-        sub_id, shares = _invoice_subscription(invoice), net_shares(invoice)
-        if not sub_id or not shares:
-            return
-        row = (await conn.execute(sa.select(billing_subscriptions.c.net_shares)
-                                  .where(billing_subscriptions.c.id == sub_id))).first()  # fmt: skip
-        if row is not None:
-            await conn.execute(billing_subscriptions.update().where(billing_subscriptions.c.id == sub_id)
-                               .values(net_shares={**(row.net_shares or {}), **shares}))  # fmt: skip
+                await lock_customers(conn, named + owners, now)
+                await self._keep_customers(conn, kept_customers, seen_at, now)
+                # An invoice of status paid was paid by `seen_at` at the latest.
+                await self._keep_invoices(conn, kept_invoices, seen_at, now, paid=True)
+                await self._take_shares(conn, kept_invoices)
+                await self._keep_subscriptions(conn, subscriptions, seen_at, now)
 
     async def settle(self, customers: Sequence[str], at: float, now: float,
                      paid_evidence: Collection[str] = ()) -> list[Change]:  # fmt: skip
-        """After `keep`: bring each customer's ledger to the state just stored. A customer the
-        ledger has never seen opens at its subscriptions' start dates (backfill); any other
-        difference is a `reconciliation` change at `at`. `paid_evidence`: customers known to have
-        paid before (so their return is a reactivation)."""
+        """After `keep`: bring each customer's ledger to the state just stored, all of them in one
+        transaction. A customer the ledger has never seen opens at its subscriptions' start dates
+        (backfill); any other difference is a `reconciliation` change at `at`. `paid_evidence`:
+        customers known to have paid before (so their return is a reactivation)."""
         found: list[Change] = []
+        names = list(dict.fromkeys(customers))
         with translate_errors("settling the MRR ledger"):
             async with self._write() as conn:
-                for customer in customers:
-                    await self._lock_customer(conn, customer, now)
-                    positions = await self._positions(conn, customer)
-                    seen = positions or (await conn.execute(sa.select(mrr_ledger.c.seq).where(
-                        mrr_ledger.c.customer == customer).limit(1))).first()  # fmt: skip
-                    if seen:
-                        found += await self._revalue(conn, customer, at, now, Cause.RECONCILIATION, None, None)
+                books = await load_books(conn, names, await lock_customers(conn, names, now))
+                seen = await ledger_customers(conn, [c for c in names if not books[c].positions])
+                writes = LedgerWrites(now)
+                for customer in names:
+                    book = books[customer]
+                    if book.positions or customer in seen:
+                        found += writes.revalue(book, at, self._policies, Cause.RECONCILIATION)
                         continue
-                    held = await self._held(conn, customer)
-                    opened = openings(customer, held, at, self._policies)
-                    await self._write_changes(conn, opened, now)
+                    opened = openings(customer, book.held, at, self._policies)
+                    writes.record(book, opened)
                     found += opened
-                    await self._revalue(conn, customer, at, now, Cause.RECONCILIATION, None, None)
+                    writes.revalue(book, at, self._policies, Cause.RECONCILIATION)
                     if not opened and customer in paid_evidence:
-                        await conn.execute(billing_customers.update().where(billing_customers.c.id == customer)
-                                           .values(paid_before_at=at))  # fmt: skip
+                        writes.paid_before.append(customer)
+                await writes.write(conn, paid_before_at=at)
         return found
 
     async def keep_coupons(self, coupons: Sequence[Json], now: float) -> None:
