@@ -501,3 +501,18 @@ def test_a_bad_destination_is_reported_with_its_index(tmp_path: Path) -> None:
             '[[delivery.destinations]]\nmatch = "*"\ndaily_limit = -5\n')  # fmt: skip
     problems = problems_of(write(tmp_path, text))
     assert list(problems) == ["delivery.destinations.1.daily_limit"]
+
+
+def test_report_definitions_are_checked_at_start_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "postroom.toml"
+    path.write_text(
+        '[reports.definitions.board]\ncron = "0 25 * * *"\nsections = ["headline", "horoscope"]\n'
+        '[reports.definitions.weekly]\ntimezone = "Mars/Olympus"\nperiod = "fortnight"\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path, {})
+    problems = dict(raised.value.problems)
+    assert "is not a cron expression" in problems["reports.definitions.board.cron"]
+    assert "unknown section horoscope" in problems["reports.definitions.board.sections"]
+    assert "is not a time zone" in problems["reports.definitions.weekly.timezone"]
+    assert "is not a period kind" in problems["reports.definitions.weekly.period"]
