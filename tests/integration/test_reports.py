@@ -230,3 +230,24 @@ async def test_posthog_alerts_run_a_report_or_mail(db_url: str, tmp_path: Path, 
         mail = {"event": "$insight_alert_firing", "properties": {"alert_name": "Signups fell"}}
         async with rig.session.post(url + "?secret=alert-secret", json=mail) as response:
             assert (await response.json())["action"] == "alert_email"
+
+
+async def test_consecutive_roll_forwards_equal_one_at_a_time(db_url: str, tmp_path: Path, posthog: FakePostHog) -> None:
+    """`roll_forwards` (one read of the ledger for a report's 12-period trends) gives each period
+    what `roll_forward` gives it alone: movements, start, end, FX."""
+    from postroom.mrr.ledger import SqlLedger
+    from postroom.mrr.service import MrrService
+    from postroom.reports.periods import parse_period
+    from postroom.store.engine import create_engine
+
+    async with month(db_url, tmp_path, posthog) as rig:
+        engine = create_engine(rig.daemon.settings.database)
+        try:
+            service = MrrService(SqlLedger(engine), rig.daemon.settings.mrr)
+            for last in (parse_period("2026-02"), parse_period("2026-W09"), parse_period("2026-02-10..2026-02-16")):
+                periods = [last.previous(n) for n in range(11, -1, -1)]
+                together = await service.roll_forwards([(p.start, p.end) for p in periods])
+                alone = [await service.roll_forward(p.start, p.end) for p in periods]
+                assert together == alone
+        finally:
+            await engine.dispose()

@@ -4,14 +4,16 @@ policies it was computed under. What the CLI, the API, the metrics and the repor
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from postroom.mrr.ledger import SqlLedger
 from postroom.mrr.money import FxTable
-from postroom.mrr.movements import Movement, RollForward, Snapshot, customer_movements, snapshot
+from postroom.mrr.movements import Change, Holding, Movement, RollForward, Snapshot, customer_movements, snapshot
 from postroom.mrr.settings import MrrSettings
 
 
@@ -70,6 +72,17 @@ def movement_json(movement: Movement, currency: str) -> dict[str, Any]:
     }
 
 
+def _by_customer(positions: Mapping[tuple[str, str], Holding]) -> dict[str, dict[str, Holding]]:
+    grouped: dict[str, dict[str, Holding]] = defaultdict(dict)
+    for (customer, currency), holding in positions.items():
+        grouped[customer][currency] = holding
+    return grouped
+
+
+def _flat(grouped: Mapping[str, Mapping[str, Holding]]) -> dict[tuple[str, str], Holding]:
+    return {(customer, currency): h for customer, held in grouped.items() for currency, h in held.items()}
+
+
 class MrrService:
     def __init__(self, ledger: SqlLedger, settings: MrrSettings):
         self._ledger = ledger
@@ -95,15 +108,56 @@ class MrrService:
         for change in period.changes:
             by_customer[change.customer].append(change)
         movements: list[Movement] = []
+        start_by = _by_customer(period.start)
         for name, changes in by_customer.items():
-            start = {currency: h for (who, currency), h in period.start.items() if who == name}
-            movements += customer_movements(start, name in period.ever_paid, changes, fx, self._policies,
-                                            period.paid_before.get(name))  # fmt: skip
+            movements += customer_movements(start_by.get(name, {}), name in period.ever_paid, changes, fx,
+                                            self._policies, period.paid_before.get(name))  # fmt: skip
         movements.sort(key=lambda m: (m.occurred_at, m.customer))
         ending = await self._ledger.positions_at(end, customer)
         first = snapshot(begin, period.start, fx, since - dt.timedelta(days=1))
         last = snapshot(end, ending, fx, at)
         return RollForward(first, last, movements)
+
+    async def roll_forwards(self, spans: Sequence[tuple[dt.date, dt.date]]) -> list[RollForward]:
+        """The roll-forwards of consecutive periods (each `(since, at)`, ascending, the next one
+        beginning the day after the last ends), from one read of the ledger: what a report's
+        12-period trends need. Each equals `roll_forward` of its period."""
+        for (_, at), (since, _) in itertools.pairwise(spans):
+            if since != at + dt.timedelta(days=1):
+                raise ValueError("the periods must follow one another")
+        fx = await self.fx()
+        first, last = spans[0][0], spans[-1][1]
+        whole = await self._ledger.period(day_start(first), day_start(last + dt.timedelta(days=1)))
+        held_by = _by_customer(whole.start)
+        ever_paid = set(whole.ever_paid)
+        changes = sorted(whole.changes, key=lambda c: (c.occurred_at, c.seq))
+        out = []
+        cursor = 0
+        for since, at in spans:
+            begin, end = day_start(since), day_start(at + dt.timedelta(days=1))
+            inside: list[Change] = []
+            while cursor < len(changes) and changes[cursor].occurred_at < end:
+                inside.append(changes[cursor])
+                cursor += 1
+            start = snapshot(begin, _flat(held_by), fx, since - dt.timedelta(days=1))
+            by_customer: dict[str, list[Change]] = defaultdict(list)
+            for change in sorted(inside, key=lambda c: (c.customer, c.seq)):
+                by_customer[change.customer].append(change)
+            movements: list[Movement] = []
+            for name, own in by_customer.items():
+                held = held_by.setdefault(name, {})
+                movements += customer_movements(dict(held), name in ever_paid, own, fx, self._policies,
+                                                whole.paid_before.get(name))  # fmt: skip
+                for change in own:
+                    if change.after.cents or change.after.free:
+                        held[change.currency] = change.after
+                    else:
+                        held.pop(change.currency, None)
+                    if change.after.cents > 0:
+                        ever_paid.add(name)
+            movements.sort(key=lambda m: (m.occurred_at, m.customer))
+            out.append(RollForward(start, snapshot(end, _flat(held_by), fx, at), movements))
+        return out
 
     async def report(self, at: dt.date, since: dt.date | None = None) -> PeriodReport:
         since = since or month_start(at)

@@ -73,8 +73,19 @@ class SectionBuilder:
     async def _roll(self, period: Period) -> RollForward:
         key = (period.start, period.end)
         if key not in self._rolls:
-            self._rolls[key] = await self._s.mrr.roll_forward(period.start, period.end)
+            await self._trend(period)
         return self._rolls[key]
+
+    async def _trend(self, period: Period) -> list[RollForward]:
+        """The roll-forwards of the TREND periods ending with `period`, from one read of the ledger
+        (the headline's sparkline, the waterfall, the averages and the comparisons all use them)."""
+        periods = [period.previous(n) for n in range(TREND - 1, -1, -1)]
+        if all((p.start, p.end) in self._rolls for p in periods):
+            return [self._rolls[(p.start, p.end)] for p in periods]
+        rolls = await self._s.mrr.roll_forwards([(p.start, p.end) for p in periods])
+        for p, roll in zip(periods, rolls, strict=True):
+            self._rolls[(p.start, p.end)] = roll
+        return rolls
 
     def builders(self) -> Mapping[str, Callable[[Period, str], Awaitable[Section]]]:
         return {
@@ -85,7 +96,7 @@ class SectionBuilder:
 
     async def headline(self, period: Period, _arg: str) -> Section:
         ends = [period.previous(n) for n in range(TREND - 1, -1, -1)]
-        snapshots = [await self._s.mrr.mrr_at(p.end) for p in ends]
+        snapshots = [roll.end for roll in await self._trend(period)]
         now, before = snapshots[-1], snapshots[-2]
         history = [s.cents for s in snapshots[-1 - HISTORY : -1]]
         currency = self._s.mrr.currency
