@@ -16,6 +16,7 @@ from typing import Any
 from postroom.core.clock import Clock
 from postroom.core.compose import Draft, compose
 from postroom.core.ids import new_message_id
+from postroom.core.memory import release_after_burst
 from postroom.core.types import IdempotencyKey, Submission
 from postroom.metrics import Metrics
 from postroom.reports.model import Report
@@ -143,10 +144,13 @@ class ReportService:
             self._metrics.report_render_seconds.labels(name).observe(seconds)
             message_ids = await self._send(name, run.slot, rendered, to) if to else ()
         except Exception as exc:
+            await asyncio.to_thread(release_after_burst)
             self._metrics.report_runs.labels(name, "failed").inc()
             await self._runs.finish(run.id, "failed", figures=None, deliveries=None, render_seconds=None,
                                     error=f"{type(exc).__name__}: {exc}", now=self._clock.now())  # fmt: skip
             raise
+        del rendered  # the charts' bytes: gone before the heap is trimmed
+        await asyncio.to_thread(release_after_burst)
         status = "sent" if message_ids else "recorded"
         await self._runs.finish(run.id, status, figures=report.figures(), deliveries=list(message_ids),
                                 render_seconds=round(seconds, 4), error=None, now=self._clock.now())  # fmt: skip

@@ -18,20 +18,14 @@ import logging
 from collections.abc import Iterator
 from typing import Protocol
 
+from postroom.core.memory import malloc_trim
+
 logger = logging.getLogger(__name__)
 
 # glibc keeps freed arenas mapped; after a burst of large messages the process would stay at its
 # peak. malloc_trim(0) hands the free pages back (a no-op elsewhere), once a burst of at least
 # this many bytes in flight is over.
 _TRIM_AFTER_BYTES = 8 * 1024 * 1024
-
-
-def _malloc_trim() -> None:
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name).malloc_trim(0)
 
 
 # glibc serves a block above its mmap threshold with its own mapping, returned to the system the
@@ -92,7 +86,7 @@ class ByteBudget:
         # after every few thousand small messages of a steady stream, which never needs it.
         if self.in_flight == 0 and self._peak_since_trim >= _TRIM_AFTER_BYTES:
             self._peak_since_trim = 0
-            _malloc_trim()
+            malloc_trim()
 
     @contextlib.contextmanager
     def reserved(self, size: int) -> Iterator[bool]:
