@@ -109,6 +109,7 @@ async def test_monthly_report_equals_the_mrr_engine(db_url: str, tmp_path: Path,
         assert roll["end"] == engine["mrr_cents"] and roll["fx"] == engine["movements"]["fx"]
         assert figures["headline"]["mrr"] == 187_800 and figures["headline"]["paying_customers"] == 13
         assert figures["customers"]["new"] == 2 and figures["customers"]["churned"] == 2
+        assert (figures["customers"]["trials_started"], figures["customers"]["trials_converted"]) == (1, 1)
         assert figures["product"]["mau"] == 6_480 and figures["product"]["signups"] == 78
         assert round(figures["product"]["activation"], 4) == round(58 / 903, 4)
         assert run["render_seconds"] > 0 and len(run["deliveries"]) == 1

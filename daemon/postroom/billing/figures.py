@@ -72,17 +72,14 @@ class SqlBillingFigures(GatedStore):
 
     async def trials(self, since: float, until: float) -> Trials:
         s = billing_subscriptions
+        started_q = sa.select(sa.func.count()).where(s.c.trial_start >= since, s.c.trial_start < until)
+        converted_q = sa.select(sa.func.count()).where(s.c.trial_end >= since, s.c.trial_end < until,
+                                                       s.c.status.in_(("active", "past_due")))  # fmt: skip
         with translate_errors("reading trials"):
             async with self._reads.connect() as conn:
-                rows = (await conn.execute(sa.select(s.c.status, s.c.snapshot))).all()
-        started = converted = 0
-        for status, snapshot in rows:
-            trial_start, trial_end = snapshot.get("trial_start"), snapshot.get("trial_end")
-            if isinstance(trial_start, int | float) and since <= trial_start < until:
-                started += 1
-            if isinstance(trial_end, int | float) and since <= trial_end < until and status in ("active", "past_due"):
-                converted += 1
-        return Trials(started, converted)
+                started = (await conn.execute(started_q)).scalar()
+                converted = (await conn.execute(converted_q)).scalar()
+        return Trials(int(started or 0), int(converted or 0))
 
     async def freshness(self) -> Freshness:
         with translate_errors("reading data freshness"):

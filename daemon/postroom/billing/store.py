@@ -372,6 +372,7 @@ class SqlBillingStore(GatedStore):
                 "snapshot": dict(snapshot), "start_date": _ts(snapshot.get("start_date")),
                 "canceled_at": _ts(snapshot.get("canceled_at")), "ended_at": _ts(snapshot.get("ended_at")),
                 "cancel_at_period_end": bool(snapshot.get("cancel_at_period_end")),
+                "trial_start": _ts(snapshot.get("trial_start")), "trial_end": _ts(snapshot.get("trial_end")),
                 "net_shares": {}, "last_event_created": created, "updated_at": now})  # fmt: skip
             for item in snapshot["items"]["data"]:
                 price = item["price"]

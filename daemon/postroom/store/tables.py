@@ -509,6 +509,8 @@ billing_subscriptions = sa.Table(
     sa.Column("canceled_at", sa.Float),
     sa.Column("ended_at", sa.Float),
     sa.Column("cancel_at_period_end", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("trial_start", sa.Float),
+    sa.Column("trial_end", sa.Float),
     sa.Column("mrr", sa.String(64), nullable=False, server_default="0"),
     sa.Column("scheduled_churn", sa.String(64), nullable=False, server_default="0"),
     sa.Column("dunning_since", sa.Float),
