@@ -17,7 +17,6 @@ from typing import Any
 from postroom.config import Settings
 from postroom.metrics import Metrics
 from postroom.mrr.service import day_start
-from postroom.reports.charts import product_trend
 from postroom.reports.model import ChartImage, Figure, Section, Table, Unit
 from postroom.reports.periods import Period
 from postroom.sources.posthog.query import PostHogQueries, PostHogQueryError, QueryResult
@@ -73,6 +72,8 @@ class PostHogProduct:
             figures.append(Figure(active, "Monthly active users" if monthly else "Weekly active users",
                                   by_bucket.get(bucket), Unit.COUNT, by_bucket.get(starts[0]) if starts else None,
                                   sum(earlier) / len(earlier) if earlier else None))  # fmt: skip
+            from postroom.reports.charts import product_trend  # matplotlib: imported on first use
+
             chart = await asyncio.to_thread(product_trend, points,
                                             "Monthly active users" if monthly else "Weekly active users", self._locale)  # fmt: skip
             images.append(ChartImage(chart.content_id, chart.png, chart.alt))

@@ -16,7 +16,7 @@ from postroom.billing.figures import SqlBillingFigures
 from postroom.mrr.money import round_minor
 from postroom.mrr.movements import Kind, RollForward
 from postroom.mrr.service import MrrService, day_start
-from postroom.reports import charts, formatting
+from postroom.reports import formatting
 from postroom.reports.model import ChartImage, Figure, Section, Table, Unit
 from postroom.reports.periods import Period
 from postroom.stats.model import StatsQuery
@@ -57,7 +57,15 @@ def _arpa(cents: int, customers: int) -> int | None:
     return round_minor(Decimal(cents) / customers) if customers else None
 
 
-def _image(chart: charts.Chart) -> ChartImage:
+def _charts() -> Any:
+    """`postroom.reports.charts`, imported on first use: matplotlib takes most of a second to
+    import, which every `postroom` command and daemon start would otherwise pay."""
+    from postroom.reports import charts
+
+    return charts
+
+
+def _image(chart: Any) -> ChartImage:
     return ChartImage(chart.content_id, chart.png, chart.alt)
 
 
@@ -100,7 +108,7 @@ class SectionBuilder:
         now, before = snapshots[-1], snapshots[-2]
         history = [s.cents for s in snapshots[-1 - HISTORY : -1]]
         currency = self._s.mrr.currency
-        sparkline = await asyncio.to_thread(charts.mrr_sparkline, [(p.end, s.cents) for p, s in
+        sparkline = await asyncio.to_thread(_charts().mrr_sparkline, [(p.end, s.cents) for p, s in
                                             zip(ends, snapshots, strict=True)], currency, self._s.locale)  # fmt: skip
         arpa = _arpa(now.cents, now.paying_customers)
         return Section("headline", "Headline", figures=(
@@ -140,9 +148,9 @@ class SectionBuilder:
         bars = []
         for p in trend:
             t = (await self._roll(p)).totals()
-            bars.append(charts.PeriodMovements(p.label, t["new"], t["expansion"], t["reactivation"], t["contraction"],
+            bars.append(_charts().PeriodMovements(p.label, t["new"], t["expansion"], t["reactivation"], t["contraction"],
                                                t["churn"], t["fx"] + t["reconciliation"]))  # fmt: skip
-        waterfall = await asyncio.to_thread(charts.movements_waterfall, bars, self._s.mrr.currency, self._s.locale)
+        waterfall = await asyncio.to_thread(_charts().movements_waterfall, bars, self._s.mrr.currency, self._s.locale)
         return Section("mrr-movements", "MRR movements", figures=figures,
                        tables=(("The largest movements", table),) if top else (), charts=(_image(waterfall),))  # fmt: skip
 
@@ -218,9 +226,9 @@ class SectionBuilder:
         earlier = await self._s.stats.compute(StatsQuery(*previous_bounds))
         before = earlier[0] if earlier else None
         days = await self._s.stats.compute(StatsQuery(since, until, group_by=("day",)))
-        points = [charts.DeliveryPoint(dt.date.fromisoformat(str(g.key["day"])[:10]), g.sent, g.delivered, g.bounced,
+        points = [_charts().DeliveryPoint(dt.date.fromisoformat(str(g.key["day"])[:10]), g.sent, g.delivered, g.bounced,
                                        g.complained) for g in days]  # fmt: skip
-        chart = await asyncio.to_thread(charts.delivery_health, points, self._s.locale)
+        chart = await asyncio.to_thread(_charts().delivery_health, points, self._s.locale)
         return Section("delivery-health", "Delivery health", figures=(
             Figure("sent", "Sent", total.sent, Unit.COUNT, before.sent if before else None),
             Figure("delivered", "Delivered", total.delivered, Unit.COUNT, before.delivered if before else None),
