@@ -133,7 +133,7 @@ class BillingApplier:
         finally:
             self._in_hand.discard(event.id)
 
-    async def _apply(self, event: StripeEvent) -> Applied:
+    async def _apply(self, event: StripeEvent, coupons_read: frozenset[str] = frozenset()) -> Applied:
         now = self._clock.now()
         try:
             applied = await self._store.apply(event, now, can_fetch=self._reader is not None)
@@ -141,9 +141,11 @@ class BillingApplier:
         except NeedsFetch as need:
             assert self._reader is not None
             try:
-                if need.coupon:  # a discount names a coupon postroom has not seen: read it, then again
+                if need.coupon and need.coupon not in coupons_read:  # a coupon postroom has not seen: read it once
                     await self._store.keep_coupons([await self._reader.coupon(need.coupon)], now)
-                    return await self._apply(event)
+                    return await self._apply(event, coupons_read | {need.coupon})
+                if need.coupon:
+                    raise StripeRefused(f"coupon {need.coupon} read from Stripe still does not resolve")
                 fetched = await self._reader.subscription(need.subscription)
             except (StripeNotFound, StripeRefused) as exc:  # asking again will not help
                 detail = f"re-fetching {need.coupon or need.subscription} ({need.reason}): {exc}"
