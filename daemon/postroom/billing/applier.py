@@ -72,6 +72,9 @@ class BillingApplier:
                 logger.warning("Stripe event %s stays pending: %s", event.id, exc)
                 self._wake.set()
                 continue
+            except Exception:  # noqa: BLE001 - the event stays pending; the sweep applies it or flags it
+                logger.exception("Stripe event %s stays pending after an unexpected error", event.id)
+                continue
             if applied.changes:
                 self._gauges_stale = True
                 self._wake.set()  # the loop refreshes the gauges (at most once a second)
