@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from postroom.billing.events import StripeEvent
 from postroom.billing.settings import StripeSettings
 from postroom.billing.store import Applied, EventStatus, NeedsFetch, SqlBillingStore
-from postroom.billing.stripe_api import StripeNotFound, StripeRefused
+from postroom.billing.stripe_errors import StripeNotFound, StripeRefused
 from postroom.billing.sync import StripeSource, SyncSummary, synchronise
 from postroom.core.clock import Clock
 from postroom.core.errors import StoreError

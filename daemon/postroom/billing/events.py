@@ -9,8 +9,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import stripe
-
 
 class InvalidSignature(ValueError):
     """The Stripe-Signature header is missing, does not verify under any secret, or is too old."""
@@ -63,6 +61,7 @@ def verify(body: bytes, header: str | None, secrets: Sequence[str], tolerance: i
     `tolerance` seconds (the stripe SDK's check: HMAC-SHA256 over "<t>.<body>")."""
     if not header:
         raise InvalidSignature("no Stripe-Signature header")
+    import stripe  # the SDK (~30 MB) is loaded by the first webhook, not by every process at start
     reasons = []
     for secret in secrets:
         try:

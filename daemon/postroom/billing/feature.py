@@ -4,6 +4,7 @@ HTTP routes and the MRR gauges. `Daemon.run` builds one and runs its task."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -11,7 +12,6 @@ from postroom.billing.applier import BillingApplier
 from postroom.billing.routes import BillingRoutes
 from postroom.billing.settings import StripeSettings
 from postroom.billing.store import SqlBillingStore
-from postroom.billing.stripe_api import StripeReader
 from postroom.billing.sync import StripeSource
 from postroom.billing.webhook_routes import StripeWebhookRoutes
 from postroom.config import Settings
@@ -23,6 +23,9 @@ from postroom.mrr.routes import MrrRoutes
 from postroom.mrr.service import MrrService
 from postroom.store.engine import WriteGate
 
+if TYPE_CHECKING:
+    from postroom.billing.stripe_api import StripeReader
+
 
 @dataclass(frozen=True)
 class Revenue:
@@ -33,9 +36,11 @@ class Revenue:
 
 
 def stripe_reader(settings: StripeSettings) -> StripeReader | None:
-    """The API reader, or None without an api_key (webhooks only: no backfill, reconcile or re-fetch)."""
+    """The API reader, or None without an api_key (webhooks only: no backfill, reconcile or re-fetch).
+    The stripe SDK is imported here, so a daemon without an API key never loads it."""
     if not settings.api_key:
         return None
+    from postroom.billing.stripe_api import StripeReader
     return StripeReader(settings.api_key, api_base=settings.api_base, max_network_retries=settings.max_network_retries,
                         timeout=settings.timeout)  # fmt: skip
 

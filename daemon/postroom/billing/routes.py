@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from postroom.billing.applier import BillingApplier
 from postroom.billing.store import STATUSES, SqlBillingStore
-from postroom.billing.stripe_api import StripeApiError
+from postroom.billing.stripe_errors import StripeApiError
 from postroom.http.auth import requires
 from postroom.http.bodies import validated_query
 from postroom.http.errors import ApiError

@@ -31,6 +31,13 @@ from urllib.parse import quote
 import requests
 import stripe
 
+from postroom.billing.stripe_errors import (
+    StripeApiError,
+    StripeAuthFailed,
+    StripeNotFound,
+    StripeRefused,
+    StripeUnavailable,
+)
 from postroom.core.errors import PostroomError
 
 logger = logging.getLogger(__name__)
@@ -43,29 +50,8 @@ SUBSCRIPTION_EXPAND = ["discounts", "items.data.discounts", "items.data.price.ti
 LISTING_EXPAND = ["data.discounts", "data.items.data.discounts"]
 _MAX_RATE_LIMIT_DELAY = 30.0
 
-
-class StripeApiError(PostroomError):
-    """Stripe did not give us what we asked for; `reason` is safe to log (never the API key)."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-        super().__init__(reason)
-
-
-class StripeUnavailable(StripeApiError):
-    """Stripe could not be reached, or kept answering 5xx / 429 after every retry: try later."""
-
-
-class StripeAuthFailed(StripeApiError):
-    """Stripe refused the API key (401) or the key lacks permission to read (403): fix the config."""
-
-
-class StripeNotFound(StripeApiError):
-    """The object asked for does not exist in this Stripe account (404)."""
-
-
-class StripeRefused(StripeApiError):
-    """Stripe refused the request itself (400 and other 4xx): a defect on our side, not transient."""
+__all__ = ["StripeApiError", "StripeAuthFailed", "StripeNotFound", "StripeReader", "StripeRefused",
+           "StripeUnavailable", "translate_error"]
 
 
 class StripeReader:

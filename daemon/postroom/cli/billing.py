@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from postroom.billing.feature import stripe_reader
 from postroom.billing.store import STATUSES, SqlBillingStore
-from postroom.billing.stripe_api import StripeApiError
+from postroom.billing.stripe_errors import StripeApiError
 from postroom.billing.sync import SyncSummary, synchronise
 from postroom.cli.common import config_option, fail, run_db, settings_from, when
 from postroom.cli.contacts import progress_on_terminal
