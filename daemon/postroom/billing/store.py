@@ -196,18 +196,6 @@ class SqlBillingStore(GatedStore):
         return [StoredEvent(r.id, r.type, float(r.created), r.object_id, float(r.received_at), r.status, r.detail)
                 for r in rows]  # fmt: skip
 
-    async def event_counts(self) -> dict[str, int]:
-        query = sa.select(stripe_events.c.status, sa.func.count()).group_by(stripe_events.c.status)
-        with translate_errors("counting Stripe events"):
-            async with self._reads.connect() as conn:
-                return {row[0]: int(row[1]) for row in (await conn.execute(query)).all()}
-
-    async def last_event_at(self) -> float | None:
-        with translate_errors("reading Stripe events"):
-            async with self._reads.connect() as conn:
-                found = (await conn.execute(sa.select(sa.func.max(stripe_events.c.received_at)))).scalar()
-        return float(found) if found is not None else None
-
     async def mark(self, event_id: str, status: str, detail: str, now: float) -> None:
         with translate_errors("marking a Stripe event"):
             async with self._write() as conn:
@@ -571,11 +559,6 @@ class SqlBillingStore(GatedStore):
                 await conn.execute(billing_syncs.insert().values(finished_at=finished_at, subscriptions=subscriptions,
                                                                  opened_customers=opened, drift=drift))  # fmt: skip
 
-    async def known_customers(self) -> list[str]:
-        with translate_errors("reading customers"):
-            async with self._reads.connect() as conn:
-                return [r[0] for r in (await conn.execute(sa.select(billing_customers.c.id)
-                                                          .order_by(billing_customers.c.id))).all()]  # fmt: skip
 
 
 @dataclass

@@ -166,11 +166,6 @@ class MrrService:
         scheduled = sum(fx.convert(cents, currency, at) for currency, cents in await self._ledger.scheduled_churn())
         return PeriodReport(since, at, roll, self._policies.described(), self.currency, scheduled)
 
-    async def mrr_at(self, day: dt.date) -> Snapshot:
-        """MRR at the end of `day` (UTC) at that day's rates."""
-        end = day_start(day + dt.timedelta(days=1))
-        return snapshot(end, await self._ledger.positions_at(end), await self.fx(), day)
-
     @property
     def policies(self) -> dict[str, Any]:
         return self._policies.described()
