@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from postroom.billing.store import net_shares
+from postroom.billing.objects import net_shares
 from postroom.mrr.money import FxTable
 from postroom.mrr.movements import holdings
 from postroom.mrr.policies import DiscountPolicy, PausePolicy, Policies

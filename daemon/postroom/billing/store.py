@@ -16,8 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
-from decimal import Decimal
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from postroom.billing.events import Family, StripeEvent
+from postroom.billing.objects import checked_subscription, id_of, invoice_subscription, net_shares, timestamp
 from postroom.billing.settlement import LedgerWrites, insert_for, ledger_customers, load_books, lock_customers, upsert_many
 from postroom.mrr.movements import Cause, Change
 from postroom.mrr.policies import Policies
@@ -87,69 +87,10 @@ class StoredEvent:
     detail: str
 
 
-def _id_of(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Mapping) and isinstance(value.get("id"), str):
-        return str(value["id"])
-    return None
-
-
-def _ts(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def _upsert(conn: AsyncConnection, table: sa.Table, values: Mapping[str, Any], keys: Sequence[str],
-            kept: Sequence[str] = (), newer: str | None = None) -> Any:  # fmt: skip
-    """Insert, or update every column but `keys` and `kept` (set on insert only); with `newer`,
-    only when the stored row's `newer` column is not ahead of the new one (an older state never
-    overwrites a newer one)."""
-    insert = insert_for(conn)(table).values(**values)
-    changed = {k: v for k, v in values.items() if k not in keys and k not in kept}
-    where = table.c[newer] <= insert.excluded[newer] if newer else None
-    return insert.on_conflict_do_update(index_elements=list(keys), set_=changed, where=where)
-
-
-def _checked_subscription(obj: Json) -> tuple[str, str]:
-    sub_id, customer = _id_of(obj), _id_of(obj.get("customer"))
-    if not sub_id or obj.get("object") not in (None, "subscription"):
-        raise Malformed("the event's object is not a subscription")
-    if not customer:
-        raise Malformed(f"subscription {sub_id} names no customer")
-    if not isinstance(obj.get("status"), str) or not isinstance(obj.get("currency"), str):
-        raise Malformed(f"subscription {sub_id} has no status or currency")
-    items = obj.get("items")
-    if not isinstance(items, Mapping) or not isinstance(items.get("data"), list):
-        raise Malformed(f"subscription {sub_id} has no items list")
-    for item in items["data"]:
-        if not isinstance(item, Mapping) or not isinstance(item.get("price"), Mapping):
-            raise Malformed(f"subscription {sub_id} has an item without a price object")
-    return sub_id, customer
-
-
-def _invoice_subscription(invoice: Json) -> str | None:
-    parent = invoice.get("parent")
-    if isinstance(parent, Mapping):
-        details = parent.get("subscription_details")
-        if isinstance(details, Mapping):
-            return _id_of(details.get("subscription"))
-    return _id_of(invoice.get("subscription"))  # API versions before basil
-
-
-def net_shares(invoice: Json) -> dict[str, str]:
-    """Net / gross of each tax-inclusive subscription item on an invoice's lines (MRR.md S-4)."""
-    shares: dict[str, str] = {}
-    lines = invoice.get("lines")
-    for line in (lines.get("data") if isinstance(lines, Mapping) else None) or []:
-        taxes = [t for t in line.get("taxes") or [] if t.get("tax_behavior") == "inclusive"]
-        parent = line.get("parent") or {}
-        details = parent.get("subscription_item_details") if isinstance(parent, Mapping) else None
-        item = _id_of(details.get("subscription_item")) if isinstance(details, Mapping) else None
-        amount = line.get("amount")
-        if taxes and item and isinstance(amount, int) and amount > 0:
-            taxable = sum(int(t.get("taxable_amount") or 0) for t in taxes)
-            shares[item] = str(Decimal(taxable) / Decimal(amount))
-    return shares
+            kept: Sequence[str] = (), newer: str | None = None) -> tuple[Any, list[Mapping[str, Any]]]:  # fmt: skip
+    """One row through `upsert_many`: the statement and its parameters, for `conn.execute(*...)`."""
+    return upsert_many(conn, table, values, keys, kept, newer), [values]
 
 
 class SqlBillingStore(GatedStore):
@@ -243,12 +184,12 @@ class SqlBillingStore(GatedStore):
         if event.family is Family.INVOICE:
             return await self._invoice_event(conn, event, now)
         if event.family is Family.COUPON:
-            if not _id_of(obj):
+            if not id_of(obj):
                 raise Malformed("the event's object is not a coupon")
             await self._write_coupons(conn, [obj], now)
             return Applied(EventStatus.APPLIED, "coupon kept")
         if event.family is Family.CUSTOMER:
-            customer = _id_of(obj)
+            customer = id_of(obj)
             if not customer:
                 raise Malformed("the event's object is not a customer")
             row = await self._lock_customer(conn, customer, now)
@@ -257,13 +198,13 @@ class SqlBillingStore(GatedStore):
             await self._keep_customers(conn, [obj], event.created, now, deleted=event.type == "customer.deleted")
             changes = await self._revalue(conn, customer, event.created, now, Cause.EVENT, event.id, None)
             return Applied(EventStatus.APPLIED, "", changes)
-        discount_id, customer = _id_of(obj), _id_of(obj.get("customer"))
+        discount_id, customer = id_of(obj), id_of(obj.get("customer"))
         if not discount_id or not customer:
             raise Malformed("the event's object is not a discount with a customer")
         await self._lock_customer(conn, customer, now)
         deleted = event.type == "customer.discount.deleted"
-        await conn.execute(_upsert(conn, billing_discounts, {
-            "id": discount_id, "customer": customer, "subscription": _id_of(obj.get("subscription")),
+        await conn.execute(*_upsert(conn, billing_discounts, {
+            "id": discount_id, "customer": customer, "subscription": id_of(obj.get("subscription")),
             "discount": dict(obj), "deleted": deleted, "updated_at": now}, ["id"]))  # fmt: skip
         if not obj.get("subscription") and not obj.get("subscription_item"):
             await conn.execute(billing_customers.update().where(billing_customers.c.id == customer)
@@ -273,14 +214,14 @@ class SqlBillingStore(GatedStore):
 
     async def _subscription_event(self, conn: AsyncConnection, event: StripeEvent, now: float, can_fetch: bool,
                                   fetched: Json | None) -> Applied:  # fmt: skip
-        sub_id, customer = _checked_subscription(event.object)
+        sub_id, customer = checked_subscription(event.object)
         locked = await self._lock_customer(conn, customer, now)
         last = (await conn.execute(sa.select(billing_subscriptions.c.last_event_created)
                                    .where(billing_subscriptions.c.id == sub_id))).scalar()  # fmt: skip
         snapshot: Json = event.object
         if fetched is not None:
             snapshot = fetched
-            _checked_subscription(snapshot)
+            checked_subscription(snapshot)
         elif last is not None and (event.created < last or (event.created == last and can_fetch)):
             if can_fetch:
                 raise NeedsFetch(sub_id, "older than the state applied")
@@ -298,7 +239,7 @@ class SqlBillingStore(GatedStore):
 
     async def _invoice_event(self, conn: AsyncConnection, event: StripeEvent, now: float) -> Applied:
         invoice = event.object
-        invoice_id, customer = _id_of(invoice), _id_of(invoice.get("customer"))
+        invoice_id, customer = id_of(invoice), id_of(invoice.get("customer"))
         if not invoice_id or not customer:
             raise Malformed("the event's object is not an invoice with a customer")
         await self._lock_customer(conn, customer, now)
@@ -308,7 +249,7 @@ class SqlBillingStore(GatedStore):
         if stored is not None and event.created < stored:  # never start or end dunning from an old state
             return Applied(EventStatus.STALE, "an older invoice state than the one applied")
         await self._keep_invoices(conn, [invoice], event.created, now, failed=failed, paid=not failed)
-        sub_id = _invoice_subscription(invoice)
+        sub_id = invoice_subscription(invoice)
         if sub_id is None:
             return Applied(EventStatus.APPLIED, "an invoice of no subscription")
         row = (await conn.execute(sa.select(billing_subscriptions).where(billing_subscriptions.c.id == sub_id))).first()
@@ -338,10 +279,10 @@ class SqlBillingStore(GatedStore):
         rows = []
         for obj in objs:
             discount = obj.get("discount")
-            rows.append({"b_id": _id_of(obj), "email": obj.get("email"), "name": obj.get("name"),
+            rows.append({"b_id": id_of(obj), "email": obj.get("email"), "name": obj.get("name"),
                          "currency": obj.get("currency"), "deleted": deleted or bool(obj.get("deleted")),
                          "discount": dict(discount) if isinstance(discount, Mapping) else None,
-                         "created": _ts(obj.get("created")), "last_event_created": created, "updated_at": now})  # fmt: skip
+                         "created": timestamp(obj.get("created")), "last_event_created": created, "updated_at": now})  # fmt: skip
         if rows:
             await conn.execute(billing_customers.update().where(billing_customers.c.id == sa.bindparam("b_id"),
                                                                 billing_customers.c.last_event_created <= created), rows)  # fmt: skip
@@ -354,20 +295,20 @@ class SqlBillingStore(GatedStore):
         prices: list[dict[str, Any]] = []
         discounts: list[dict[str, Any]] = []
         for snapshot in snapshots:
-            sub_id, customer = _checked_subscription(snapshot)
+            sub_id, customer = checked_subscription(snapshot)
             subs.append({
                 "id": sub_id, "customer": customer, "status": snapshot["status"], "currency": str(snapshot["currency"]).lower(),
-                "snapshot": dict(snapshot), "start_date": _ts(snapshot.get("start_date")),
-                "canceled_at": _ts(snapshot.get("canceled_at")), "ended_at": _ts(snapshot.get("ended_at")),
+                "snapshot": dict(snapshot), "start_date": timestamp(snapshot.get("start_date")),
+                "canceled_at": timestamp(snapshot.get("canceled_at")), "ended_at": timestamp(snapshot.get("ended_at")),
                 "cancel_at_period_end": bool(snapshot.get("cancel_at_period_end")),
-                "trial_start": _ts(snapshot.get("trial_start")), "trial_end": _ts(snapshot.get("trial_end")),
+                "trial_start": timestamp(snapshot.get("trial_start")), "trial_end": timestamp(snapshot.get("trial_end")),
                 "net_shares": {}, "last_event_created": created, "updated_at": now})  # fmt: skip
             for item in snapshot["items"]["data"]:
                 price = item["price"]
-                if price.get("tiers") and _id_of(price):
+                if price.get("tiers") and id_of(price):
                     prices.append({"id": price["id"], "price": dict(price), "updated_at": now})
                 for discount in [*(item.get("discounts") or []), *(snapshot.get("discounts") or [])]:
-                    if isinstance(discount, Mapping) and _id_of(discount):
+                    if isinstance(discount, Mapping) and id_of(discount):
                         discounts.append({"id": discount["id"], "customer": customer, "subscription": sub_id,
                                           "discount": dict(discount), "deleted": False, "updated_at": now})  # fmt: skip
         if subs:
@@ -391,15 +332,15 @@ class SqlBillingStore(GatedStore):
         rows = []
         for invoice in invoices:
             transitions = invoice.get("status_transitions") or {}
-            paid_at = _ts(transitions.get("paid_at")) or (created if paid and invoice.get("status") == "paid" else None)
+            paid_at = timestamp(transitions.get("paid_at")) or (created if paid and invoice.get("status") == "paid" else None)
             rows.append({
-                "id": _id_of(invoice), "customer": _id_of(invoice.get("customer")),
-                "subscription": _invoice_subscription(invoice),
+                "id": id_of(invoice), "customer": id_of(invoice.get("customer")),
+                "subscription": invoice_subscription(invoice),
                 "status": invoice.get("status"), "billing_reason": invoice.get("billing_reason"),
                 "currency": str(invoice.get("currency") or "").lower() or None,
                 "amount_due": int(invoice.get("amount_due") or 0), "amount_paid": int(invoice.get("amount_paid") or 0),
                 "total": int(invoice.get("total") or 0), "attempt_count": int(invoice.get("attempt_count") or 0),
-                "created": _ts(invoice.get("created")) or created, "paid_at": paid_at or None,
+                "created": timestamp(invoice.get("created")) or created, "paid_at": paid_at or None,
                 "failed_at": created if failed else None, "last_event_created": created, "updated_at": now})  # fmt: skip
         if not rows:
             return
@@ -416,7 +357,7 @@ class SqlBillingStore(GatedStore):
     async def _take_shares(self, conn: AsyncConnection, invoices: Sequence[Json]) -> None:
         """Merge the invoices' net shares into their stored subscriptions', in order."""
         taken = [(sub_id, shares) for invoice in invoices
-                 if (sub_id := _invoice_subscription(invoice)) and (shares := net_shares(invoice))]  # fmt: skip
+                 if (sub_id := invoice_subscription(invoice)) and (shares := net_shares(invoice))]  # fmt: skip
         if not taken:
             return
         merged = {row.id: dict(row.net_shares or {}) for row in (await conn.execute(
@@ -464,10 +405,10 @@ class SqlBillingStore(GatedStore):
         """Store objects read from Stripe's API (backfill, reconcile) as of `seen_at`: newer than
         any event created before it. The customers they name are created if missing and locked
         first; each table is then written in one statement."""
-        kept_customers = [obj for obj in customers if _id_of(obj)]
-        kept_invoices = [obj for obj in invoices if _id_of(obj) and _id_of(obj.get("customer"))]
-        owners = [_checked_subscription(obj)[1] for obj in subscriptions]
-        named = [str(obj["id"]) for obj in kept_customers] + [str(_id_of(obj.get("customer"))) for obj in kept_invoices]
+        kept_customers = [obj for obj in customers if id_of(obj)]
+        kept_invoices = [obj for obj in invoices if id_of(obj) and id_of(obj.get("customer"))]
+        owners = [checked_subscription(obj)[1] for obj in subscriptions]
+        named = [str(obj["id"]) for obj in kept_customers] + [str(id_of(obj.get("customer"))) for obj in kept_invoices]
         with translate_errors("storing Stripe objects"):
             async with self._write() as conn:
                 await lock_customers(conn, named + owners, now)
@@ -512,8 +453,8 @@ class SqlBillingStore(GatedStore):
 
     async def _write_coupons(self, conn: AsyncConnection, coupons: Sequence[Json], now: float) -> None:
         for coupon in coupons:
-            if _id_of(coupon):
-                await conn.execute(_upsert(conn, billing_coupons, {"id": coupon["id"], "coupon": dict(coupon),
+            if id_of(coupon):
+                await conn.execute(*_upsert(conn, billing_coupons, {"id": coupon["id"], "coupon": dict(coupon),
                                                                    "updated_at": now}, ["id"]))  # fmt: skip
 
     async def keep_prices(self, prices: Sequence[Json], now: float) -> None:
@@ -521,8 +462,8 @@ class SqlBillingStore(GatedStore):
         with translate_errors("storing prices"):
             async with self._write() as conn:
                 for price in prices:
-                    if _id_of(price) and price.get("tiers"):
-                        await conn.execute(_upsert(conn, billing_prices, {"id": price["id"], "price": dict(price),
+                    if id_of(price) and price.get("tiers"):
+                        await conn.execute(*_upsert(conn, billing_prices, {"id": price["id"], "price": dict(price),
                                                                           "updated_at": now}, ["id"]))  # fmt: skip
 
     async def tiered_prices_missing(self) -> list[str]:
@@ -558,27 +499,3 @@ class SqlBillingStore(GatedStore):
             async with self._write() as conn:
                 await conn.execute(billing_syncs.insert().values(finished_at=finished_at, subscriptions=subscriptions,
                                                                  opened_customers=opened, drift=drift))  # fmt: skip
-
-
-
-@dataclass
-class PaidEvidence:
-    """What tells a backfill a customer paid before the ledger began: a subscription in a status
-    reached only after paying (past_due, unpaid), a canceled one that outlived its trial, or a
-    paid invoice with money in it."""
-
-    customers: set[str] = field(default_factory=set)
-
-    def see_subscription(self, sub: Json) -> None:
-        status, customer = sub.get("status"), _id_of(sub.get("customer"))
-        if not customer:
-            return
-        trial_end, ended = _ts(sub.get("trial_end")), _ts(sub.get("ended_at"))
-        if status in ("past_due", "unpaid", "active") or (
-                status == "canceled" and ended is not None and (trial_end is None or ended > trial_end)):  # fmt: skip
-            self.customers.add(customer)
-
-    def see_invoice(self, invoice: Json) -> None:
-        customer = _id_of(invoice.get("customer"))
-        if customer and invoice.get("status") == "paid" and int(invoice.get("amount_paid") or 0) > 0:
-            self.customers.add(customer)

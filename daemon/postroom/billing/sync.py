@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from postroom.billing.store import PaidEvidence, SqlBillingStore
+from postroom.billing.objects import PaidEvidence
+from postroom.billing.store import SqlBillingStore
 from postroom.mrr.movements import Cause, Change
 
 logger = logging.getLogger(__name__)
